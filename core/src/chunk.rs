@@ -1,0 +1,1 @@
+//! The Gorilla chunk codec (to be written).

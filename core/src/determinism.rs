@@ -1,0 +1,1 @@
+//! The determinism shim (to be written).

@@ -1,0 +1,16 @@
+//! sextant-core: the pure logic every other crate shares.
+//!
+//! Labels and series identity ([`labels`], [`series`]), samples ([`sample`]), the `Clock`
+//! trait ([`clock`]), the Gorilla chunk codec ([`chunk`]) and the determinism shim
+//! ([`determinism`]: seeded RNG and two-tier BUGGIFY).
+//!
+//! Architecture Invariant: core does no I/O and never reads a clock or an unseeded source of
+//! randomness; time arrives as an argument or through a [`clock::Clock`] handed in by the
+//! caller. The only `madsim::` use is inside [`determinism`], under `#[cfg(madsim)]`.
+
+pub mod chunk;
+pub mod clock;
+pub mod determinism;
+pub mod labels;
+pub mod sample;
+pub mod series;

@@ -1,0 +1,1 @@
+//! Simulated filesystem (being written).

@@ -1,0 +1,3 @@
+//! sextant-storage: the node's TSDB.
+pub mod clock;
+pub mod fs;
