@@ -12,5 +12,6 @@ pub mod chunk;
 pub mod clock;
 pub mod determinism;
 pub mod labels;
+pub mod matcher;
 pub mod sample;
 pub mod series;

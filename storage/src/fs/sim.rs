@@ -1,1 +1,812 @@
-//! Simulated filesystem (being written).
+//! The simulated filesystem: in memory, deterministic, and faithful to what a crash can do.
+//!
+//! madsim's own filesystem treats `sync_all` as a no-op and cannot lose power, so crash tests
+//! there prove nothing. `SimFs` keeps, for every file, the bytes written and how many of them an
+//! fsync has made durable, and for every directory its entries and the entries a directory fsync
+//! has made durable. [`SimFs::crash`] then does what a power cut does:
+//!
+//! - each file keeps its durable bytes plus, in [`CrashMode::Torn`], a random prefix of its
+//!   unsynced tail, possibly followed by garbage (a torn sector);
+//! - each directory reverts to its durable entries: files created, renamed or removed since the
+//!   last `sync_dir` of that directory are gone, back where they were, or back from the dead;
+//! - open handles die (every later call through them fails).
+//!
+//! Faults are injected from a [`FaultConfig`] with a seeded RNG, so a run is reproducible:
+//! fsync EIO (after which the unsynced pages are dropped: their bytes turn to zeros, so a
+//! retried "successful" fsync makes garbage durable — the Linux fsyncgate behaviour that makes
+//! retry-and-ignore wrong), ENOSPC past a capacity, corrupt reads (one flipped bit), slow I/O.
+//! [`FaultStats`] counts the faults that changed something.
+//!
+//! Every map is a `BTreeMap`, so iteration order, and therefore the simulation, is deterministic.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{eio_error, no_space_error, FileSystem, WritableFile};
+
+/// What happens to unsynced file bytes on [`SimFs::crash`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Unsynced bytes are all lost.
+    DropUnsynced,
+    /// A random prefix of the unsynced bytes survives, sometimes followed by random garbage.
+    Torn,
+}
+
+/// Fault probabilities and limits. All off by default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// Probability that a file `sync` fails with EIO.
+    pub sync_eio_probability: f64,
+    /// Probability that a `sync_dir` fails with EIO.
+    pub sync_dir_eio_probability: f64,
+    /// Total bytes the disk holds (file contents); writes past it fail with ENOSPC.
+    pub capacity_bytes: Option<u64>,
+    /// Probability that a read returns data with one bit flipped.
+    pub read_corruption_probability: f64,
+    /// Each operation sleeps a random 0..=this many milliseconds (simulated time under madsim).
+    pub io_delay_ms_max: u64,
+    pub crash_mode: CrashMode,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            sync_eio_probability: 0.0,
+            sync_dir_eio_probability: 0.0,
+            capacity_bytes: None,
+            read_corruption_probability: 0.0,
+            io_delay_ms_max: 0,
+            crash_mode: CrashMode::Torn,
+        }
+    }
+}
+
+/// Faults that took effect (changed an outcome), for coverage reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    pub syncs_failed: u64,
+    pub sync_dirs_failed: u64,
+    pub writes_refused_no_space: u64,
+    pub reads_corrupted: u64,
+    pub delays: u64,
+    pub crashes: u64,
+    pub bytes_lost_on_crash: u64,
+    pub bytes_garbage_on_crash: u64,
+    pub dir_entries_reverted_on_crash: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    File(u64),
+    Dir,
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    data: Vec<u8>,
+    /// `data[..synced_len]` is durable. Files are append-only between truncations, so the
+    /// durable bytes are always a prefix of `data`.
+    synced_len: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Dir {
+    entries: BTreeMap<String, Entry>,
+    durable: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug)]
+struct State {
+    inodes: BTreeMap<u64, Inode>,
+    inode_next: u64,
+    /// Directories by normalized path; the root is the empty path.
+    dirs: BTreeMap<PathBuf, Dir>,
+    /// Incremented by every crash; handles from an older generation are dead.
+    generation: u64,
+    faults: FaultConfig,
+    stats: FaultStats,
+    rng: ChaCha8Rng,
+}
+
+/// A deterministic in-memory filesystem with crash and fault injection. Cloning shares it: a
+/// node's disk is created outside the node and handed to it at every (re)start.
+#[derive(Debug, Clone)]
+pub struct SimFs {
+    state: Arc<Mutex<State>>,
+}
+
+fn normalize(path: &Path) -> io::Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("SimFs paths are relative and never contain '..': {path:?}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn split(path: &Path) -> io::Result<(PathBuf, String)> {
+    let path = normalize(path)?;
+    let name = match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) => name.to_string(),
+        None => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no file name in {path:?}"))),
+    };
+    let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((parent, name))
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{path:?} not found"))
+}
+
+impl State {
+    fn used_bytes(&self) -> u64 {
+        self.inodes.values().map(|i| i.data.len() as u64).sum()
+    }
+
+    fn dir(&self, path: &Path) -> io::Result<&Dir> {
+        self.dirs.get(path).ok_or_else(|| not_found(path))
+    }
+
+    fn dir_mut(&mut self, path: &Path) -> io::Result<&mut Dir> {
+        self.dirs.get_mut(path).ok_or_else(|| not_found(path))
+    }
+
+    fn lookup(&self, path: &Path) -> io::Result<Entry> {
+        let (parent, name) = split(path)?;
+        self.dir(&parent)?.entries.get(&name).copied().ok_or_else(|| not_found(path))
+    }
+
+    fn file_inode(&self, path: &Path) -> io::Result<u64> {
+        match self.lookup(path)? {
+            Entry::File(inode) => Ok(inode),
+            Entry::Dir => Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{path:?} is a directory"))),
+        }
+    }
+
+    fn chance(&mut self, probability: f64) -> bool {
+        probability > 0.0 && self.rng.random_bool(probability.min(1.0))
+    }
+
+    fn maybe_corrupt(&mut self, mut data: Vec<u8>) -> Vec<u8> {
+        let probability = self.faults.read_corruption_probability;
+        if !data.is_empty() && self.chance(probability) {
+            let bit = self.rng.random_range(0..data.len() * 8);
+            data[bit / 8] ^= 1 << (bit % 8);
+            self.stats.reads_corrupted += 1;
+        }
+        data
+    }
+
+    /// Removes the subtree of directories under `path` (inclusive) from the directory table.
+    fn drop_dir_tree(&mut self, path: &Path) {
+        let doomed: Vec<PathBuf> = self.dirs.keys().filter(|p| p.starts_with(path)).cloned().collect();
+        for dir in doomed {
+            self.dirs.remove(&dir);
+        }
+    }
+
+    fn crash(&mut self) {
+        self.generation += 1;
+        self.stats.crashes += 1;
+        // Directories first: revert each to its durable entries, starting from the root so that
+        // a directory whose own entry was not durable disappears with everything under it.
+        let mut reachable: BTreeMap<PathBuf, Dir> = BTreeMap::new();
+        let mut pending = vec![PathBuf::new()];
+        while let Some(path) = pending.pop() {
+            let Some(dir) = self.dirs.get(&path) else { continue };
+            let reverted = dir.entries.iter().filter(|(n, e)| dir.durable.get(*n) != Some(*e)).count()
+                + dir.durable.iter().filter(|(n, _)| !dir.entries.contains_key(*n)).count();
+            self.stats.dir_entries_reverted_on_crash += reverted as u64;
+            let durable = dir.durable.clone();
+            for (name, entry) in &durable {
+                if *entry == Entry::Dir {
+                    pending.push(path.join(name));
+                }
+            }
+            reachable.insert(path, Dir { entries: durable.clone(), durable });
+        }
+        self.dirs = reachable;
+        // Files: keep the durable prefix and, when torn, some of the tail.
+        let live: Vec<u64> = self
+            .dirs
+            .values()
+            .flat_map(|d| d.entries.values())
+            .filter_map(|e| match e {
+                Entry::File(inode) => Some(*inode),
+                Entry::Dir => None,
+            })
+            .collect();
+        self.inodes.retain(|id, _| live.contains(id));
+        let mode = self.faults.crash_mode;
+        let ids: Vec<u64> = self.inodes.keys().copied().collect();
+        for id in ids {
+            let (synced_len, len) = {
+                let inode = &self.inodes[&id];
+                (inode.synced_len, inode.data.len())
+            };
+            let tail_len = len - synced_len;
+            if tail_len == 0 {
+                continue;
+            }
+            let mut keep = 0;
+            let mut garbage = 0;
+            if mode == CrashMode::Torn {
+                keep = self.rng.random_range(0..=tail_len);
+                if keep < tail_len && self.rng.random_bool(0.5) {
+                    garbage = self.rng.random_range(1..=(tail_len - keep).min(64));
+                }
+            }
+            let mut noise = vec![0u8; garbage];
+            self.rng.fill_bytes(&mut noise);
+            let inode = self.inodes.get_mut(&id).expect("inode listed above");
+            inode.data.truncate(synced_len + keep);
+            inode.data.extend_from_slice(&noise);
+            inode.synced_len = inode.data.len();
+            self.stats.bytes_lost_on_crash += (tail_len - keep) as u64;
+            self.stats.bytes_garbage_on_crash += garbage as u64;
+        }
+    }
+}
+
+impl SimFs {
+    /// An empty disk whose faults draw from `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut dirs = BTreeMap::new();
+        dirs.insert(PathBuf::new(), Dir::default());
+        SimFs {
+            state: Arc::new(Mutex::new(State {
+                inodes: BTreeMap::new(),
+                inode_next: 1,
+                dirs,
+                generation: 0,
+                faults: FaultConfig::default(),
+                stats: FaultStats::default(),
+                rng: ChaCha8Rng::seed_from_u64(seed),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug in SimFs itself; the state is still usable
+        // for reporting, so recover the guard instead of cascading panics.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.lock().faults = faults;
+    }
+
+    pub fn faults(&self) -> FaultConfig {
+        self.lock().faults.clone()
+    }
+
+    pub fn stats(&self) -> FaultStats {
+        self.lock().stats.clone()
+    }
+
+    /// Simulates a power cut (see the module documentation). The caller must drop the node that
+    /// used this disk first; its open handles fail from now on.
+    pub fn crash(&self) {
+        self.lock().crash();
+    }
+
+    /// Bytes of file contents currently stored.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
+    /// Every file path with its durable contents, in path order: what would survive a crash
+    /// with [`CrashMode::DropUnsynced`]. The simulator hashes it into the trace hash.
+    pub fn durable_snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let state = self.lock();
+        let mut out = BTreeMap::new();
+        let mut pending = vec![PathBuf::new()];
+        while let Some(path) = pending.pop() {
+            let Some(dir) = state.dirs.get(&path) else { continue };
+            for (name, entry) in &dir.durable {
+                match entry {
+                    Entry::Dir => pending.push(path.join(name)),
+                    Entry::File(id) => {
+                        if let Some(inode) = state.inodes.get(id) {
+                            out.insert(path.join(name), inode.data[..inode.synced_len].to_vec());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Test helper: overwrites `len` bytes at `offset` of a file, durably, as a disk that rots
+    /// would. Used by corruption tests.
+    pub fn corrupt(&self, path: &Path, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        let id = state.file_inode(&normalize(path)?)?;
+        let inode = state.inodes.get_mut(&id).expect("inode of a listed file");
+        let end = offset + bytes.len();
+        if end > inode.data.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "corrupt past the end of the file"));
+        }
+        inode.data[offset..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    async fn delay(&self) {
+        let delay_ms = {
+            let mut state = self.lock();
+            let max = state.faults.io_delay_ms_max;
+            if max == 0 {
+                return;
+            }
+            let ms = state.rng.random_range(0..=max);
+            if ms > 0 {
+                state.stats.delays += 1;
+            }
+            ms
+        };
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+    }
+
+    fn create_dir_all_locked(state: &mut State, path: &Path) -> io::Result<()> {
+        let path = normalize(path)?;
+        let mut current = PathBuf::new();
+        for component in path.components() {
+            let name = component.as_os_str().to_str().expect("normalized path is UTF-8").to_string();
+            let child = current.join(&name);
+            let parent = state.dir_mut(&current)?;
+            match parent.entries.get(&name) {
+                Some(Entry::Dir) => {}
+                Some(Entry::File(_)) => {
+                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{child:?} is a file")))
+                }
+                None => {
+                    parent.entries.insert(name, Entry::Dir);
+                    state.dirs.insert(child.clone(), Dir::default());
+                }
+            }
+            current = child;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SimFile {
+    fs: SimFs,
+    inode: u64,
+    generation: u64,
+    path: PathBuf,
+}
+
+impl SimFile {
+    fn check_alive(&self, state: &State) -> io::Result<()> {
+        if state.generation != self.generation || !state.inodes.contains_key(&self.inode) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("handle for {:?} died in a simulated crash", self.path),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WritableFile for SimFile {
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.fs.delay().await;
+        let mut state = self.fs.lock();
+        self.check_alive(&state)?;
+        if let Some(capacity) = state.faults.capacity_bytes {
+            if state.used_bytes() + buf.len() as u64 > capacity {
+                state.stats.writes_refused_no_space += 1;
+                return Err(no_space_error());
+            }
+        }
+        state.inodes.get_mut(&self.inode).expect("checked alive").data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        self.fs.delay().await;
+        let mut state = self.fs.lock();
+        self.check_alive(&state)?;
+        let probability = state.faults.sync_eio_probability;
+        if state.chance(probability) {
+            state.stats.syncs_failed += 1;
+            // The kernel drops the dirty pages and forgets they were dirty: the bytes are gone
+            // and a later fsync will report success over them.
+            let inode = state.inodes.get_mut(&self.inode).expect("checked alive");
+            let synced_len = inode.synced_len;
+            for byte in &mut inode.data[synced_len..] {
+                *byte = 0;
+            }
+            return Err(eio_error());
+        }
+        let inode = state.inodes.get_mut(&self.inode).expect("checked alive");
+        inode.synced_len = inode.data.len();
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        let state = self.fs.lock();
+        state.inodes.get(&self.inode).map(|i| i.data.len() as u64).unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl FileSystem for SimFs {
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.delay().await;
+        let mut state = self.lock();
+        Self::create_dir_all_locked(&mut state, path)
+    }
+
+    async fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let (parent, name) = split(&path)?;
+        let mut state = self.lock();
+        let generation = state.generation;
+        let existing = state.dir(&parent)?.entries.get(&name).copied();
+        let inode = match existing {
+            Some(Entry::Dir) => {
+                return Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{path:?} is a directory")))
+            }
+            Some(Entry::File(inode)) => {
+                // O_TRUNC on an existing file: the truncation itself is metadata that reaches
+                // the disk with the next fsync of the file; model it as immediate and durable
+                // for simplicity, which is the conservative choice for readers of old data.
+                let node = state.inodes.get_mut(&inode).expect("entry points at an inode");
+                node.data.clear();
+                node.synced_len = 0;
+                inode
+            }
+            None => {
+                let inode = state.inode_next;
+                state.inode_next += 1;
+                state.inodes.insert(inode, Inode::default());
+                state.dir_mut(&parent)?.entries.insert(name, Entry::File(inode));
+                inode
+            }
+        };
+        Ok(Box::new(SimFile { fs: self.clone(), inode, generation, path }))
+    }
+
+    async fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let state = self.lock();
+        let inode = state.file_inode(&path)?;
+        Ok(Box::new(SimFile { fs: self.clone(), inode, generation: state.generation, path }))
+    }
+
+    async fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let mut state = self.lock();
+        let inode = state.file_inode(&path)?;
+        let data = state.inodes[&inode].data.clone();
+        Ok(state.maybe_corrupt(data))
+    }
+
+    async fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let mut state = self.lock();
+        let inode = state.file_inode(&path)?;
+        let data = &state.inodes[&inode].data;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let end = start.saturating_add(len).min(data.len());
+        let slice = data[start..end].to_vec();
+        Ok(state.maybe_corrupt(slice))
+    }
+
+    async fn file_len(&self, path: &Path) -> io::Result<u64> {
+        let path = normalize(path)?;
+        let state = self.lock();
+        let inode = state.file_inode(&path)?;
+        Ok(state.inodes[&inode].data.len() as u64)
+    }
+
+    async fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let mut state = self.lock();
+        let id = state.file_inode(&path)?;
+        let probability = state.faults.sync_eio_probability;
+        if state.chance(probability) {
+            state.stats.syncs_failed += 1;
+            return Err(eio_error());
+        }
+        let inode = state.inodes.get_mut(&id).expect("entry points at an inode");
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len < inode.data.len() {
+            inode.data.truncate(len);
+        } else {
+            inode.data.resize(len, 0);
+        }
+        inode.synced_len = inode.data.len();
+        Ok(())
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.delay().await;
+        let from = normalize(from)?;
+        let to = normalize(to)?;
+        let (from_parent, from_name) = split(&from)?;
+        let (to_parent, to_name) = split(&to)?;
+        let mut state = self.lock();
+        let entry = state.lookup(&from)?;
+        state.dir(&to_parent)?;
+        if let Some(existing) = state.dir(&to_parent)?.entries.get(&to_name).copied() {
+            if existing == Entry::Dir || entry == Entry::Dir {
+                if existing == Entry::Dir && !state.dir(&to)?.entries.is_empty() {
+                    return Err(io::Error::new(io::ErrorKind::DirectoryNotEmpty, format!("{to:?} not empty")));
+                }
+                state.drop_dir_tree(&to);
+            }
+        }
+        state.dir_mut(&from_parent)?.entries.remove(&from_name);
+        state.dir_mut(&to_parent)?.entries.insert(to_name, entry);
+        if entry == Entry::Dir {
+            // Move the directory subtree: the durable entries of the moved directories move with
+            // them (they are properties of the directories, not of the path).
+            let moved: Vec<PathBuf> = state.dirs.keys().filter(|p| p.starts_with(&from)).cloned().collect();
+            for old in moved {
+                let dir = state.dirs.remove(&old).expect("listed above");
+                let suffix = old.strip_prefix(&from).expect("starts with from").to_path_buf();
+                state.dirs.insert(to.join(suffix), dir);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let (parent, name) = split(&path)?;
+        let mut state = self.lock();
+        state.file_inode(&path)?;
+        state.dir_mut(&parent)?.entries.remove(&name);
+        Ok(())
+    }
+
+    async fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let (parent, name) = split(&path)?;
+        let mut state = self.lock();
+        match state.lookup(&path)? {
+            Entry::Dir => {}
+            Entry::File(_) => return Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{path:?}"))),
+        }
+        state.dir_mut(&parent)?.entries.remove(&name);
+        // The subtree's directories stay in the table until a crash or a new directory of that
+        // name; they are unreachable either way. Drop them now unless the parent's durable
+        // entries still name the directory (a crash would bring it back).
+        let durable_in_parent = state.dir(&parent)?.durable.get(&name) == Some(&Entry::Dir);
+        if !durable_in_parent {
+            state.drop_dir_tree(&path);
+        } else {
+            // Keep the durable view for a crash, but the live view must look empty and gone:
+            // mark the subtree's live entries empty.
+            let doomed: Vec<PathBuf> = state.dirs.keys().filter(|p| p.starts_with(&path)).cloned().collect();
+            for dir in doomed {
+                state.dirs.get_mut(&dir).expect("listed").entries.clear();
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let state = self.lock();
+        if !path.as_os_str().is_empty() && state.lookup(&path)? != Entry::Dir {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{path:?}")));
+        }
+        Ok(state.dir(&path)?.entries.keys().cloned().collect())
+    }
+
+    async fn exists(&self, path: &Path) -> io::Result<bool> {
+        let path = normalize(path)?;
+        if path.as_os_str().is_empty() {
+            return Ok(true);
+        }
+        let state = self.lock();
+        Ok(state.lookup(&path).is_ok())
+    }
+
+    async fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        let path = normalize(path)?;
+        if path.as_os_str().is_empty() {
+            return Ok(true);
+        }
+        let state = self.lock();
+        Ok(matches!(state.lookup(&path), Ok(Entry::Dir)))
+    }
+
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.delay().await;
+        let path = normalize(path)?;
+        let mut state = self.lock();
+        let probability = state.faults.sync_dir_eio_probability;
+        if state.chance(probability) {
+            state.stats.sync_dirs_failed += 1;
+            return Err(eio_error());
+        }
+        if !path.as_os_str().is_empty() && state.lookup(&path)? != Entry::Dir {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{path:?}")));
+        }
+        let dir = state.dir_mut(&path)?;
+        dir.durable = dir.entries.clone();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    // Goal: fsynced bytes in a file whose directory entry is durable survive a crash; unsynced
+    // bytes do not (DropUnsynced). Method: write, sync part, crash, read back.
+    #[tokio::test]
+    async fn crash_keeps_exactly_the_synced_prefix() {
+        let fs = SimFs::new(1);
+        fs.set_faults(FaultConfig { crash_mode: CrashMode::DropUnsynced, ..FaultConfig::default() });
+        fs.create_dir_all(&p("wal")).await.unwrap();
+        fs.sync_dir(&p("")).await.unwrap();
+        let mut file = fs.create(&p("wal/1")).await.unwrap();
+        fs.sync_dir(&p("wal")).await.unwrap();
+        file.write_all(b"durable").await.unwrap();
+        file.sync().await.unwrap();
+        file.write_all(b"-lost").await.unwrap();
+        assert_eq!(fs.read(&p("wal/1")).await.unwrap(), b"durable-lost");
+        fs.crash();
+        assert_eq!(fs.read(&p("wal/1")).await.unwrap(), b"durable");
+        assert!(file.write_all(b"x").await.is_err(), "old handles die with the crash");
+        assert_eq!(fs.stats().bytes_lost_on_crash, 5);
+    }
+
+    // Goal: a directory entry that was never made durable by sync_dir vanishes on crash, even
+    // when the file's contents were fsynced; and a rename is undone unless both directories
+    // were synced.
+    #[tokio::test]
+    async fn directory_entries_need_sync_dir() {
+        let fs = SimFs::new(2);
+        let mut file = fs.create(&p("a")).await.unwrap();
+        file.write_all(b"x").await.unwrap();
+        file.sync().await.unwrap();
+        fs.crash();
+        assert!(!fs.exists(&p("a")).await.unwrap(), "entry was never synced");
+
+        let mut file = fs.create(&p("tmp")).await.unwrap();
+        file.write_all(b"new").await.unwrap();
+        file.sync().await.unwrap();
+        fs.sync_dir(&p("")).await.unwrap();
+        fs.rename(&p("tmp"), &p("final")).await.unwrap();
+        fs.crash();
+        assert!(fs.exists(&p("tmp")).await.unwrap());
+        assert!(!fs.exists(&p("final")).await.unwrap());
+        fs.rename(&p("tmp"), &p("final")).await.unwrap();
+        fs.sync_dir(&p("")).await.unwrap();
+        fs.crash();
+        assert_eq!(fs.read(&p("final")).await.unwrap(), b"new");
+        assert!(!fs.exists(&p("tmp")).await.unwrap());
+    }
+
+    // Goal: a removed file comes back after a crash unless the removal was made durable.
+    #[tokio::test]
+    async fn unsynced_removal_is_undone() {
+        let fs = SimFs::new(3);
+        let mut file = fs.create(&p("seg")).await.unwrap();
+        file.write_all(b"abc").await.unwrap();
+        file.sync().await.unwrap();
+        fs.sync_dir(&p("")).await.unwrap();
+        fs.remove_file(&p("seg")).await.unwrap();
+        assert!(!fs.exists(&p("seg")).await.unwrap());
+        fs.crash();
+        assert_eq!(fs.read(&p("seg")).await.unwrap(), b"abc");
+        fs.remove_file(&p("seg")).await.unwrap();
+        fs.sync_dir(&p("")).await.unwrap();
+        fs.crash();
+        assert!(!fs.exists(&p("seg")).await.unwrap());
+    }
+
+    // Goal: a failed fsync drops the dirty pages, so a retried fsync "succeeds" over zeros —
+    // the behaviour that makes retry-and-ignore lose data.
+    #[tokio::test]
+    async fn failed_sync_drops_dirty_pages() {
+        let fs = SimFs::new(4);
+        let mut file = fs.create(&p("wal")).await.unwrap();
+        file.write_all(b"ok").await.unwrap();
+        file.sync().await.unwrap();
+        file.write_all(b"data").await.unwrap();
+        fs.set_faults(FaultConfig { sync_eio_probability: 1.0, ..FaultConfig::default() });
+        let error = file.sync().await.unwrap_err();
+        assert!(super::super::is_io_error(&error));
+        fs.set_faults(FaultConfig::default());
+        file.sync().await.unwrap();
+        assert_eq!(fs.read(&p("wal")).await.unwrap(), b"ok\0\0\0\0");
+        assert_eq!(fs.stats().syncs_failed, 1);
+    }
+
+    // Goal: writes past the capacity fail with ENOSPC and change nothing; reads keep working.
+    #[tokio::test]
+    async fn enospc_past_capacity() {
+        let fs = SimFs::new(5);
+        fs.set_faults(FaultConfig { capacity_bytes: Some(4), ..FaultConfig::default() });
+        let mut file = fs.create(&p("f")).await.unwrap();
+        file.write_all(b"1234").await.unwrap();
+        let error = file.write_all(b"5").await.unwrap_err();
+        assert!(super::super::is_no_space(&error));
+        assert_eq!(fs.read(&p("f")).await.unwrap(), b"1234");
+        assert_eq!(fs.stats().writes_refused_no_space, 1);
+    }
+
+    // Goal: torn crashes are deterministic per seed and keep at least the synced prefix.
+    async fn torn_run(seed: u64) -> Vec<u8> {
+        let fs = SimFs::new(seed);
+        let mut file = fs.create(&p("f")).await.unwrap();
+        fs.sync_dir(&p("")).await.unwrap();
+        file.write_all(&[7u8; 100]).await.unwrap();
+        file.sync().await.unwrap();
+        file.write_all(&[9u8; 100]).await.unwrap();
+        fs.crash();
+        fs.read(&p("f")).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn torn_crash_is_deterministic_and_keeps_synced_prefix() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..20 {
+            let a = torn_run(seed).await;
+            assert_eq!(a, torn_run(seed).await, "seed {seed}");
+            outcomes.insert(a.len());
+            assert!(a.len() >= 100);
+            assert!(a[..100].iter().all(|b| *b == 7));
+        }
+        assert!(outcomes.len() > 1, "different seeds tear differently");
+    }
+
+    // Goal: read_dir lists entries sorted, and directories created without a parent sync
+    // vanish on crash together with their contents.
+    #[tokio::test]
+    async fn directory_trees() {
+        let fs = SimFs::new(6);
+        fs.create_dir_all(&p("shards/2/tmp")).await.unwrap();
+        fs.create_dir_all(&p("shards/10")).await.unwrap();
+        fs.create(&p("shards/2/b")).await.unwrap();
+        fs.create(&p("shards/2/a")).await.unwrap();
+        assert_eq!(fs.read_dir(&p("shards")).await.unwrap(), vec!["10", "2"]);
+        assert_eq!(fs.read_dir(&p("shards/2")).await.unwrap(), vec!["a", "b", "tmp"]);
+        fs.sync_dir(&p("")).await.unwrap();
+        fs.crash();
+        assert!(fs.exists(&p("shards")).await.unwrap());
+        assert_eq!(fs.read_dir(&p("shards")).await.unwrap(), Vec::<String>::new());
+        fs.remove_dir_all(&p("shards")).await.unwrap();
+        assert!(!fs.exists(&p("shards")).await.unwrap());
+    }
+}
