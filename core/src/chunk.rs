@@ -87,7 +87,9 @@ pub enum ChunkError {
     DeltaZero { sample_index: usize },
     #[error("timestamp of sample {sample_index} overflows i64 (previous {prev_t}, delta {delta})")]
     TimestampOverflow { sample_index: usize, prev_t: i64, delta: u64 },
-    #[error("value of sample {sample_index} reuses a leading/trailing-zero window that was never set")]
+    #[error(
+        "value of sample {sample_index} reuses a leading/trailing-zero window that was never set"
+    )]
     XorWindowMissing { sample_index: usize },
     #[error(
         "value of sample {sample_index} has {leading_zeros} leading zeros and \
@@ -554,7 +556,10 @@ impl<'a> ChunkIter<'a> {
     fn check_end(&self) -> Result<(), ChunkError> {
         let trailing_bits = self.reader.bits_remaining();
         if trailing_bits >= 8 {
-            return Err(ChunkError::TrailingData { samples_count: self.samples_count, trailing_bits });
+            return Err(ChunkError::TrailingData {
+                samples_count: self.samples_count,
+                trailing_bits,
+            });
         }
         if trailing_bits > 0 && self.reader.peek(trailing_bits as u32) != 0 {
             return Err(ChunkError::PaddingNotZero { samples_count: self.samples_count });
@@ -569,7 +574,11 @@ impl<'a> ChunkIter<'a> {
         match sample_index {
             0 => {
                 let zigzag = self.reader.read_uvarint().map_err(|overflow| {
-                    if overflow { ChunkError::VarintOverflow { sample_index } } else { truncated_t.clone() }
+                    if overflow {
+                        ChunkError::VarintOverflow { sample_index }
+                    } else {
+                        truncated_t.clone()
+                    }
                 })?;
                 self.t = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
                 self.v_bits = self
@@ -580,7 +589,11 @@ impl<'a> ChunkIter<'a> {
             _ => {
                 let delta = if sample_index == 1 {
                     self.reader.read_uvarint().map_err(|overflow| {
-                        if overflow { ChunkError::VarintOverflow { sample_index } } else { truncated_t.clone() }
+                        if overflow {
+                            ChunkError::VarintOverflow { sample_index }
+                        } else {
+                            truncated_t.clone()
+                        }
                     })?
                 } else {
                     let dod = self.read_delta_of_delta().ok_or(truncated_t)?;
@@ -589,11 +602,10 @@ impl<'a> ChunkIter<'a> {
                 if delta == 0 {
                     return Err(ChunkError::DeltaZero { sample_index });
                 }
-                let t = self.t.checked_add_unsigned(delta).ok_or(ChunkError::TimestampOverflow {
-                    sample_index,
-                    prev_t: self.t,
-                    delta,
-                })?;
+                let t = self
+                    .t
+                    .checked_add_unsigned(delta)
+                    .ok_or(ChunkError::TimestampOverflow { sample_index, prev_t: self.t, delta })?;
                 self.read_value(sample_index)?;
                 self.t = t;
                 self.t_delta = delta;
@@ -630,26 +642,31 @@ impl<'a> ChunkIter<'a> {
         if !self.reader.read_bit().ok_or(truncated.clone())? {
             return Ok(());
         }
-        let (leading_zeros, significant_bits) = if !self.reader.read_bit().ok_or(truncated.clone())? {
-            if self.xor_leading_zeros == XOR_WINDOW_NONE {
-                return Err(ChunkError::XorWindowMissing { sample_index });
-            }
-            let leading_zeros = self.xor_leading_zeros as u32;
-            (leading_zeros, 64 - leading_zeros - self.xor_trailing_zeros as u32)
-        } else {
-            let control = self.reader.read(11).ok_or(truncated.clone())?;
-            let leading_zeros = (control >> 6) as u32;
-            let significant_bits = match (control & 63) as u32 {
-                0 => 64,
-                bits => bits,
+        let (leading_zeros, significant_bits) =
+            if !self.reader.read_bit().ok_or(truncated.clone())? {
+                if self.xor_leading_zeros == XOR_WINDOW_NONE {
+                    return Err(ChunkError::XorWindowMissing { sample_index });
+                }
+                let leading_zeros = self.xor_leading_zeros as u32;
+                (leading_zeros, 64 - leading_zeros - self.xor_trailing_zeros as u32)
+            } else {
+                let control = self.reader.read(11).ok_or(truncated.clone())?;
+                let leading_zeros = (control >> 6) as u32;
+                let significant_bits = match (control & 63) as u32 {
+                    0 => 64,
+                    bits => bits,
+                };
+                if leading_zeros + significant_bits > 64 {
+                    return Err(ChunkError::XorWindowInvalid {
+                        sample_index,
+                        leading_zeros,
+                        significant_bits,
+                    });
+                }
+                self.xor_leading_zeros = leading_zeros as u8;
+                self.xor_trailing_zeros = (64 - leading_zeros - significant_bits) as u8;
+                (leading_zeros, significant_bits)
             };
-            if leading_zeros + significant_bits > 64 {
-                return Err(ChunkError::XorWindowInvalid { sample_index, leading_zeros, significant_bits });
-            }
-            self.xor_leading_zeros = leading_zeros as u8;
-            self.xor_trailing_zeros = (64 - leading_zeros - significant_bits) as u8;
-            (leading_zeros, significant_bits)
-        };
         let trailing_zeros = 64 - leading_zeros - significant_bits;
         let xor = self.reader.read(significant_bits).ok_or(truncated)? << trailing_zeros;
         if xor == 0 {
@@ -783,7 +800,7 @@ mod tests {
             f64::from_bits(0x7ff0_0000_0000_0001), // signalling NaN, smallest payload
             f64::from_bits(0xffff_ffff_ffff_ffff), // NaN, all payload bits set
             f64::MIN_POSITIVE,
-            f64::from_bits(1), // smallest subnormal
+            f64::from_bits(1),                     // smallest subnormal
             f64::from_bits(0x000f_ffff_ffff_ffff), // largest subnormal
             -f64::from_bits(1),
             f64::MAX,
@@ -824,8 +841,22 @@ mod tests {
         let all_buckets: Vec<(i64, f64)> = {
             // Deltas chosen to land on each bucket's bounds, positive and negative.
             let deltas: [i64; 16] = [
-                10, 10, 8202, 10, 8203, 10, 65546, 10, 65547, 10, 524298, 10, 524299, 10,
-                1 << 40, 1,
+                10,
+                10,
+                8202,
+                10,
+                8203,
+                10,
+                65546,
+                10,
+                65547,
+                10,
+                524298,
+                10,
+                524299,
+                10,
+                1 << 40,
+                1,
             ];
             let mut t = -1_000_000_000;
             let mut samples = vec![(t, 0.0)];
@@ -845,7 +876,10 @@ mod tests {
             ("whole range then 1", vec![(i64::MIN, 0.0), (i64::MAX - 1, 0.0), (i64::MAX, 0.0)]),
             ("single sample at i64::MIN", vec![(i64::MIN, f64::NAN)]),
             ("single sample at i64::MAX", vec![(i64::MAX, -0.0)]),
-            ("negative timestamps", vec![(-45_000, 1.0), (-30_000, 1.0), (-15_000, 1.0), (-1, 3.0)]),
+            (
+                "negative timestamps",
+                vec![(-45_000, 1.0), (-30_000, 1.0), (-15_000, 1.0), (-1, 3.0)],
+            ),
             ("every special value", every_special),
             ("every pair of specials", every_pair),
             ("alternating extremes", alternating),
@@ -854,11 +888,7 @@ mod tests {
         ];
         for (name, samples) in cases {
             let decoded = decode_all(&encode_all(&samples).unwrap());
-            assert_eq!(
-                decoded.map(|s| bits_of(&s)),
-                Ok(bits_of(&samples)),
-                "case {name:?}"
-            );
+            assert_eq!(decoded.map(|s| bits_of(&s)), Ok(bits_of(&samples)), "case {name:?}");
             check_round_trip(&samples);
         }
     }
@@ -986,7 +1016,11 @@ mod tests {
         for original in [realistic, golden, specials] {
             let mut damaged: Vec<(String, Vec<u8>, Survives)> = Vec::new();
             for len in 0..original.len() {
-                damaged.push((format!("truncated to {len} bytes"), original[..len].to_vec(), Survives::Error));
+                damaged.push((
+                    format!("truncated to {len} bytes"),
+                    original[..len].to_vec(),
+                    Survives::Error,
+                ));
             }
             for bit in 0..original.len() * 8 {
                 let mut bytes = original.clone();
@@ -1080,7 +1114,11 @@ mod tests {
                 "window wider than 64",
                 // v1 `11` L=31 `11111` S=63 `111111`
                 [vec![0, 2, 0x00], vec![0; 8], vec![0x01, 0b1111_1111, 0b1111_1000]].concat(),
-                ChunkError::XorWindowInvalid { sample_index: 1, leading_zeros: 31, significant_bits: 63 },
+                ChunkError::XorWindowInvalid {
+                    sample_index: 1,
+                    leading_zeros: 31,
+                    significant_bits: 63,
+                },
             ),
             (
                 "zero in window",
@@ -1122,7 +1160,10 @@ mod tests {
                 ChunkError::TimestampNotIncreasing { t: 5, max_t: 9 },
                 "timestamp 5 is not after the chunk's last timestamp 9",
             ),
-            (ChunkError::Full { samples_max: 65535 }, "chunk is full: it holds 65535 samples already"),
+            (
+                ChunkError::Full { samples_max: 65535 },
+                "chunk is full: it holds 65535 samples already",
+            ),
         ];
         for (error, expected) in cases {
             assert_eq!(error.to_string(), expected);

@@ -216,7 +216,9 @@ mod buggify_impl {
     }
 }
 
-pub use buggify_impl::{buggify, buggify_counts, buggify_enable, buggify_is_enabled, buggify_reset};
+pub use buggify_impl::{
+    buggify, buggify_counts, buggify_enable, buggify_is_enabled, buggify_reset,
+};
 
 #[cfg(test)]
 mod tests {
@@ -260,7 +262,8 @@ mod tests {
         assert_eq!(first, PINNED_SEED_0.to_vec());
     }
 
-    const PINNED_SEED_0: [u64; 3] = [13080132717333068652, 8594738769458413623, 12896916468484187878];
+    const PINNED_SEED_0: [u64; 3] =
+        [13080132717333068652, 8594738769458413623, 12896916468484187878];
 
     // Goal: forks are deterministic, independent of each other and of the parent, and depend
     // on the label.
