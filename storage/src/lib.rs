@@ -1,3 +1,5 @@
 //! sextant-storage: the node's TSDB.
 pub mod clock;
 pub mod fs;
+pub mod head;
+pub mod index;
