@@ -1,5 +1,8 @@
 //! sextant-storage: the node's TSDB.
+pub mod acceptance;
+pub mod block;
 pub mod clock;
 pub mod fs;
 pub mod head;
 pub mod index;
+pub mod wal;
