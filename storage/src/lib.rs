@@ -1,3 +1,4 @@
 //! sextant-storage: the node's TSDB.
 pub mod clock;
 pub mod fs;
+pub mod block;
