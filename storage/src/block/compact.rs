@@ -1,0 +1,187 @@
+//! Compaction, the first-write-wins merge, and the blocks directory's housekeeping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sextant_core::labels::Labels;
+use sextant_core::sample::Sample;
+
+use super::reader::{Block, BlockSeriesRef};
+use super::writer::{tmp_dir, BlockWriter};
+use super::{block_dir, parse_block_name, BlockError, BlockMeta, BlockWriterConfig, CompactionMeta, TMP_SUFFIX};
+use crate::fs::FileSystem;
+
+/// Merges sample lists of one series, **oldest source first**, each strictly increasing in
+/// `t`. For a timestamp held by several sources the oldest source's sample is kept ("first
+/// write wins", the head's rule); equal value bits are simply one sample. The result is
+/// strictly increasing.
+pub fn merge_first_write_wins(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
+    for source in &sources {
+        for pair in source.windows(2) {
+            assert!(pair[0].t < pair[1].t, "merge_first_write_wins: a source is not strictly increasing");
+        }
+    }
+    let mut sources = sources.into_iter();
+    let mut merged = sources.next().unwrap_or_default();
+    for newer in sources {
+        if newer.is_empty() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(merged.len() + newer.len());
+        let (mut i, mut j) = (0, 0);
+        while i < merged.len() && j < newer.len() {
+            if merged[i].t < newer[j].t {
+                out.push(merged[i]);
+                i += 1;
+            } else if merged[i].t > newer[j].t {
+                out.push(newer[j]);
+                j += 1;
+            } else {
+                out.push(merged[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+        out.extend_from_slice(&merged[i..]);
+        out.extend_from_slice(&newer[j..]);
+        merged = out;
+    }
+    merged
+}
+
+/// Merges `sources` (adjacent or overlapping blocks, any order) into the new block `out_seq`:
+/// series are unioned by (tenant, labels), samples merged first-write-wins with the lower seq
+/// as the older source, tombstones applied and dropped. Returns `None` (and writes nothing)
+/// when no sample survives. The caller deletes the sources afterwards with [`delete_block`];
+/// until then a reader that sees both finds the same answers (the new block holds exactly the
+/// merge), and [`superseded_blocks`] names the sources after a crash.
+///
+/// The caller must compact together every block that overlaps the sources in time and has a
+/// seq between theirs, so that "lower seq is older" keeps meaning what it meant.
+pub async fn compact(
+    fs: Arc<dyn FileSystem>,
+    blocks_dir: &Path,
+    sources: &[&Block],
+    out_seq: u64,
+    config: &BlockWriterConfig,
+) -> Result<Option<BlockMeta>, BlockError> {
+    assert!(!sources.is_empty(), "compact: no sources");
+    let mut sources: Vec<&Block> = sources.to_vec();
+    sources.sort_by_key(|b| b.meta().seq);
+    for pair in sources.windows(2) {
+        assert!(pair[0].meta().seq < pair[1].meta().seq, "compact: the same block twice");
+    }
+    assert!(sources.iter().all(|b| b.meta().seq != out_seq), "compact: out_seq is a source");
+
+    // Series of all sources by identity, each with its refs oldest source first.
+    let mut series: BTreeMap<(&str, &Labels), Vec<(usize, BlockSeriesRef)>> = BTreeMap::new();
+    for (source_index, block) in sources.iter().enumerate() {
+        for r in block.all_series() {
+            series.entry((block.series_tenant(r), block.series_labels(r))).or_default().push((source_index, r));
+        }
+    }
+    let compaction = CompactionMeta {
+        level: 1 + sources.iter().map(|b| b.meta().compaction.level).max().expect("not empty"),
+        sources: sources
+            .iter()
+            .flat_map(|b| b.meta().compaction.sources.iter().copied())
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect(),
+        parents: sources.iter().map(|b| b.meta().seq).collect(),
+    };
+
+    let mut writer = BlockWriter::create(&*fs, blocks_dir, out_seq, config).await?;
+    let result = async {
+        for ((tenant, labels), refs) in &series {
+            let mut lists = Vec::with_capacity(refs.len());
+            for (source_index, r) in refs {
+                lists.push(sources[*source_index].samples(*r, i64::MIN, i64::MAX).await?);
+            }
+            let merged = merge_first_write_wins(lists);
+            if !merged.is_empty() {
+                writer.add_series(tenant, labels, &merged).await?;
+            }
+        }
+        writer.finish(compaction).await
+    }
+    .await;
+    match result {
+        Ok(meta) => Ok(Some(meta)),
+        Err(error) => {
+            let _ = fs.remove_dir_all(&tmp_dir(blocks_dir, out_seq)).await;
+            match error {
+                BlockError::Empty { .. } => Ok(None),
+                error => Err(error),
+            }
+        }
+    }
+}
+
+/// Deletes block `seq`: renames it to `<seq>.delete.tmp` (so a crash never leaves a
+/// half-deleted directory under a block name), fsyncs the blocks directory, removes the
+/// directory, fsyncs again.
+pub async fn delete_block(fs: &dyn FileSystem, blocks_dir: &Path, seq: u64) -> Result<(), BlockError> {
+    let dir = block_dir(blocks_dir, seq);
+    let doomed = blocks_dir.join(format!("{seq:016x}.delete{TMP_SUFFIX}"));
+    fs.rename(&dir, &doomed).await.map_err(BlockError::io(&dir, "rename"))?;
+    fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
+    fs.remove_dir_all(&doomed).await.map_err(BlockError::io(&doomed, "remove_dir_all"))?;
+    fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
+    Ok(())
+}
+
+/// Block directories (16 hex digits) under `blocks_dir`, oldest (lowest seq) first.
+pub async fn list_blocks(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<Vec<PathBuf>, BlockError> {
+    let names = fs.read_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "read_dir"))?;
+    let mut blocks = Vec::new();
+    for name in names {
+        if let Some(seq) = parse_block_name(&name) {
+            let path = blocks_dir.join(&name);
+            if fs.is_dir(&path).await.map_err(BlockError::io(&path, "stat"))? {
+                blocks.push((seq, path));
+            }
+        }
+    }
+    blocks.sort();
+    Ok(blocks.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Removes leftover `*.tmp` entries of `blocks_dir` (blocks being written or deleted when the
+/// process stopped) and fsyncs the directory. Returns how many were removed.
+pub async fn cleanup_tmp(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<usize, BlockError> {
+    let names = fs.read_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "read_dir"))?;
+    let mut removed = 0;
+    for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
+        let path = blocks_dir.join(name);
+        if fs.is_dir(&path).await.map_err(BlockError::io(&path, "stat"))? {
+            fs.remove_dir_all(&path).await.map_err(BlockError::io(&path, "remove_dir_all"))?;
+        } else {
+            fs.remove_file(&path).await.map_err(BlockError::io(&path, "remove_file"))?;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
+    }
+    Ok(removed)
+}
+
+/// Seqs of blocks whose data a higher-level block already holds (the sources of a compaction
+/// that a crash stopped before [`delete_block`]): delete them. Sorted.
+pub fn superseded_blocks(metas: &[BlockMeta]) -> Vec<u64> {
+    let mut out: Vec<u64> = metas
+        .iter()
+        .filter(|x| {
+            metas.iter().any(|y| {
+                y.seq != x.seq
+                    && y.compaction.level > x.compaction.level
+                    && x.compaction.sources.iter().all(|s| y.compaction.sources.binary_search(s).is_ok())
+            })
+        })
+        .map(|m| m.seq)
+        .collect();
+    out.sort_unstable();
+    out
+}
