@@ -2,6 +2,7 @@
 pub mod acceptance;
 pub mod block;
 pub mod clock;
+pub mod engine;
 pub mod fs;
 pub mod head;
 pub mod index;

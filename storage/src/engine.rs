@@ -1,0 +1,1209 @@
+//! The storage engine: one node's WAL and the shards it holds, behind one async API.
+//!
+//! # Guarantees (docs/design/storage.md has the full list)
+//!
+//! - **Durable before visible, durable before acknowledged.** A write is judged, logged to the
+//!   WAL, and applied to the head only after its record is durable under the fsync policy; its
+//!   future resolves after that. The head therefore never holds a sample the WAL could lose, so
+//!   a duplicate found in the head is acknowledged at once; a duplicate of a sample still on its
+//!   way to the disk waits for that sample's record.
+//! - **Judged once.** [`Engine::append`] applies the time-acceptance rules with the node's
+//!   clock; [`Engine::import`] applies an already-judged write and skips them. Both apply the
+//!   duplicate rule: the same (series, timestamp, value bits) again is a success, a different
+//!   value at an existing timestamp is refused (first write wins).
+//! - **Disk errors.** ENOSPC refuses writes with a retryable error while reads keep working;
+//!   an fsync error poisons the WAL and every later write is refused until restart; while the
+//!   engine is opening (WAL replay) there is no engine to write to, and the node answers 503.
+//!
+//! # Concurrency
+//!
+//! Each shard sits behind its own `RwLock`. A write holds its shard's write lock while it judges
+//! samples and submits WAL records (so WAL order equals judgement order), then releases it and
+//! a spawned task awaits durability and re-takes the lock to apply: the application happens
+//! even if the caller's future is dropped. Samples submitted but not yet applied are kept in the
+//! shard's pending overlay, which judgement consults, so two concurrent writes cannot both
+//! accept different values for one timestamp.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sextant_core::clock::Clock;
+use sextant_core::labels::Labels;
+use sextant_core::matcher::Matcher;
+use sextant_core::sample::{Sample, TimestampMs};
+use sextant_core::series::{fingerprint, FingerprintFn, SeriesKey};
+use tokio::sync::{oneshot, watch, RwLock};
+
+use crate::acceptance::{AcceptanceConfig, TimeRefusal, TimeVerdict};
+use crate::block::{self, Block, BlockError, BlockSeriesData, BlockWriterConfig, Tombstone};
+use crate::fs::FileSystem;
+use crate::head::{Head, HeadAppend, HeadError};
+use crate::index::SeriesRef;
+use crate::wal::{RecordBody, SampleEntry, SeriesEntry, TombstoneEntry, Wal, WalConfig, WalError, WalRecord};
+
+pub use crate::wal::ShardId;
+
+/// How the engine is configured. Every field has a production default.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Shards this node stores. A single node holds all of them.
+    pub shard_ids: Vec<ShardId>,
+    pub wal: WalConfig,
+    pub acceptance: AcceptanceConfig,
+    /// Span of a block cut from the head (default 2 h).
+    pub block_span_ms: i64,
+    /// Blocks whose newest sample is older than this are deleted (`None`: keep forever).
+    pub retention_ms: Option<i64>,
+    /// When blocks of all shards exceed this many bytes, the oldest are deleted.
+    pub retention_bytes: Option<u64>,
+    /// The node's memory budget for series, chunks and postings (heads and block indexes).
+    pub memory_bytes_max: u64,
+    pub block_writer: BlockWriterConfig,
+    /// Series identity hash; tests force collisions with `colliding_fingerprint`.
+    pub fingerprint_fn: FingerprintFn,
+    /// Samples one write may carry (bounds the pending overlay and the WAL record).
+    pub write_samples_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shard_ids: (0..16).collect(),
+            wal: WalConfig::default(),
+            acceptance: AcceptanceConfig::default(),
+            block_span_ms: 2 * 3600 * 1000,
+            retention_ms: Some(15 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            memory_bytes_max: 4 * 1024 * 1024 * 1024,
+            block_writer: BlockWriterConfig::default(),
+            fingerprint_fn: fingerprint,
+            write_samples_max: 1_000_000,
+        }
+    }
+}
+
+/// Failures of a whole operation.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("shard {shard} is not held by this node")]
+    UnknownShard { shard: ShardId },
+    #[error("write of {samples} samples exceeds the limit of {max} samples per write")]
+    WriteTooLarge { samples: usize, max: usize },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error("storage I/O error during {step}: {source}")]
+    Io { step: &'static str, source: std::io::Error },
+    #[error("engine is closed")]
+    Closed,
+    #[error("invalid engine configuration: {reason}")]
+    Config { reason: String },
+}
+
+impl EngineError {
+    /// True when the same request may succeed later (disk full, queue full, memory pressure).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EngineError::Wal(e) => e.is_retryable(),
+            EngineError::Io { source, .. } => crate::fs::is_no_space(source),
+            _ => false,
+        }
+    }
+}
+
+/// Why one sample was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefusalReason {
+    #[error(transparent)]
+    Time(#[from] TimeRefusal),
+    #[error("a different value is already stored at timestamp {t} (first write wins)")]
+    Conflict { t: TimestampMs, existing_bits: u64 },
+    #[error("timestamp {t} appears twice in one write with different values")]
+    ConflictInRequest { t: TimestampMs },
+    #[error("node memory budget of {budget_bytes} bytes reached; new series are refused until memory is freed")]
+    MemoryBudget { budget_bytes: u64 },
+}
+
+impl RefusalReason {
+    /// Memory pressure passes; the other reasons are permanent for this sample.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RefusalReason::MemoryBudget { .. })
+    }
+}
+
+/// One refused sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleRefusal {
+    pub series: String,
+    pub t: TimestampMs,
+    pub reason: RefusalReason,
+}
+
+/// Refusals kept in detail per write; the rest are only counted.
+pub const REFUSALS_DETAILED_MAX: usize = 16;
+
+/// What a write did, sample by sample.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendReport {
+    /// Samples stored by this write.
+    pub accepted: u64,
+    /// Samples already stored with the same value bits (successes).
+    pub duplicates: u64,
+    /// Of the accepted samples, those older than their series' newest (out of order).
+    pub out_of_order: u64,
+    pub series_created: u64,
+    /// Refused samples, counted.
+    pub refused_permanent: u64,
+    pub refused_retryable: u64,
+    /// The first few refusals in detail.
+    pub refusals: Vec<SampleRefusal>,
+}
+
+impl AppendReport {
+    fn refuse(&mut self, series: &Labels, t: TimestampMs, reason: RefusalReason) {
+        if reason.is_retryable() {
+            self.refused_retryable += 1;
+        } else {
+            self.refused_permanent += 1;
+        }
+        if self.refusals.len() < REFUSALS_DETAILED_MAX {
+            self.refusals.push(SampleRefusal { series: series.to_string(), t, reason });
+        }
+    }
+}
+
+/// One series' samples in a write. Labels are already validated by the caller (ingest).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteSeries {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// One series' samples in a read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesSamples {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// A point-in-time view of the engine, for `/metrics`, readiness and reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    pub poisoned: bool,
+    pub head_series: u64,
+    pub memory_bytes: u64,
+    pub memory_bytes_max: u64,
+    pub blocks: u64,
+    pub block_bytes: u64,
+    pub samples_appended: u64,
+    pub samples_imported: u64,
+    pub replay_records: u64,
+    pub replay_samples_lost: u64,
+}
+
+/// Cardinality figures for one tenant (the `/api/v1/status/tsdb` report).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CardinalityReport {
+    pub head_series: u64,
+    /// Series per metric name, largest first.
+    pub series_per_metric: Vec<(String, u64)>,
+    /// (label name, distinct values, series carrying it), by name.
+    pub labels: Vec<(String, u64, u64)>,
+}
+
+/// What a maintenance pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    pub blocks_cut: u64,
+    pub samples_persisted: u64,
+    pub blocks_compacted: u64,
+    pub blocks_deleted_retention: u64,
+    pub checkpointed: bool,
+}
+
+/// A head cut: every sample of a record with `seq <= wal_seq_max` and `t < before_t` is in a
+/// block. Replay and checkpoints skip such samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadCut {
+    wal_seq_max: u64,
+    before_t: TimestampMs,
+}
+
+/// Head cuts kept per shard (a checkpoint clears them; they are tiny).
+const HEAD_CUTS_MAX: usize = 10_000;
+
+fn is_persisted(cuts: &[HeadCut], seq: u64, t: TimestampMs) -> bool {
+    cuts.iter().any(|c| seq <= c.wal_seq_max && t < c.before_t)
+}
+
+#[derive(Debug, Default)]
+struct PendingSeries {
+    series_ref: SeriesRef,
+    users: usize,
+}
+
+/// Samples and series submitted to the WAL and not yet applied to the head.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Lookup only, never iterated.
+    series: HashMap<SeriesKey, PendingSeries>,
+    samples: BTreeMap<(SeriesRef, TimestampMs), (u64, u64)>,
+    /// Seqs of records submitted and not yet applied or failed.
+    seqs: BTreeSet<u64>,
+    outcomes: BTreeMap<u64, watch::Receiver<Option<bool>>>,
+}
+
+impl Pending {
+    fn newest(&self, series_ref: SeriesRef) -> Option<TimestampMs> {
+        self.samples.range((series_ref, TimestampMs::MIN)..=(series_ref, TimestampMs::MAX)).next_back().map(|((_, t), _)| *t)
+    }
+}
+
+struct Shard {
+    id: ShardId,
+    blocks_dir: PathBuf,
+    head: Head,
+    /// Opened blocks, ascending seq.
+    blocks: Vec<Block>,
+    block_seq_next: u64,
+    cuts: Vec<HeadCut>,
+    pending: Pending,
+    /// Ref counter including refs reserved by pending writes.
+    ref_next: SeriesRef,
+}
+
+impl Shard {
+    fn blocks_max_t(&self) -> Option<TimestampMs> {
+        self.blocks.iter().map(|b| b.meta().max_t).max()
+    }
+
+    fn cuts_path(&self) -> PathBuf {
+        self.blocks_dir.parent().expect("blocks dir has a parent").join("head-cuts.json")
+    }
+
+    /// Value bits stored in blocks for `key` at `t`, oldest block first (first write wins).
+    async fn block_value_at(&self, key: &SeriesKey, t: TimestampMs) -> Result<Option<u64>, EngineError> {
+        let matchers: Vec<Matcher> = key.labels.iter().map(|l| Matcher::equal(l.name.clone(), l.value.clone())).collect();
+        for block in &self.blocks {
+            if t < block.meta().min_t || t > block.meta().max_t {
+                continue;
+            }
+            for r in block.select(&key.tenant, &matchers) {
+                if *block.series_labels(r) != key.labels {
+                    continue;
+                }
+                if let Some(s) = block.samples(r, t, t).await?.first() {
+                    return Ok(Some(s.v.to_bits()));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+struct Counters {
+    samples_appended: AtomicU64,
+    samples_imported: AtomicU64,
+    replay_records: AtomicU64,
+    replay_samples_lost: AtomicU64,
+}
+
+struct Inner {
+    fs: Arc<dyn FileSystem>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    wal: Wal,
+    shards: BTreeMap<ShardId, Arc<RwLock<Shard>>>,
+    counters: Counters,
+    closed: AtomicBool,
+    /// Serializes maintenance passes (cuts, compaction, retention, checkpoints).
+    maintenance: tokio::sync::Mutex<()>,
+    memory_bytes: Mutex<BTreeMap<ShardId, u64>>,
+}
+
+/// The node's storage engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("shards", &self.inner.shards.len()).finish()
+    }
+}
+
+fn shard_dir(id: ShardId) -> PathBuf {
+    PathBuf::from("shards").join(id.to_string())
+}
+
+async fn write_atomically(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let tmp = path.with_extension("tmp");
+    let io = |step| move |source| EngineError::Io { step, source };
+    let mut file = fs.create(&tmp).await.map_err(io("create temp file"))?;
+    file.write_all(bytes).await.map_err(io("write temp file"))?;
+    file.sync().await.map_err(io("fsync temp file"))?;
+    fs.rename(&tmp, path).await.map_err(io("rename temp file"))?;
+    let parent = path.parent().unwrap_or(Path::new(""));
+    fs.sync_dir(parent).await.map_err(io("fsync directory"))?;
+    Ok(())
+}
+
+impl Engine {
+    /// Opens the engine: loads blocks, replays the WAL into the heads, starts the WAL writer.
+    pub async fn open(fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>, config: EngineConfig) -> Result<Engine, EngineError> {
+        if config.shard_ids.is_empty() {
+            return Err(EngineError::Config { reason: "no shards".into() });
+        }
+        if config.block_span_ms <= 0 {
+            return Err(EngineError::Config { reason: format!("block_span_ms {} must be positive", config.block_span_ms) });
+        }
+        let io = |step| move |source| EngineError::Io { step, source };
+        let mut shards = BTreeMap::new();
+        for &id in &config.shard_ids {
+            let dir = shard_dir(id);
+            let blocks_dir = dir.join("blocks");
+            if !fs.exists(&blocks_dir).await.map_err(io("stat blocks dir"))? {
+                fs.create_dir_all(&blocks_dir).await.map_err(io("create shard dir"))?;
+                fs.sync_dir(Path::new("")).await.map_err(io("fsync data dir"))?;
+                fs.sync_dir(Path::new("shards")).await.map_err(io("fsync shards dir"))?;
+                fs.sync_dir(&dir).await.map_err(io("fsync shard dir"))?;
+            }
+            block::cleanup_tmp(fs.as_ref(), &blocks_dir).await?;
+            let mut blocks = Vec::new();
+            for path in block::list_blocks(fs.as_ref(), &blocks_dir).await? {
+                blocks.push(Block::open(fs.clone(), path).await?);
+            }
+            blocks.sort_by_key(|b| b.meta().seq);
+            // A compaction that crashed before deleting its sources leaves them beside the output.
+            let metas: Vec<_> = blocks.iter().map(|b| b.meta().clone()).collect();
+            let superseded = block::superseded_blocks(&metas);
+            for seq in &superseded {
+                block::delete_block(fs.as_ref(), &blocks_dir, *seq).await?;
+            }
+            blocks.retain(|b| !superseded.contains(&b.meta().seq));
+            let block_seq_next = blocks.iter().map(|b| b.meta().seq + 1).max().unwrap_or(1);
+            let cuts_path = dir.join("head-cuts.json");
+            let cuts: Vec<HeadCut> = if fs.exists(&cuts_path).await.map_err(io("stat head cuts"))? {
+                let bytes = fs.read(&cuts_path).await.map_err(io("read head cuts"))?;
+                serde_json::from_slice(&bytes).map_err(|e| EngineError::Io {
+                    step: "parse head cuts",
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{cuts_path:?}: {e}")),
+                })?
+            } else {
+                Vec::new()
+            };
+            let shard = Shard {
+                id,
+                blocks_dir,
+                head: Head::new(config.fingerprint_fn),
+                blocks,
+                block_seq_next,
+                cuts,
+                pending: Pending::default(),
+                ref_next: 1,
+            };
+            shards.insert(id, shard);
+        }
+
+        // Replay: series, samples and tombstones in log order.
+        fs.create_dir_all(Path::new("wal")).await.map_err(io("create wal dir"))?;
+        fs.sync_dir(Path::new("")).await.map_err(io("fsync data dir"))?;
+        let mut replay = Wal::open(fs.clone(), PathBuf::from("wal"), config.wal.clone()).await?;
+        let mut aliases: BTreeMap<(ShardId, SeriesRef), SeriesRef> = BTreeMap::new();
+        let (mut records, mut lost) = (0u64, 0u64);
+        while let Some(item) = replay.next().await {
+            let record = match item {
+                Ok(record) => record,
+                Err(WalError::Decode { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            records += 1;
+            let Some(shard) = shards.get_mut(&record.shard) else {
+                tracing::warn!(shard = record.shard, "WAL record for a shard this node no longer holds; skipped");
+                continue;
+            };
+            match record.body {
+                RecordBody::Series(entries) => {
+                    for entry in entries {
+                        let key = SeriesKey::new(entry.tenant, entry.labels);
+                        match shard.head.lookup(&key) {
+                            Some(existing) => {
+                                aliases.insert((shard.id, entry.series_ref), existing);
+                            }
+                            None if shard.head.contains_ref(entry.series_ref) => {
+                                let fresh = shard.head.create(key);
+                                aliases.insert((shard.id, entry.series_ref), fresh);
+                            }
+                            None => shard.head.insert_with_ref(entry.series_ref, key),
+                        }
+                    }
+                }
+                RecordBody::Samples(entries) => {
+                    for entry in entries {
+                        if is_persisted(&shard.cuts, record.seq, entry.t) {
+                            continue;
+                        }
+                        let series_ref = aliases.get(&(shard.id, entry.series_ref)).copied().unwrap_or(entry.series_ref);
+                        if !shard.head.contains_ref(series_ref) {
+                            // Its Series record was in a damaged range of the log.
+                            lost += 1;
+                            continue;
+                        }
+                        match shard.head.append(series_ref, entry.t, entry.v)? {
+                            HeadAppend::Appended | HeadAppend::Duplicate => {}
+                            HeadAppend::Conflict { .. } => lost += 1,
+                        }
+                    }
+                }
+                RecordBody::Tombstone(entry) => {
+                    shard.head.delete(&entry.tenant, &entry.matchers, entry.min_t, entry.max_t)?;
+                }
+            }
+        }
+        let report = replay.report();
+        if !report.damaged.is_empty() || report.truncated.is_some() || lost > 0 {
+            tracing::warn!(?report, samples_lost = lost, "WAL replay repaired damage");
+        }
+        let wal = replay.finish().await?;
+        let mut locked = BTreeMap::new();
+        let mut memory = BTreeMap::new();
+        for (id, mut shard) in shards {
+            shard.ref_next = shard.head.ref_next();
+            memory.insert(id, Self::shard_memory(&shard));
+            locked.insert(id, Arc::new(RwLock::new(shard)));
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                fs,
+                clock,
+                config,
+                wal,
+                shards: locked,
+                counters: Counters {
+                    samples_appended: AtomicU64::new(0),
+                    samples_imported: AtomicU64::new(0),
+                    replay_records: AtomicU64::new(records),
+                    replay_samples_lost: AtomicU64::new(lost),
+                },
+                closed: AtomicBool::new(false),
+                maintenance: tokio::sync::Mutex::new(()),
+                memory_bytes: Mutex::new(memory),
+            }),
+        })
+    }
+
+    fn shard_memory(shard: &Shard) -> u64 {
+        (shard.head.memory_bytes() + shard.blocks.iter().map(Block::memory_bytes).sum::<usize>()) as u64
+    }
+
+    fn memory_total(&self) -> u64 {
+        self.inner.memory_bytes.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+    }
+
+    fn update_memory(&self, shard: &Shard) {
+        let bytes = Self::shard_memory(shard);
+        self.inner.memory_bytes.lock().unwrap_or_else(|p| p.into_inner()).insert(shard.id, bytes);
+    }
+
+    pub fn shard_ids(&self) -> Vec<ShardId> {
+        self.inner.shards.keys().copied().collect()
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    fn shard(&self, id: ShardId) -> Result<&Arc<RwLock<Shard>>, EngineError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(EngineError::Closed);
+        }
+        self.inner.shards.get(&id).ok_or(EngineError::UnknownShard { shard: id })
+    }
+
+    /// Stores samples judged by this node's clock (the ingest path).
+    pub async fn append(&self, shard: ShardId, tenant: &str, series: Vec<WriteSeries>) -> Result<AppendReport, EngineError> {
+        let now = self.inner.clock.now_wall_ms();
+        self.write(shard, tenant, series, Some(now)).await
+    }
+
+    /// Stores samples already judged elsewhere (forwarded writes, replication, shard moves).
+    pub async fn import(&self, shard: ShardId, tenant: &str, series: Vec<WriteSeries>) -> Result<AppendReport, EngineError> {
+        self.write(shard, tenant, series, None).await
+    }
+
+    async fn write(&self, shard_id: ShardId, tenant: &str, series: Vec<WriteSeries>, judge_at: Option<TimestampMs>) -> Result<AppendReport, EngineError> {
+        let samples_total: usize = series.iter().map(|s| s.samples.len()).sum();
+        if samples_total > self.inner.config.write_samples_max {
+            return Err(EngineError::WriteTooLarge { samples: samples_total, max: self.inner.config.write_samples_max });
+        }
+        let shard_lock = self.shard(shard_id)?.clone();
+        let mut report = AppendReport::default();
+        let mut waits: Vec<watch::Receiver<Option<bool>>> = Vec::new();
+        let applied = {
+            let mut shard = shard_lock.write().await;
+            let shard = &mut *shard;
+            let memory_budget = self.inner.config.memory_bytes_max;
+            let mut memory_used = self.memory_total();
+            let mut new_series: Vec<SeriesEntry> = Vec::new();
+            let mut new_keys: Vec<SeriesKey> = Vec::new();
+            let mut entries: Vec<SampleEntry> = Vec::new();
+            // Samples accepted by this write: (ref, t) → bits, to catch in-request conflicts.
+            let mut accepted: BTreeMap<(SeriesRef, TimestampMs), u64> = BTreeMap::new();
+            for write in series {
+                let key = SeriesKey::new(tenant, write.labels);
+                let mut series_ref = shard.head.lookup(&key).or_else(|| shard.pending.series.get(&key).map(|p| p.series_ref));
+                let in_head = series_ref.is_some_and(|r| shard.head.contains_ref(r));
+                for sample in write.samples {
+                    let head_newest = series_ref.and_then(|r| shard.head.get(r)).and_then(|s| s.newest_t());
+                    let pending_newest = series_ref.and_then(|r| shard.pending.newest(r));
+                    let request_newest = series_ref.and_then(|r| accepted.range((r, TimestampMs::MIN)..=(r, TimestampMs::MAX)).next_back().map(|((_, t), _)| *t));
+                    let newest = head_newest.max(pending_newest).max(request_newest);
+                    let verdict = match judge_at {
+                        Some(now) => match self.inner.config.acceptance.judge(now, newest, sample.t) {
+                            Ok(verdict) => verdict,
+                            Err(refusal) => {
+                                report.refuse(&key.labels, sample.t, refusal.into());
+                                continue;
+                            }
+                        },
+                        None if newest.is_some_and(|n| sample.t <= n) => TimeVerdict::OutOfOrder,
+                        None => TimeVerdict::InOrder,
+                    };
+                    let bits = sample.v.to_bits();
+                    if let Some(r) = series_ref {
+                        // Duplicate rules: this request, then pending writes, then the head,
+                        // then blocks. In-order samples are newer than anything stored.
+                        if let Some(existing) = accepted.get(&(r, sample.t)) {
+                            if *existing == bits {
+                                report.duplicates += 1;
+                            } else {
+                                report.refuse(&key.labels, sample.t, RefusalReason::ConflictInRequest { t: sample.t });
+                            }
+                            continue;
+                        }
+                        if let Some((existing, seq)) = shard.pending.samples.get(&(r, sample.t)) {
+                            if *existing == bits {
+                                report.duplicates += 1;
+                                if let Some(outcome) = shard.pending.outcomes.get(seq) {
+                                    waits.push(outcome.clone());
+                                }
+                            } else {
+                                report.refuse(&key.labels, sample.t, RefusalReason::Conflict { t: sample.t, existing_bits: *existing });
+                            }
+                            continue;
+                        }
+                    }
+                    if verdict == TimeVerdict::OutOfOrder {
+                        if let Some(existing) = self.stored_value_at(shard, series_ref, &key, sample.t).await? {
+                            if existing == bits {
+                                report.duplicates += 1;
+                            } else {
+                                report.refuse(&key.labels, sample.t, RefusalReason::Conflict { t: sample.t, existing_bits: existing });
+                            }
+                            continue;
+                        }
+                    } else if !in_head && shard.blocks_max_t().is_some_and(|m| sample.t <= m) {
+                        // A series new to the head may still have older data in blocks.
+                        if let Some(existing) = shard.block_value_at(&key, sample.t).await? {
+                            if existing == bits {
+                                report.duplicates += 1;
+                            } else {
+                                report.refuse(&key.labels, sample.t, RefusalReason::Conflict { t: sample.t, existing_bits: existing });
+                            }
+                            continue;
+                        }
+                    }
+                    let r = match series_ref {
+                        Some(r) => r,
+                        None => {
+                            let cost = Head::series_cost_bytes(&key) as u64;
+                            if memory_used + cost > memory_budget {
+                                report.refuse(&key.labels, sample.t, RefusalReason::MemoryBudget { budget_bytes: memory_budget });
+                                continue;
+                            }
+                            memory_used += cost;
+                            let r = shard.ref_next;
+                            shard.ref_next += 1;
+                            new_series.push(SeriesEntry { series_ref: r, tenant: key.tenant.clone(), labels: key.labels.clone() });
+                            new_keys.push(key.clone());
+                            report.series_created += 1;
+                            series_ref = Some(r);
+                            r
+                        }
+                    };
+                    if verdict == TimeVerdict::OutOfOrder {
+                        report.out_of_order += 1;
+                    }
+                    accepted.insert((r, sample.t), bits);
+                    entries.push(SampleEntry { series_ref: r, t: sample.t, v: sample.v });
+                }
+            }
+            report.accepted = entries.len() as u64;
+            if entries.is_empty() {
+                None
+            } else {
+                // Submit under the lock: WAL order is judgement order.
+                let series_ticket = if new_series.is_empty() {
+                    None
+                } else {
+                    Some(self.inner.wal.submit(shard.id, RecordBody::Series(new_series.clone()))?)
+                };
+                let samples_ticket = match self.inner.wal.submit(shard.id, RecordBody::Samples(entries.clone())) {
+                    Ok(ticket) => ticket,
+                    Err(error) => {
+                        // The series record alone is harmless: replay creates empty series.
+                        drop(series_ticket);
+                        return Err(error.into());
+                    }
+                };
+                let seq = samples_ticket.seq();
+                let (outcome_tx, outcome_rx) = watch::channel(None);
+                shard.pending.seqs.insert(seq);
+                if let Some(ticket) = &series_ticket {
+                    shard.pending.seqs.insert(ticket.seq());
+                }
+                shard.pending.outcomes.insert(seq, outcome_rx);
+                for key in &new_keys {
+                    let entry = shard.pending.series.entry(key.clone()).or_default();
+                    entry.users += 1;
+                }
+                for (series_entry, key) in new_series.iter().zip(&new_keys) {
+                    shard.pending.series.get_mut(key).expect("inserted above").series_ref = series_entry.series_ref;
+                }
+                for entry in &entries {
+                    shard.pending.samples.insert((entry.series_ref, entry.t), (entry.v.to_bits(), seq));
+                }
+                Some((series_ticket, samples_ticket, new_series, new_keys, entries, outcome_tx))
+            }
+        };
+        let Some((series_ticket, samples_ticket, new_series, new_keys, entries, outcome_tx)) = applied else {
+            // Nothing new to log; duplicates of pending samples wait for those samples.
+            for mut wait in waits {
+                if wait.wait_for(|o| o.is_some()).await.map(|o| *o == Some(true)).unwrap_or(false) {
+                    continue;
+                }
+                return Err(EngineError::Wal(WalError::Closed));
+            }
+            return Ok(report);
+        };
+        // Durability and application run in their own task, so they complete even if the
+        // caller stops waiting.
+        let engine = self.clone();
+        let imported = judge_at.is_none();
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let series_seq = series_ticket.as_ref().map(|t| t.seq());
+            let samples_seq = samples_ticket.seq();
+            let mut result = Ok(());
+            if let Some(ticket) = series_ticket {
+                if let Err(error) = ticket.durable().await {
+                    result = Err(error);
+                }
+            }
+            let samples_result = samples_ticket.durable().await;
+            if result.is_ok() {
+                result = samples_result.map(|_| ());
+            }
+            let mut shard = shard_lock.write().await;
+            if result.is_ok() {
+                for (entry, key) in new_series.iter().zip(&new_keys) {
+                    if shard.head.lookup(key).is_none() {
+                        shard.head.insert_with_ref(entry.series_ref, key.clone());
+                    }
+                }
+                for entry in &entries {
+                    match shard.head.append(entry.series_ref, entry.t, entry.v) {
+                        Ok(HeadAppend::Appended) | Ok(HeadAppend::Duplicate) => {}
+                        Ok(HeadAppend::Conflict { .. }) => {
+                            // Judgement saw head and pending state under the same lock; a
+                            // conflict here means that invariant broke.
+                            tracing::error!(shard = shard.id, t = entry.t, "conflict while applying a judged write");
+                        }
+                        Err(error) => tracing::error!(%error, "head append failed"),
+                    }
+                }
+                let counter = if imported { &engine.inner.counters.samples_imported } else { &engine.inner.counters.samples_appended };
+                counter.fetch_add(entries.len() as u64, Ordering::Relaxed);
+            }
+            for key in &new_keys {
+                if let Some(p) = shard.pending.series.get_mut(key) {
+                    p.users -= 1;
+                    if p.users == 0 {
+                        shard.pending.series.remove(key);
+                    }
+                }
+            }
+            for entry in &entries {
+                if shard.pending.samples.get(&(entry.series_ref, entry.t)).is_some_and(|(_, seq)| *seq == samples_seq) {
+                    shard.pending.samples.remove(&(entry.series_ref, entry.t));
+                }
+            }
+            shard.pending.seqs.remove(&samples_seq);
+            if let Some(seq) = series_seq {
+                shard.pending.seqs.remove(&seq);
+            }
+            shard.pending.outcomes.remove(&samples_seq);
+            engine.update_memory(&shard);
+            drop(shard);
+            let _ = outcome_tx.send(Some(result.is_ok()));
+            let _ = done_tx.send(result);
+        });
+        match done_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => return Err(EngineError::Closed),
+        }
+        for mut wait in waits {
+            match wait.wait_for(|o| o.is_some()).await {
+                Ok(outcome) if *outcome == Some(true) => {}
+                _ => return Err(EngineError::Wal(WalError::Closed)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Value bits stored for the series at `t` in the head or, for timestamps that may have
+    /// moved to blocks, in the blocks.
+    async fn stored_value_at(&self, shard: &Shard, series_ref: Option<SeriesRef>, key: &SeriesKey, t: TimestampMs) -> Result<Option<u64>, EngineError> {
+        if let Some(series) = series_ref.and_then(|r| shard.head.get(r)) {
+            if let Some(s) = series.samples(t, t)?.first() {
+                return Ok(Some(s.v.to_bits()));
+            }
+            if series.persisted_max_t.is_none_or(|p| t > p) && shard.blocks_max_t().is_none_or(|m| t > m) {
+                return Ok(None);
+            }
+        }
+        if shard.blocks_max_t().is_some_and(|m| t <= m) {
+            return shard.block_value_at(key, t).await;
+        }
+        Ok(None)
+    }
+
+    /// Samples of the tenant's series selected by the matchers in `[min_t, max_t]`, across all
+    /// shards, merged with the first-write-wins rule, sorted by labels. Series with no sample
+    /// in the range are omitted.
+    pub async fn select(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<SeriesSamples>, EngineError> {
+        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        for id in self.shard_ids() {
+            let shard = self.shard(id)?.read().await;
+            // Sources oldest first: blocks by seq, then the head.
+            let mut per_series: BTreeMap<Labels, Vec<Vec<Sample>>> = BTreeMap::new();
+            for block in &shard.blocks {
+                if block.meta().max_t < min_t || block.meta().min_t > max_t {
+                    continue;
+                }
+                for r in block.select(tenant, matchers) {
+                    let samples = block.samples(r, min_t, max_t).await?;
+                    if !samples.is_empty() {
+                        per_series.entry(block.series_labels(r).clone()).or_default().push(samples);
+                    }
+                }
+            }
+            for r in shard.head.select(tenant, matchers) {
+                let series = shard.head.get(r).expect("selected refs exist");
+                let samples = series.samples(min_t, max_t)?;
+                if !samples.is_empty() {
+                    per_series.entry(series.key.labels.clone()).or_default().push(samples);
+                }
+            }
+            for (labels, sources) in per_series {
+                let merged = if sources.len() == 1 { sources.into_iter().next().expect("one") } else { block::merge_first_write_wins(sources) };
+                out.insert(labels, merged);
+            }
+        }
+        Ok(out.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect())
+    }
+
+    /// Label names of the tenant's series that have samples in `[min_t, max_t]` and match.
+    pub async fn label_names(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<String>, EngineError> {
+        let mut names = BTreeSet::new();
+        for series in self.select(tenant, matchers, min_t, max_t).await? {
+            names.extend(series.labels.iter().map(|l| l.name.clone()));
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Values of `name` across the tenant's matching series with samples in `[min_t, max_t]`.
+    pub async fn label_values(&self, tenant: &str, name: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<String>, EngineError> {
+        let mut values = BTreeSet::new();
+        for series in self.select(tenant, matchers, min_t, max_t).await? {
+            let value = series.labels.get(name);
+            if !value.is_empty() {
+                values.insert(value.to_string());
+            }
+        }
+        Ok(values.into_iter().collect())
+    }
+
+    /// Head series of a tenant (all shards), and of one metric when given. The ingest path's
+    /// cardinality limits read these.
+    pub async fn head_series_count(&self, tenant: &str, metric: Option<&str>) -> u64 {
+        let mut count = 0;
+        for shard in self.inner.shards.values() {
+            let shard = shard.read().await;
+            count += match metric {
+                Some(metric) => shard.head.postings().count(tenant, sextant_core::labels::METRIC_NAME_LABEL, metric),
+                None => shard.head.postings().tenant_series(tenant),
+            } as u64;
+        }
+        count
+    }
+
+    /// The cardinality report for one tenant (head series).
+    pub async fn cardinality(&self, tenant: &str) -> CardinalityReport {
+        let mut per_metric: BTreeMap<String, u64> = BTreeMap::new();
+        let mut labels: BTreeMap<String, (BTreeSet<String>, u64)> = BTreeMap::new();
+        let mut head_series = 0;
+        for shard in self.inner.shards.values() {
+            let shard = shard.read().await;
+            let postings = shard.head.postings();
+            head_series += postings.tenant_series(tenant) as u64;
+            for (metric, count) in postings.series_per_value(tenant, sextant_core::labels::METRIC_NAME_LABEL) {
+                *per_metric.entry(metric).or_default() += count as u64;
+            }
+            for name in postings.label_names(tenant) {
+                let entry = labels.entry(name.clone()).or_default();
+                for (value, count) in postings.series_per_value(tenant, &name) {
+                    entry.0.insert(value);
+                    entry.1 += count as u64;
+                }
+            }
+        }
+        let mut series_per_metric: Vec<(String, u64)> = per_metric.into_iter().collect();
+        series_per_metric.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        CardinalityReport {
+            head_series,
+            series_per_metric,
+            labels: labels.into_iter().map(|(name, (values, series))| (name, values.len() as u64, series)).collect(),
+        }
+    }
+
+    /// Deletes the tenant's matching samples in `[min_t, max_t]` from every shard: blocks get a
+    /// durable tombstone first, then the WAL logs the deletion for the head, then the head
+    /// drops the samples. Returns head samples removed. Idempotent, so a caller whose request
+    /// failed midway simply repeats it.
+    pub async fn delete(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<u64, EngineError> {
+        let mut removed = 0;
+        for id in self.shard_ids() {
+            let shard_lock = self.shard(id)?.clone();
+            let mut shard = shard_lock.write().await;
+            for block in shard.blocks.iter_mut() {
+                if block.meta().max_t < min_t || block.meta().min_t > max_t || block.select(tenant, matchers).is_empty() {
+                    continue;
+                }
+                block.add_tombstone(Tombstone { tenant: tenant.to_string(), matchers: matchers.to_vec(), min_t, max_t }).await?;
+            }
+            let ticket = self.inner.wal.submit(
+                id,
+                RecordBody::Tombstone(TombstoneEntry { tenant: tenant.to_string(), matchers: matchers.to_vec(), min_t, max_t }),
+            )?;
+            // The head only holds durable data, so log first and apply once durable. Holding
+            // the shard lock meanwhile keeps writes from interleaving with the deletion.
+            ticket.durable().await?;
+            removed += shard.head.delete(tenant, matchers, min_t, max_t)? as u64;
+            self.update_memory(&shard);
+        }
+        Ok(removed as u64)
+    }
+
+    /// One maintenance pass: cut head data older than the head's window into blocks, compact,
+    /// apply retention, and checkpoint the WAL after cuts. The node calls it periodically.
+    pub async fn maintain(&self) -> Result<MaintainReport, EngineError> {
+        let _guard = self.inner.maintenance.lock().await;
+        let mut report = MaintainReport::default();
+        for id in self.shard_ids() {
+            self.cut_shard(id, false, &mut report).await?;
+            self.compact_shard(id, &mut report).await?;
+        }
+        self.apply_retention(&mut report).await?;
+        if report.blocks_cut > 0 {
+            self.checkpoint().await?;
+            report.checkpointed = true;
+        }
+        Ok(report)
+    }
+
+    /// Persists the whole head to blocks and checkpoints, so the WAL shrinks to what is still
+    /// pending. Used on clean shutdown and by tests.
+    pub async fn flush(&self) -> Result<MaintainReport, EngineError> {
+        let _guard = self.inner.maintenance.lock().await;
+        let mut report = MaintainReport::default();
+        for id in self.shard_ids() {
+            self.cut_shard(id, true, &mut report).await?;
+        }
+        self.checkpoint().await?;
+        report.checkpointed = true;
+        Ok(report)
+    }
+
+    async fn cut_shard(&self, id: ShardId, everything: bool, report: &mut MaintainReport) -> Result<(), EngineError> {
+        let shard_lock = self.shard(id)?.clone();
+        let mut shard = shard_lock.write().await;
+        let (Some(min_t), Some(max_t)) = (shard.head.min_t(), shard.head.max_t()) else { return Ok(()) };
+        let span = self.inner.config.block_span_ms;
+        let before_t = if everything {
+            max_t.saturating_add(1)
+        } else {
+            // Prometheus's rule: cut once the head spans 1.5 block spans, keeping the newest
+            // half span (and whatever is in the current aligned window) in memory.
+            if max_t.saturating_sub(min_t) <= span + span / 2 {
+                return Ok(());
+            }
+            (max_t - span / 2).div_euclid(span) * span
+        };
+        if before_t <= min_t {
+            return Ok(());
+        }
+        // Every record at or below this seq has been applied to the head.
+        let wal_seq_max = match shard.pending.seqs.first() {
+            Some(first) => first - 1,
+            None => self.inner.wal.next_seq(id) - 1,
+        };
+        // Copy first; remove from the head only once the block is durable.
+        let mut data = Vec::new();
+        for (r, _) in shard.head.series_keys().collect::<Vec<_>>() {
+            let series = shard.head.get(r).expect("listed");
+            let samples = series.samples(TimestampMs::MIN, before_t - 1)?;
+            if !samples.is_empty() {
+                data.push(BlockSeriesData { tenant: series.key.tenant.clone(), labels: series.key.labels.clone(), samples });
+            }
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let seq = shard.block_seq_next;
+        let samples: u64 = data.iter().map(|d| d.samples.len() as u64).sum();
+        block::write_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq, data, &self.inner.config.block_writer).await?;
+        let opened = Block::open(self.inner.fs.clone(), block::block_dir(&shard.blocks_dir, seq)).await?;
+        shard.block_seq_next = seq + 1;
+        shard.blocks.push(opened);
+        shard.cuts.push(HeadCut { wal_seq_max, before_t });
+        if shard.cuts.len() > HEAD_CUTS_MAX {
+            shard.cuts.remove(0);
+        }
+        let bytes = serde_json::to_vec(&shard.cuts).expect("cuts serialize");
+        write_atomically(self.inner.fs.as_ref(), &shard.cuts_path(), &bytes).await?;
+        let taken = shard.head.take_before(before_t)?;
+        let taken_samples: u64 = taken.iter().map(|t| t.samples.len() as u64).sum();
+        assert_eq!(taken_samples, samples, "the head gave up exactly what the block holds");
+        self.update_memory(&shard);
+        report.blocks_cut += 1;
+        report.samples_persisted += samples;
+        Ok(())
+    }
+
+    async fn compact_shard(&self, id: ShardId, report: &mut MaintainReport) -> Result<(), EngineError> {
+        let shard_lock = self.shard(id)?.clone();
+        let mut shard = shard_lock.write().await;
+        let span = self.inner.config.block_span_ms;
+        let head_min = shard.head.min_t();
+        // Compact blocks that fall in one window of 3 spans (then 12 spans) once the window is
+        // complete, and any blocks that overlap in time.
+        let mut group: Vec<usize> = Vec::new();
+        for window in [3 * span, 12 * span] {
+            let mut by_window: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+            for (i, b) in shard.blocks.iter().enumerate() {
+                let w = b.meta().min_t.div_euclid(window);
+                if b.meta().max_t.div_euclid(window) == w {
+                    by_window.entry(w).or_default().push(i);
+                }
+            }
+            for (w, members) in by_window {
+                let window_end = (w + 1).saturating_mul(window);
+                if members.len() >= 2 && head_min.is_none_or(|h| h >= window_end) {
+                    group = members;
+                    break;
+                }
+            }
+            if !group.is_empty() {
+                break;
+            }
+        }
+        if group.is_empty() {
+            'outer: for i in 0..shard.blocks.len() {
+                for j in i + 1..shard.blocks.len() {
+                    let (a, b) = (shard.blocks[i].meta(), shard.blocks[j].meta());
+                    if a.min_t <= b.max_t && b.min_t <= a.max_t {
+                        group = vec![i, j];
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        if group.len() < 2 {
+            return Ok(());
+        }
+        // Blocks with a seq between the members that overlap them must join, so "lower seq is
+        // older" keeps its meaning (block::compact's contract).
+        let lo = group.iter().map(|i| shard.blocks[*i].meta().seq).min().expect("non-empty");
+        let hi = group.iter().map(|i| shard.blocks[*i].meta().seq).max().expect("non-empty");
+        let gmin = group.iter().map(|i| shard.blocks[*i].meta().min_t).min().expect("non-empty");
+        let gmax = group.iter().map(|i| shard.blocks[*i].meta().max_t).max().expect("non-empty");
+        let members: Vec<usize> = (0..shard.blocks.len())
+            .filter(|i| {
+                let m = shard.blocks[*i].meta();
+                group.contains(i) || (m.seq > lo && m.seq < hi && m.min_t <= gmax && gmin <= m.max_t)
+            })
+            .collect();
+        let out_seq = shard.block_seq_next;
+        let sources: Vec<&Block> = members.iter().map(|i| &shard.blocks[*i]).collect();
+        let meta = block::compact(self.inner.fs.clone(), &shard.blocks_dir, &sources, out_seq, &self.inner.config.block_writer).await?;
+        shard.block_seq_next = out_seq + 1;
+        let source_seqs: Vec<u64> = members.iter().map(|i| shard.blocks[*i].meta().seq).collect();
+        if meta.is_some() {
+            let opened = Block::open(self.inner.fs.clone(), block::block_dir(&shard.blocks_dir, out_seq)).await?;
+            shard.blocks.push(opened);
+        }
+        for seq in &source_seqs {
+            block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, *seq).await?;
+        }
+        shard.blocks.retain(|b| !source_seqs.contains(&b.meta().seq));
+        shard.blocks.sort_by_key(|b| b.meta().seq);
+        self.update_memory(&shard);
+        report.blocks_compacted += source_seqs.len() as u64;
+        Ok(())
+    }
+
+    async fn apply_retention(&self, report: &mut MaintainReport) -> Result<(), EngineError> {
+        let now = self.inner.clock.now_wall_ms();
+        if let Some(retention_ms) = self.inner.config.retention_ms {
+            let cutoff = now.saturating_sub(retention_ms);
+            for id in self.shard_ids() {
+                let shard_lock = self.shard(id)?.clone();
+                let mut shard = shard_lock.write().await;
+                let doomed: Vec<u64> = shard.blocks.iter().filter(|b| b.meta().max_t < cutoff).map(|b| b.meta().seq).collect();
+                for seq in &doomed {
+                    block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, *seq).await?;
+                    report.blocks_deleted_retention += 1;
+                }
+                shard.blocks.retain(|b| !doomed.contains(&b.meta().seq));
+                self.update_memory(&shard);
+            }
+        }
+        if let Some(bytes_max) = self.inner.config.retention_bytes {
+            loop {
+                // The oldest block across shards goes first.
+                let mut total = 0u64;
+                let mut oldest: Option<(TimestampMs, ShardId, u64)> = None;
+                for (id, shard) in &self.inner.shards {
+                    let shard = shard.read().await;
+                    for b in &shard.blocks {
+                        total += b.meta().files.index_bytes + b.meta().files.chunks_bytes;
+                        let candidate = (b.meta().max_t, *id, b.meta().seq);
+                        if oldest.is_none_or(|o| candidate < o) {
+                            oldest = Some(candidate);
+                        }
+                    }
+                }
+                let Some((_, id, seq)) = oldest else { break };
+                if total <= bytes_max {
+                    break;
+                }
+                let mut shard = self.shard(id)?.write().await;
+                block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq).await?;
+                shard.blocks.retain(|b| b.meta().seq != seq);
+                self.update_memory(&shard);
+                report.blocks_deleted_retention += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the WAL's sealed segments without what blocks already hold.
+    async fn checkpoint(&self) -> Result<(), EngineError> {
+        // Snapshot what the filter needs. Records in sealed segments were all submitted before
+        // this point, so the cuts and live refs taken now describe them.
+        let mut cuts: BTreeMap<ShardId, Vec<HeadCut>> = BTreeMap::new();
+        let mut live: BTreeMap<ShardId, BTreeSet<SeriesRef>> = BTreeMap::new();
+        for (id, shard) in &self.inner.shards {
+            let shard = shard.read().await;
+            cuts.insert(*id, shard.cuts.clone());
+            let mut refs: BTreeSet<SeriesRef> = shard.head.series_keys().map(|(r, _)| r).collect();
+            refs.extend(shard.pending.series.values().map(|p| p.series_ref));
+            live.insert(*id, refs);
+        }
+        let mut kept_samples: BTreeSet<ShardId> = BTreeSet::new();
+        self.inner
+            .wal
+            .checkpoint(|record: WalRecord| {
+                let shard_cuts = cuts.get(&record.shard).map(Vec::as_slice).unwrap_or(&[]);
+                match record.body {
+                    RecordBody::Series(entries) => {
+                        let refs = live.get(&record.shard);
+                        let entries: Vec<SeriesEntry> = entries.into_iter().filter(|e| refs.is_some_and(|r| r.contains(&e.series_ref))).collect();
+                        (!entries.is_empty()).then_some(WalRecord { body: RecordBody::Series(entries), ..record })
+                    }
+                    RecordBody::Samples(entries) => {
+                        let entries: Vec<SampleEntry> = entries.into_iter().filter(|e| !is_persisted(shard_cuts, record.seq, e.t)).collect();
+                        if entries.is_empty() {
+                            return None;
+                        }
+                        kept_samples.insert(record.shard);
+                        Some(WalRecord { body: RecordBody::Samples(entries), ..record })
+                    }
+                    // A deletion matters only to samples logged before it that are still kept.
+                    RecordBody::Tombstone(_) => kept_samples.contains(&record.shard).then_some(record),
+                }
+            })
+            .await?;
+        // The checkpoint no longer holds persisted samples, so the cuts taken before it are no
+        // longer needed by replay.
+        for (id, shard) in &self.inner.shards {
+            let mut shard = shard.write().await;
+            let done = cuts.get(id).map(Vec::len).unwrap_or(0);
+            let done = done.min(shard.cuts.len());
+            shard.cuts.drain(..done);
+            let bytes = serde_json::to_vec(&shard.cuts).expect("cuts serialize");
+            write_atomically(self.inner.fs.as_ref(), &shard.cuts_path(), &bytes).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self) -> EngineStatus {
+        let mut status = EngineStatus {
+            poisoned: self.inner.wal.stats().poisoned,
+            memory_bytes: self.memory_total(),
+            memory_bytes_max: self.inner.config.memory_bytes_max,
+            samples_appended: self.inner.counters.samples_appended.load(Ordering::Relaxed),
+            samples_imported: self.inner.counters.samples_imported.load(Ordering::Relaxed),
+            replay_records: self.inner.counters.replay_records.load(Ordering::Relaxed),
+            replay_samples_lost: self.inner.counters.replay_samples_lost.load(Ordering::Relaxed),
+            ..EngineStatus::default()
+        };
+        for shard in self.inner.shards.values() {
+            let shard = shard.read().await;
+            status.head_series += shard.head.series_count() as u64;
+            status.blocks += shard.blocks.len() as u64;
+            status.block_bytes += shard.blocks.iter().map(|b| b.meta().files.index_bytes + b.meta().files.chunks_bytes).sum::<u64>();
+        }
+        status
+    }
+
+    pub fn wal_stats(&self) -> crate::wal::WalStats {
+        self.inner.wal.stats()
+    }
+
+    /// Stops accepting work, waits for queued WAL records to be durable, and closes the WAL.
+    pub async fn close(self) -> Result<(), EngineError> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        // Wait until in-flight writes have applied: each holds its pending seqs until then.
+        for shard in self.inner.shards.values() {
+            loop {
+                let pending = !shard.read().await.pending.seqs.is_empty();
+                if !pending {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        self.inner.wal.clone().close().await?;
+        Ok(())
+    }
+}
