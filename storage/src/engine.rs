@@ -790,11 +790,12 @@ impl Engine {
     /// shards, merged with the first-write-wins rule, sorted by labels. Series with no sample
     /// in the range are omitted.
     pub async fn select(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<SeriesSamples>, EngineError> {
-        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        // Sources oldest first within a shard: blocks by seq, then the head. A series normally
+        // lives in one shard; if two shards hold it (a shard move in progress) their sources
+        // are merged with the same rule.
+        let mut per_series: BTreeMap<Labels, Vec<Vec<Sample>>> = BTreeMap::new();
         for id in self.shard_ids() {
             let shard = self.shard(id)?.read().await;
-            // Sources oldest first: blocks by seq, then the head.
-            let mut per_series: BTreeMap<Labels, Vec<Vec<Sample>>> = BTreeMap::new();
             for block in &shard.blocks {
                 if block.meta().max_t < min_t || block.meta().min_t > max_t {
                     continue;
@@ -813,11 +814,11 @@ impl Engine {
                     per_series.entry(series.key.labels.clone()).or_default().push(samples);
                 }
             }
-            for (labels, sources) in per_series {
-                let merged = if sources.len() == 1 { sources.into_iter().next().expect("one") } else { block::merge_first_write_wins(sources) };
-                out.insert(labels, merged);
-            }
         }
+        let out = per_series.into_iter().map(|(labels, sources)| {
+            let samples = if sources.len() == 1 { sources.into_iter().next().expect("one") } else { block::merge_first_write_wins(sources) };
+            (labels, samples)
+        });
         Ok(out.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect())
     }
 
