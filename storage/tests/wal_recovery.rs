@@ -150,13 +150,15 @@ struct Expect {
 }
 
 // Goal: each kind of damage loses exactly the records the format says it loses (model:
-// Prometheus's TestWALRepair_ReadingError). Method: write a 200-record log over several segments
+// Prometheus's TestWALRepair_ReadingError). Method: write a log over four segments
 // (with a checkpoint in the last case), damage the bytes, reopen; compare the surviving records
 // with the expected set computed from the layout, and the repair report; then append one record,
 // reopen again and check that nothing else was lost and sequences continue.
 #[tokio::test]
 async fn corruption_table() {
-    let n = 200;
+    // Enough records that the last (fourth) segment reaches into its second page.
+    let long = layout(workload(600).iter().map(|r| encode_payload(r).len()), 1);
+    let n = 1 + long.iter().position(|(s, r)| *s == 4 && r.start > PAGE_BYTES as u64 + 1000).unwrap() as u64;
     let records = workload(n);
     let lens: Vec<usize> = records.iter().map(|r| encode_payload(r).len()).collect();
     let lay = layout(lens.iter().copied(), 1);
@@ -168,9 +170,9 @@ async fn corruption_table() {
     let mid = lay.iter().position(|(s, r)| *s == 1 && r.start > PAGE_BYTES as u64 + 200 && r.end < page_end(r.start)).unwrap();
     let mid_at = lay[mid].1.start + 20;
     // A record in page 0 of the last segment, with records in later pages of that segment.
-    let tail_mid = lay.iter().position(|(s, r)| *s == last_segment && r.end < PAGE_BYTES as u64).unwrap();
-    assert!(lay[last].1.start > PAGE_BYTES as u64, "the last segment has records beyond page 0");
+    let tail_mid = lay.iter().position(|(s, r)| *s == last_segment && r.start < PAGE_BYTES as u64 - 100).unwrap();
     let tail_mid_at = lay[tail_mid].1.start + 10;
+    assert!(lay[last].1.start > page_end(tail_mid_at), "the last segment has records beyond the damaged page");
 
     let cases: Vec<(&str, Damage, Expect)> = vec![
         ("torn last record", Damage::Truncate { path: seg_path(last_segment), len: last_range.start + 10 },
@@ -184,7 +186,7 @@ async fn corruption_table() {
         ("corrupt record in the middle of a sealed segment", Damage::Corrupt { path: seg_path(1), offset: mid_at, bytes: vec![0xde, 0xad] },
             Expect { lost: touching(&lay, 1, mid_at..page_end(mid_at)), truncated: false, damaged: true, missing: vec![] }),
         ("corrupt page in the last segment with good pages after", Damage::Corrupt { path: seg_path(last_segment), offset: tail_mid_at, bytes: vec![0xbe, 0xef] },
-            Expect { lost: touching(&lay, last_segment, tail_mid_at..PAGE_BYTES as u64), truncated: false, damaged: true, missing: vec![] }),
+            Expect { lost: touching(&lay, last_segment, tail_mid_at..page_end(tail_mid_at)), truncated: false, damaged: true, missing: vec![] }),
         ("zeroed tail (pages dropped by a failed fsync)", Damage::Corrupt { path: seg_path(last_segment), offset: last_range.start, bytes: vec![0; (last_range.end - last_range.start) as usize] },
             Expect { lost: [last].into(), truncated: false, damaged: false, missing: vec![] }),
         ("missing segment", Damage::Remove { path: seg_path(2) },
