@@ -290,7 +290,7 @@ async fn torn_crashes_keep_every_acknowledged_record() {
         let mut acked: BTreeSet<(u32, u64)> = BTreeSet::new();
         // Several incarnations per seed: crash, reopen, append more, crash again.
         for _round in 0..3 {
-            let budget = rng.random_range(3..250);
+            let budget = rng.random_range(3..120);
             let kfs = KillableFs::new(sim.clone(), budget);
             let opened = open(Arc::new(kfs.clone()), config.clone()).await;
             let Ok((replayed, _, wal)) = opened else {
