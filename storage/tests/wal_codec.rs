@@ -223,7 +223,6 @@ fn decode_errors_are_typed() {
         assert_eq!(decode_payload(&bytes), Err(expected), "case {name}");
     }
     assert!(matches!(decode_payload(&tombstone(2, "(")), Err(DecodeError::Matcher { offset: 31, .. })));
-    let _ = Label::new("a", "b");
 }
 
 fn body_strategy() -> impl Strategy<Value = RecordBody> {
