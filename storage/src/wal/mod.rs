@@ -86,7 +86,7 @@ impl Default for WalConfig {
 impl WalConfig {
     fn validate(&self) -> Result<(), WalError> {
         let fail = |reason: String| Err(WalError::Config { reason });
-        if self.segment_bytes < PAGE_BYTES as u64 || self.segment_bytes % PAGE_BYTES as u64 != 0 {
+        if self.segment_bytes < PAGE_BYTES as u64 || self.segment_bytes / PAGE_BYTES as u64 * PAGE_BYTES as u64 != self.segment_bytes {
             return fail(format!("segment_bytes {} is not a positive multiple of the {PAGE_BYTES}-byte page", self.segment_bytes));
         }
         if self.segment_bytes > u32::MAX as u64 * PAGE_BYTES as u64 {
@@ -256,6 +256,13 @@ impl std::fmt::Debug for Wal {
         f.debug_struct("Wal").field("dir", &self.inner.shared.dir).finish()
     }
 }
+
+// The engine shares one Wal across shard tasks.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Wal>();
+    send_sync::<WalReplay>();
+};
 
 /// A submitted record's claim check.
 #[derive(Debug)]
@@ -681,7 +688,7 @@ async fn write_checkpoint(
             Some(Err(error)) => return Err(error),
         }
         for payload in pending_payloads.drain(..) {
-            if !(offset + framed_len(offset, payload.len()) <= segment_bytes) {
+            if offset + framed_len(offset, payload.len()) > segment_bytes {
                 if !buf.is_empty() {
                     writer.write(&buf, offset).await.map_err(|f| WalError::from_failure(&f))?;
                     buf.clear();

@@ -53,7 +53,7 @@ pub(crate) enum Item {
 pub(crate) struct LogReader {
     fs: Arc<dyn FileSystem>,
     sources: VecDeque<Source>,
-    current: Option<(Source, SegmentScan)>,
+    current: Option<(Source, SegmentScan, bool)>,
     pub report: RepairReport,
     /// The live tail after repair: (segment index, length).
     pub live_tail: Option<(u32, u64)>,
@@ -68,6 +68,7 @@ impl LogReader {
     async fn open_next(&mut self) -> Result<bool, WalError> {
         let Some(source) = self.sources.pop_front() else { return Ok(false) };
         let bytes = self.fs.read(&source.path).await.map_err(|e| WalError::io("read segment", &source.path, &e))?;
+        let mut header_damaged = false;
         let start = match check_header(&bytes) {
             HeaderCheck::Valid { index } => {
                 if index != source.index {
@@ -87,7 +88,7 @@ impl LogReader {
             }
             HeaderCheck::Damaged => {
                 tracing::warn!(path = ?source.path, "WAL segment header damaged; reading its records anyway");
-                self.report.damaged.push((source.path.clone(), 0..SEGMENT_HEADER_BYTES as u64));
+                header_damaged = true;
                 SEGMENT_HEADER_BYTES
             }
             HeaderCheck::UnknownVersion(version) => {
@@ -95,17 +96,24 @@ impl LogReader {
             }
         };
         let mut scan = SegmentScan::new(bytes, start);
-        if start < SEGMENT_HEADER_BYTES {
+        if start < SEGMENT_HEADER_BYTES || (header_damaged && source.live_last) {
+            // A live segment with no valid header and no record is cut to nothing and started
+            // over at finish.
             scan.good_end = 0;
+        } else if header_damaged {
+            self.report.damaged.push((source.path.clone(), 0..SEGMENT_HEADER_BYTES as u64));
         }
-        self.current = Some((source, scan));
+        self.current = Some((source, scan, header_damaged));
         Ok(true)
     }
 
     /// Ends the current file: records its damage and, for the live tail, cuts the torn tail.
     async fn close_current(&mut self) -> Result<(), WalError> {
-        let Some((source, mut scan)) = self.current.take() else { return Ok(()) };
+        let Some((source, mut scan, header_damaged)) = self.current.take() else { return Ok(()) };
         let damaged = scan.finish();
+        if header_damaged && source.live_last && scan.good_end > 0 {
+            self.report.damaged.push((source.path.clone(), 0..SEGMENT_HEADER_BYTES as u64));
+        }
         self.report.records_dropped += scan.records_dropped;
         let good_end = scan.good_end;
         let len = scan.len();
@@ -144,7 +152,7 @@ impl LogReader {
                     }
                 }
             }
-            let (source, scan) = self.current.as_mut().expect("opened above");
+            let (source, scan, _) = self.current.as_mut().expect("opened above");
             match scan.next_record() {
                 Some(scanned) => match decode_payload(&scanned.payload) {
                     Ok(Payload::Record(record)) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::fs::{FileSystem, WritableFile};
 
-use super::format::{frame_record, framed_len, segment_header, SEGMENT_HEADER_BYTES};
+use super::format::{framed_len, segment_header, SEGMENT_HEADER_BYTES};
 
 /// Counters the writer bumps; shared with [`super::WalStats`].
 #[derive(Debug, Default)]
@@ -127,12 +127,6 @@ impl SegmentWriter {
     /// True when the current segment holds no record yet.
     pub fn is_fresh(&self) -> bool {
         self.offset == SEGMENT_HEADER_BYTES as u64
-    }
-
-    /// Frames `payload` at the current offset into `buf` (not yet written). Returns the new
-    /// offset; the caller must then `write` the buffer or `discard`.
-    pub fn frame(&self, offset: u64, payload: &[u8], buf: &mut Vec<u8>) -> u64 {
-        frame_record(offset, payload, buf)
     }
 
     /// Writes `buf` (framed starting at the current offset and ending at `new_offset`). On
