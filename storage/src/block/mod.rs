@@ -47,6 +47,8 @@
 //! returned to callers, and a caller's matcher on that name sees it as an absent label.
 
 mod compact;
+#[cfg(test)]
+mod golden;
 mod format;
 mod index;
 mod reader;
@@ -118,7 +120,7 @@ pub struct BlockWriterConfig {
 impl Default for BlockWriterConfig {
     fn default() -> Self {
         // Measured on node_exporter-like data (see storage-format.md § Block › Measurements).
-        BlockWriterConfig { chunk_samples_target: 120, chunk_group_bytes_target: 16 << 10, zstd_level: Some(3) }
+        BlockWriterConfig { chunk_samples_target: 120, chunk_group_bytes_target: 64 << 10, zstd_level: Some(3) }
     }
 }
 
