@@ -119,26 +119,53 @@ pub async fn compact(
     }
 }
 
-/// Deletes block `seq`: renames it to `<seq>.delete.tmp` (so a crash never leaves a
-/// half-deleted directory under a block name), fsyncs the blocks directory, removes the
-/// directory, fsyncs again.
+/// Suffix of a block's deletion marker, `<seq>.deleting`.
+pub const DELETING_SUFFIX: &str = ".deleting";
+
+fn deleting_marker(blocks_dir: &Path, seq: u64) -> PathBuf {
+    blocks_dir.join(format!("{seq:016x}{DELETING_SUFFIX}"))
+}
+
+/// Deletes block `seq`. First a durable marker `<seq>.deleting` (created, then the blocks
+/// directory fsynced), then the directory is removed and the blocks directory fsynced, then the
+/// marker is removed. A crash part-way leaves the marker, so a half-removed directory is never
+/// taken for a block: [`list_blocks`] skips marked blocks and [`cleanup_tmp`] finishes the job.
+///
+/// (A marker rather than renaming the directory away: the rename would be just as atomic on
+/// Linux, but SimFs loses a renamed directory's contents when a crash reverts the rename.)
 pub async fn delete_block(fs: &dyn FileSystem, blocks_dir: &Path, seq: u64) -> Result<(), BlockError> {
-    let dir = block_dir(blocks_dir, seq);
-    let doomed = blocks_dir.join(format!("{seq:016x}.delete{TMP_SUFFIX}"));
-    fs.rename(&dir, &doomed).await.map_err(BlockError::io(&dir, "rename"))?;
+    let marker = deleting_marker(blocks_dir, seq);
+    let mut file = fs.create(&marker).await.map_err(BlockError::io(&marker, "create"))?;
+    file.sync().await.map_err(BlockError::io(&marker, "fsync"))?;
+    drop(file);
     fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
-    fs.remove_dir_all(&doomed).await.map_err(BlockError::io(&doomed, "remove_dir_all"))?;
+    finish_delete(fs, blocks_dir, seq).await
+}
+
+/// Removes block `seq`'s directory (if still there) and then its deletion marker.
+async fn finish_delete(fs: &dyn FileSystem, blocks_dir: &Path, seq: u64) -> Result<(), BlockError> {
+    let dir = block_dir(blocks_dir, seq);
+    let marker = deleting_marker(blocks_dir, seq);
+    if fs.exists(&dir).await.map_err(BlockError::io(&dir, "exists"))? {
+        fs.remove_dir_all(&dir).await.map_err(BlockError::io(&dir, "remove_dir_all"))?;
+        fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
+    }
+    fs.remove_file(&marker).await.map_err(BlockError::io(&marker, "remove_file"))?;
     fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
     Ok(())
 }
 
-/// Block directories (16 hex digits) under `blocks_dir`, oldest (lowest seq) first.
+/// Block directories (16 hex digits) under `blocks_dir`, oldest (lowest seq) first, without
+/// blocks marked for deletion.
 pub async fn list_blocks(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<Vec<PathBuf>, BlockError> {
     let names = fs.read_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "read_dir"))?;
     let mut blocks = Vec::new();
-    for name in names {
-        if let Some(seq) = parse_block_name(&name) {
-            let path = blocks_dir.join(&name);
+    for name in &names {
+        if let Some(seq) = parse_block_name(name) {
+            if names.binary_search(&format!("{name}{DELETING_SUFFIX}")).is_ok() {
+                continue;
+            }
+            let path = blocks_dir.join(name);
             if fs.is_dir(&path).await.map_err(BlockError::io(&path, "stat"))? {
                 blocks.push((seq, path));
             }
@@ -148,11 +175,18 @@ pub async fn list_blocks(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<Vec<P
     Ok(blocks.into_iter().map(|(_, path)| path).collect())
 }
 
-/// Removes leftover `*.tmp` entries of `blocks_dir` (blocks being written or deleted when the
-/// process stopped) and fsyncs the directory. Returns how many were removed.
+/// Finishes interrupted deletions (`<seq>.deleting` markers) and removes leftover `*.tmp`
+/// entries of `blocks_dir` (blocks being written when the process stopped), then fsyncs the
+/// directory. Returns how many entries were removed.
 pub async fn cleanup_tmp(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<usize, BlockError> {
     let names = fs.read_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "read_dir"))?;
     let mut removed = 0;
+    for name in &names {
+        if let Some(seq) = name.strip_suffix(DELETING_SUFFIX).and_then(parse_block_name) {
+            finish_delete(fs, blocks_dir, seq).await?;
+            removed += 1;
+        }
+    }
     for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
         let path = blocks_dir.join(name);
         if fs.is_dir(&path).await.map_err(BlockError::io(&path, "stat"))? {

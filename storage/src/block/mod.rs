@@ -25,8 +25,9 @@
 //!
 //! Every fsync, in order, for [`write_block`] and [`compact`]: `chunks`, `index`, `meta`,
 //! directory `<seq>.tmp`, (rename) the blocks directory. For [`Block::add_tombstone`]:
-//! `tombstones.tmp`, (rename) the block directory. For [`delete_block`]: (remove) the blocks
-//! directory. The caller creates the blocks directory itself and makes it durable.
+//! `tombstones.tmp`, (rename) the block directory. For [`delete_block`]: the marker
+//! `<seq>.deleting`, the blocks directory, (remove the block) the blocks directory, (remove the
+//! marker) the blocks directory. The caller creates the blocks directory itself and makes it durable.
 //!
 //! # API
 //!
@@ -62,7 +63,9 @@ use serde::{Deserialize, Serialize};
 use sextant_core::labels::Labels;
 use sextant_core::sample::Sample;
 
-pub use compact::{cleanup_tmp, compact, delete_block, list_blocks, merge_first_write_wins, superseded_blocks};
+pub use compact::{
+    cleanup_tmp, compact, delete_block, list_blocks, merge_first_write_wins, superseded_blocks, DELETING_SUFFIX,
+};
 pub use format::FORMAT_VERSION;
 pub use reader::{Block, BlockSeriesRef};
 pub use tombstone::Tombstone;
