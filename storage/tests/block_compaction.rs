@@ -158,3 +158,35 @@ proptest! {
         prop_assert_eq!(merged, expected);
     }
 }
+
+// Goal: the planner merges overlap groups whole first, then full aligned windows, never the
+// window still being filled. Method: hand-made metas and the expected plans.
+#[test]
+fn plan_compaction_table() {
+    use sextant_storage::block::{plan_compaction, COMPACTION_RANGES_MS_DEFAULT};
+    const H: i64 = 3_600_000;
+    let meta = |seq: u64, min_t: i64, max_t: i64| BlockMeta {
+        format_version: 1,
+        seq,
+        min_t,
+        max_t,
+        series_count: 1,
+        sample_count: 1,
+        chunk_count: 1,
+        compaction: CompactionMeta { level: 0, sources: vec![seq], parents: Vec::new() },
+        files: FilesMeta { index_bytes: 0, chunks_bytes: 0 },
+    };
+    let ranges = COMPACTION_RANGES_MS_DEFAULT;
+    let two_hour = |seq: u64, k: i64| meta(seq, k * 2 * H, (k + 1) * 2 * H - 1);
+    let cases: Vec<(&str, Vec<BlockMeta>, Option<Vec<u64>>)> = vec![
+        ("nothing", vec![], None),
+        ("one block", vec![two_hour(1, 0)], None),
+        ("overlap chain is one group", vec![meta(1, 0, 10), meta(3, 5, 20), meta(2, 20, 30), meta(4, 100, 200)], Some(vec![1, 2, 3])),
+        ("full 6 h window", vec![two_hour(1, 0), two_hour(2, 1), two_hour(3, 2), two_hour(4, 3)], Some(vec![1, 2, 3])),
+        ("newest window left alone", vec![two_hour(1, 3), two_hour(2, 4)], None),
+        ("24 h window after 6 h ones", vec![meta(1, 0, 6 * H - 1), meta(2, 6 * H, 12 * H - 1), meta(3, 24 * H, 26 * H - 1)], Some(vec![1, 2])),
+    ];
+    for (name, metas, expected) in cases {
+        assert_eq!(plan_compaction(&metas, &ranges), expected, "{name}");
+    }
+}

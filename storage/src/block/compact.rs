@@ -57,8 +57,9 @@ pub fn merge_first_write_wins(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
 /// until then a reader that sees both finds the same answers (the new block holds exactly the
 /// merge), and [`superseded_blocks`] names the sources after a crash.
 ///
-/// The caller must compact together every block that overlaps the sources in time and has a
-/// seq between theirs, so that "lower seq is older" keeps meaning what it meant.
+/// `out_seq` must be above every source's seq, and the caller must compact together every
+/// block that overlaps the sources in time (as [`plan_compaction`] does), so that "lower seq is
+/// older" keeps meaning what it meant.
 pub async fn compact(
     fs: Arc<dyn FileSystem>,
     blocks_dir: &Path,
@@ -72,7 +73,8 @@ pub async fn compact(
     for pair in sources.windows(2) {
         assert!(pair[0].meta().seq < pair[1].meta().seq, "compact: the same block twice");
     }
-    assert!(sources.iter().all(|b| b.meta().seq != out_seq), "compact: out_seq is a source");
+    // The output stands in for its sources in the seq order: it must be newer than all of them.
+    assert!(sources.iter().all(|b| b.meta().seq < out_seq), "compact: out_seq must be above every source seq");
 
     // Series of all sources by identity, each with its refs oldest source first.
     let mut series: BTreeMap<(&str, &Labels), Vec<(usize, BlockSeriesRef)>> = BTreeMap::new();
@@ -218,4 +220,48 @@ pub fn superseded_blocks(metas: &[BlockMeta]) -> Vec<u64> {
         .collect();
     out.sort_unstable();
     out
+}
+
+/// Picks the next blocks to compact, by seq, or `None`.
+///
+/// First, blocks that overlap in time (transitively; the group with the lowest `min_t`) — so
+/// an overlap group is always merged whole. Otherwise, for each span in `ranges_ms` (ascending,
+/// e.g. 6 h then 24 h), blocks lying entirely inside one aligned window `[k·span, (k+1)·span)`
+/// when the window holds two or more of them and is not the window of the newest data (which
+/// may still grow).
+pub fn plan_compaction(metas: &[BlockMeta], ranges_ms: &[i64]) -> Option<Vec<u64>> {
+    let mut sorted: Vec<&BlockMeta> = metas.iter().collect();
+    sorted.sort_by_key(|m| (m.min_t, m.seq));
+    let mut group: Vec<u64> = Vec::new();
+    let mut group_max_t = i64::MIN;
+    for meta in &sorted {
+        if !group.is_empty() && meta.min_t > group_max_t {
+            if group.len() >= 2 {
+                break;
+            }
+            group.clear();
+        }
+        group.push(meta.seq);
+        group_max_t = group_max_t.max(meta.max_t);
+    }
+    if group.len() >= 2 {
+        group.sort_unstable();
+        return Some(group);
+    }
+    let newest_t = metas.iter().map(|m| m.max_t).max()?;
+    for &span in ranges_ms {
+        assert!(span > 0);
+        let mut windows: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
+        for meta in &sorted {
+            let window = meta.min_t.div_euclid(span);
+            if meta.max_t.div_euclid(span) == window && newest_t.div_euclid(span) != window {
+                windows.entry(window).or_default().push(meta.seq);
+            }
+        }
+        if let Some(mut seqs) = windows.into_values().find(|seqs| seqs.len() >= 2) {
+            seqs.sort_unstable();
+            return Some(seqs);
+        }
+    }
+    None
 }

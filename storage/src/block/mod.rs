@@ -64,12 +64,19 @@ use sextant_core::labels::Labels;
 use sextant_core::sample::Sample;
 
 pub use compact::{
-    cleanup_tmp, compact, delete_block, list_blocks, merge_first_write_wins, superseded_blocks, DELETING_SUFFIX,
+    cleanup_tmp, compact, delete_block, list_blocks, merge_first_write_wins, plan_compaction, superseded_blocks,
+    DELETING_SUFFIX,
 };
 pub use format::FORMAT_VERSION;
 pub use reader::{Block, BlockSeriesRef};
 pub use tombstone::Tombstone;
 pub use writer::write_block;
+
+/// Span of a block cut from the head (Prometheus's default). The head decides; blocks accept
+/// any span.
+pub const BLOCK_SPAN_MS_DEFAULT: i64 = 2 * 3_600 * 1_000;
+/// Compaction windows for [`plan_compaction`]: 6 h, then 24 h.
+pub const COMPACTION_RANGES_MS_DEFAULT: [i64; 2] = [6 * 3_600 * 1_000, 24 * 3_600 * 1_000];
 
 /// The pseudo-label under which the tenant is indexed in the postings.
 pub const TENANT_LABEL: &str = "__tenant__";
