@@ -173,12 +173,20 @@ fn measure(series: &[BlockSeriesData], config: &BlockWriterConfig) -> (f64, f64,
 }
 
 fn main() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/node-exporter-1.5-scrape.prom");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        // Benches may read fixtures from the real disk; storage logic never does.
-        "# TYPE node_cpu_seconds_total counter\nnode_cpu_seconds_total{cpu=\"0\",mode=\"idle\"} 3.45\n\
-         # TYPE node_memory_Active_bytes gauge\nnode_memory_Active_bytes 1.59744e+06\n"
-            .to_string()
+    // The fixture lives in the shared directory next to the checkout; benches may read
+    // fixtures from the real disk (storage logic never does). `SEXTANT_SHARED_DIR` overrides.
+    let relative = Path::new("datasets/node-exporter-1.5-scrape.prom");
+    let candidates: Vec<PathBuf> = std::env::var_os("SEXTANT_SHARED_DIR")
+        .map(|dir| vec![PathBuf::from(dir).join(relative)])
+        .unwrap_or_default()
+        .into_iter()
+        .chain(Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().map(|dir| dir.join("shared").join(relative)))
+        .collect();
+    let found = candidates.iter().find_map(|path| std::fs::read_to_string(path).ok().map(|text| (path.clone(), text)));
+    let (path, text) = found.unwrap_or_else(|| {
+        let sample = "# TYPE node_cpu_seconds_total counter\nnode_cpu_seconds_total{cpu=\"0\",mode=\"idle\"} 3.45\n\
+             # TYPE node_memory_Active_bytes gauge\nnode_memory_Active_bytes 1.59744e+06\n";
+        (PathBuf::from("(built-in sample)"), sample.to_string())
     });
     let templates = parse_scrape(&text);
     println!("templates: {} series per node, {NODES} nodes, source {}", templates.len(), path.display());
