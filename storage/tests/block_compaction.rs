@@ -178,7 +178,8 @@ fn plan_compaction_table() {
     };
     let ranges = COMPACTION_RANGES_MS_DEFAULT;
     let two_hour = |seq: u64, k: i64| meta(seq, k * 2 * H, (k + 1) * 2 * H - 1);
-    let cases: Vec<(&str, Vec<BlockMeta>, Option<Vec<u64>>)> = vec![
+    type Case = (&'static str, Vec<BlockMeta>, Option<Vec<u64>>);
+    let cases: Vec<Case> = vec![
         ("nothing", vec![], None),
         ("one block", vec![two_hour(1, 0)], None),
         ("overlap chain is one group", vec![meta(1, 0, 10), meta(3, 5, 20), meta(2, 20, 30), meta(4, 100, 200)], Some(vec![1, 2, 3])),

@@ -294,7 +294,7 @@ async fn tombstones_are_atomic_under_crashes() {
         let second = Tombstone { tenant: "y".into(), matchers: vec![Matcher::equal("i", "1")], min_t: 20, max_t: 30 };
         let result = block.add_tombstone(second.clone()).await;
         if result.is_err() {
-            assert_eq!(block.tombstones(), [first.clone()], "in memory unchanged on error");
+            assert_eq!(block.tombstones(), std::slice::from_ref(&first), "in memory unchanged on error");
         }
         sim.crash();
         let blocks = recover(&sim).await;
