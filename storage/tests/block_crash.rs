@@ -308,3 +308,41 @@ async fn tombstones_are_atomic_under_crashes() {
     }
     assert!(completed);
 }
+
+// Goal: disk faults during a write surface as typed I/O errors naming a file, never as a
+// visible block; a full disk leaves reads of existing blocks working; a read that returns a
+// flipped bit is reported as corruption. Method: SimFs fault injection, one fault at a time.
+#[tokio::test]
+async fn disk_faults_are_typed_errors() {
+    use sextant_storage::block::BlockError;
+    use sextant_storage::fs::{is_io_error, is_no_space};
+    let blocks_dir = Path::new(BLOCKS);
+    let cases: Vec<(&str, FaultConfig)> = vec![
+        ("disk full", FaultConfig { capacity_bytes: Some(2_000), ..FaultConfig::default() }),
+        ("fsync EIO", FaultConfig { sync_eio_probability: 1.0, ..FaultConfig::default() }),
+        ("directory fsync EIO", FaultConfig { sync_dir_eio_probability: 1.0, ..FaultConfig::default() }),
+    ];
+    for (name, faults) in cases {
+        let sim = new_disk(900).await;
+        let fs: Arc<dyn FileSystem> = Arc::new(sim.clone());
+        write_block(&*fs, blocks_dir, 1, data(0, 0.0), &config()).await.unwrap();
+        sim.set_faults(faults);
+        let error = write_block(&*fs, blocks_dir, 2, data(5_000, 1.0), &config()).await.unwrap_err();
+        let BlockError::Io { source, .. } = &error else { panic!("{name}: {error}") };
+        assert!(is_no_space(source) || is_io_error(source), "{name}: {error}");
+        assert!(error.file().is_some());
+        // Reads of the existing block keep working.
+        let one = Block::open(fs.clone(), PathBuf::from(BLOCKS).join("0000000000000001")).await.unwrap();
+        assert_eq!(visible_data(&[one]).await.len(), 6, "{name}");
+        sim.set_faults(FaultConfig::default());
+        sim.crash();
+        assert_eq!(seqs(&recover(&sim).await), vec![1], "{name}");
+    }
+
+    let sim = new_disk(901).await;
+    let fs: Arc<dyn FileSystem> = Arc::new(sim.clone());
+    write_block(&*fs, blocks_dir, 1, data(0, 0.0), &config()).await.unwrap();
+    sim.set_faults(FaultConfig { read_corruption_probability: 1.0, ..FaultConfig::default() });
+    let error = Block::open(fs.clone(), PathBuf::from(BLOCKS).join("0000000000000001")).await.unwrap_err();
+    assert!(matches!(error, BlockError::Corrupt { .. }), "{error}");
+}

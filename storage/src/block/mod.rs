@@ -37,9 +37,14 @@
 //!   postings); chunk groups are read lazily through `FileSystem::read_at`.
 //! - [`Block::select`] resolves matchers with postings, [`Block::samples`] reads a series'
 //!   samples in an inclusive time range with tombstones applied.
-//! - [`compact`] merges blocks into a new one; the caller then deletes the sources with
+//! - [`plan_compaction`] picks blocks to merge (overlap groups whole, then full aligned
+//!   windows); [`compact`] merges them into a new one; the caller then deletes the sources with
 //!   [`delete_block`]. After a crash between the two, [`superseded_blocks`] names the sources
 //!   that a newer compacted block already contains.
+//!
+//! Not (yet) here: a cache of decoded chunk groups (every [`Block::samples`] call reads and
+//! decodes the groups it needs), streaming compaction of very large blocks (the output's index
+//! is built in memory; sample data is streamed series by series), retention.
 //!
 //! # Tenants
 //!
