@@ -26,7 +26,7 @@ fn regular_constant() -> Vec<Vec<(i64, f64)>> {
 /// node_exporter-like: 15 s scrapes with 0–3 ms jitter; half the series are counters stepping
 /// by small random integers, half are gauges doing a random walk rounded to 2 decimals.
 fn node_exporter_like() -> Vec<Vec<(i64, f64)>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x5e57_a47);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x05e5_7a47);
     (0..CHUNKS_PER_SHAPE)
         .map(|series| {
             let mut value: f64 = if series % 2 == 0 { 0.0 } else { rng.random_range(0.0..100.0) };
