@@ -976,8 +976,9 @@ mod tests {
     fn seek_cases() {
         let samples = [(10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0)];
         let bytes = encode_all(&samples).unwrap();
-        let cases: &[(&str, &[i64], &[Option<i64>], Option<i64>)] = &[
-            // name, targets, expected t from each seek, expected t of `next` afterwards
+        // name, targets, expected t from each seek, expected t of `next` afterwards
+        type SeekCase<'a> = (&'a str, &'a [i64], &'a [Option<i64>], Option<i64>);
+        let cases: &[SeekCase] = &[
             ("before first", &[i64::MIN], &[Some(10)], Some(20)),
             ("exact", &[20], &[Some(20)], Some(30)),
             ("between", &[21], &[Some(30)], Some(40)),

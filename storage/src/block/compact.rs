@@ -57,8 +57,9 @@ pub fn merge_first_write_wins(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
 /// until then a reader that sees both finds the same answers (the new block holds exactly the
 /// merge), and [`superseded_blocks`] names the sources after a crash.
 ///
-/// The caller must compact together every block that overlaps the sources in time and has a
-/// seq between theirs, so that "lower seq is older" keeps meaning what it meant.
+/// `out_seq` must be above every source's seq, and the caller must compact together every
+/// block that overlaps the sources in time (as [`plan_compaction`] does), so that "lower seq is
+/// older" keeps meaning what it meant.
 pub async fn compact(
     fs: Arc<dyn FileSystem>,
     blocks_dir: &Path,
@@ -72,7 +73,8 @@ pub async fn compact(
     for pair in sources.windows(2) {
         assert!(pair[0].meta().seq < pair[1].meta().seq, "compact: the same block twice");
     }
-    assert!(sources.iter().all(|b| b.meta().seq != out_seq), "compact: out_seq is a source");
+    // The output stands in for its sources in the seq order: it must be newer than all of them.
+    assert!(sources.iter().all(|b| b.meta().seq < out_seq), "compact: out_seq must be above every source seq");
 
     // Series of all sources by identity, each with its refs oldest source first.
     let mut series: BTreeMap<(&str, &Labels), Vec<(usize, BlockSeriesRef)>> = BTreeMap::new();
@@ -119,26 +121,53 @@ pub async fn compact(
     }
 }
 
-/// Deletes block `seq`: renames it to `<seq>.delete.tmp` (so a crash never leaves a
-/// half-deleted directory under a block name), fsyncs the blocks directory, removes the
-/// directory, fsyncs again.
+/// Suffix of a block's deletion marker, `<seq>.deleting`.
+pub const DELETING_SUFFIX: &str = ".deleting";
+
+fn deleting_marker(blocks_dir: &Path, seq: u64) -> PathBuf {
+    blocks_dir.join(format!("{seq:016x}{DELETING_SUFFIX}"))
+}
+
+/// Deletes block `seq`. First a durable marker `<seq>.deleting` (created, then the blocks
+/// directory fsynced), then the directory is removed and the blocks directory fsynced, then the
+/// marker is removed. A crash part-way leaves the marker, so a half-removed directory is never
+/// taken for a block: [`list_blocks`] skips marked blocks and [`cleanup_tmp`] finishes the job.
+///
+/// (A marker rather than renaming the directory away: the rename would be just as atomic on
+/// Linux, but SimFs loses a renamed directory's contents when a crash reverts the rename.)
 pub async fn delete_block(fs: &dyn FileSystem, blocks_dir: &Path, seq: u64) -> Result<(), BlockError> {
-    let dir = block_dir(blocks_dir, seq);
-    let doomed = blocks_dir.join(format!("{seq:016x}.delete{TMP_SUFFIX}"));
-    fs.rename(&dir, &doomed).await.map_err(BlockError::io(&dir, "rename"))?;
+    let marker = deleting_marker(blocks_dir, seq);
+    let mut file = fs.create(&marker).await.map_err(BlockError::io(&marker, "create"))?;
+    file.sync().await.map_err(BlockError::io(&marker, "fsync"))?;
+    drop(file);
     fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
-    fs.remove_dir_all(&doomed).await.map_err(BlockError::io(&doomed, "remove_dir_all"))?;
+    finish_delete(fs, blocks_dir, seq).await
+}
+
+/// Removes block `seq`'s directory (if still there) and then its deletion marker.
+async fn finish_delete(fs: &dyn FileSystem, blocks_dir: &Path, seq: u64) -> Result<(), BlockError> {
+    let dir = block_dir(blocks_dir, seq);
+    let marker = deleting_marker(blocks_dir, seq);
+    if fs.exists(&dir).await.map_err(BlockError::io(&dir, "exists"))? {
+        fs.remove_dir_all(&dir).await.map_err(BlockError::io(&dir, "remove_dir_all"))?;
+        fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
+    }
+    fs.remove_file(&marker).await.map_err(BlockError::io(&marker, "remove_file"))?;
     fs.sync_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "fsync directory"))?;
     Ok(())
 }
 
-/// Block directories (16 hex digits) under `blocks_dir`, oldest (lowest seq) first.
+/// Block directories (16 hex digits) under `blocks_dir`, oldest (lowest seq) first, without
+/// blocks marked for deletion.
 pub async fn list_blocks(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<Vec<PathBuf>, BlockError> {
     let names = fs.read_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "read_dir"))?;
     let mut blocks = Vec::new();
-    for name in names {
-        if let Some(seq) = parse_block_name(&name) {
-            let path = blocks_dir.join(&name);
+    for name in &names {
+        if let Some(seq) = parse_block_name(name) {
+            if names.binary_search(&format!("{name}{DELETING_SUFFIX}")).is_ok() {
+                continue;
+            }
+            let path = blocks_dir.join(name);
             if fs.is_dir(&path).await.map_err(BlockError::io(&path, "stat"))? {
                 blocks.push((seq, path));
             }
@@ -148,11 +177,18 @@ pub async fn list_blocks(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<Vec<P
     Ok(blocks.into_iter().map(|(_, path)| path).collect())
 }
 
-/// Removes leftover `*.tmp` entries of `blocks_dir` (blocks being written or deleted when the
-/// process stopped) and fsyncs the directory. Returns how many were removed.
+/// Finishes interrupted deletions (`<seq>.deleting` markers) and removes leftover `*.tmp`
+/// entries of `blocks_dir` (blocks being written when the process stopped), then fsyncs the
+/// directory. Returns how many entries were removed.
 pub async fn cleanup_tmp(fs: &dyn FileSystem, blocks_dir: &Path) -> Result<usize, BlockError> {
     let names = fs.read_dir(blocks_dir).await.map_err(BlockError::io(blocks_dir, "read_dir"))?;
     let mut removed = 0;
+    for name in &names {
+        if let Some(seq) = name.strip_suffix(DELETING_SUFFIX).and_then(parse_block_name) {
+            finish_delete(fs, blocks_dir, seq).await?;
+            removed += 1;
+        }
+    }
     for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
         let path = blocks_dir.join(name);
         if fs.is_dir(&path).await.map_err(BlockError::io(&path, "stat"))? {
@@ -184,4 +220,48 @@ pub fn superseded_blocks(metas: &[BlockMeta]) -> Vec<u64> {
         .collect();
     out.sort_unstable();
     out
+}
+
+/// Picks the next blocks to compact, by seq, or `None`.
+///
+/// First, blocks that overlap in time (transitively; the group with the lowest `min_t`) — so
+/// an overlap group is always merged whole. Otherwise, for each span in `ranges_ms` (ascending,
+/// e.g. 6 h then 24 h), blocks lying entirely inside one aligned window `[k·span, (k+1)·span)`
+/// when the window holds two or more of them and is not the window of the newest data (which
+/// may still grow).
+pub fn plan_compaction(metas: &[BlockMeta], ranges_ms: &[i64]) -> Option<Vec<u64>> {
+    let mut sorted: Vec<&BlockMeta> = metas.iter().collect();
+    sorted.sort_by_key(|m| (m.min_t, m.seq));
+    let mut group: Vec<u64> = Vec::new();
+    let mut group_max_t = i64::MIN;
+    for meta in &sorted {
+        if !group.is_empty() && meta.min_t > group_max_t {
+            if group.len() >= 2 {
+                break;
+            }
+            group.clear();
+        }
+        group.push(meta.seq);
+        group_max_t = group_max_t.max(meta.max_t);
+    }
+    if group.len() >= 2 {
+        group.sort_unstable();
+        return Some(group);
+    }
+    let newest_t = metas.iter().map(|m| m.max_t).max()?;
+    for &span in ranges_ms {
+        assert!(span > 0);
+        let mut windows: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
+        for meta in &sorted {
+            let window = meta.min_t.div_euclid(span);
+            if meta.max_t.div_euclid(span) == window && newest_t.div_euclid(span) != window {
+                windows.entry(window).or_default().push(meta.seq);
+            }
+        }
+        if let Some(mut seqs) = windows.into_values().find(|seqs| seqs.len() >= 2) {
+            seqs.sort_unstable();
+            return Some(seqs);
+        }
+    }
+    None
 }

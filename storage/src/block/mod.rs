@@ -25,8 +25,9 @@
 //!
 //! Every fsync, in order, for [`write_block`] and [`compact`]: `chunks`, `index`, `meta`,
 //! directory `<seq>.tmp`, (rename) the blocks directory. For [`Block::add_tombstone`]:
-//! `tombstones.tmp`, (rename) the block directory. For [`delete_block`]: (remove) the blocks
-//! directory. The caller creates the blocks directory itself and makes it durable.
+//! `tombstones.tmp`, (rename) the block directory. For [`delete_block`]: the marker
+//! `<seq>.deleting`, the blocks directory, (remove the block) the blocks directory, (remove the
+//! marker) the blocks directory. The caller creates the blocks directory itself and makes it durable.
 //!
 //! # API
 //!
@@ -36,9 +37,14 @@
 //!   postings); chunk groups are read lazily through `FileSystem::read_at`.
 //! - [`Block::select`] resolves matchers with postings, [`Block::samples`] reads a series'
 //!   samples in an inclusive time range with tombstones applied.
-//! - [`compact`] merges blocks into a new one; the caller then deletes the sources with
+//! - [`plan_compaction`] picks blocks to merge (overlap groups whole, then full aligned
+//!   windows); [`compact`] merges them into a new one; the caller then deletes the sources with
 //!   [`delete_block`]. After a crash between the two, [`superseded_blocks`] names the sources
 //!   that a newer compacted block already contains.
+//!
+//! Not (yet) here: a cache of decoded chunk groups (every [`Block::samples`] call reads and
+//! decodes the groups it needs), streaming compaction of very large blocks (the output's index
+//! is built in memory; sample data is streamed series by series), retention.
 //!
 //! # Tenants
 //!
@@ -47,6 +53,8 @@
 //! returned to callers, and a caller's matcher on that name sees it as an absent label.
 
 mod compact;
+#[cfg(test)]
+mod golden;
 mod format;
 mod index;
 mod reader;
@@ -60,11 +68,20 @@ use serde::{Deserialize, Serialize};
 use sextant_core::labels::Labels;
 use sextant_core::sample::Sample;
 
-pub use compact::{cleanup_tmp, compact, delete_block, list_blocks, merge_first_write_wins, superseded_blocks};
+pub use compact::{
+    cleanup_tmp, compact, delete_block, list_blocks, merge_first_write_wins, plan_compaction, superseded_blocks,
+    DELETING_SUFFIX,
+};
 pub use format::FORMAT_VERSION;
 pub use reader::{Block, BlockSeriesRef};
 pub use tombstone::Tombstone;
 pub use writer::write_block;
+
+/// Span of a block cut from the head (Prometheus's default). The head decides; blocks accept
+/// any span.
+pub const BLOCK_SPAN_MS_DEFAULT: i64 = 2 * 3_600 * 1_000;
+/// Compaction windows for [`plan_compaction`]: 6 h, then 24 h.
+pub const COMPACTION_RANGES_MS_DEFAULT: [i64; 2] = [6 * 3_600 * 1_000, 24 * 3_600 * 1_000];
 
 /// The pseudo-label under which the tenant is indexed in the postings.
 pub const TENANT_LABEL: &str = "__tenant__";
@@ -118,7 +135,7 @@ pub struct BlockWriterConfig {
 impl Default for BlockWriterConfig {
     fn default() -> Self {
         // Measured on node_exporter-like data (see storage-format.md § Block › Measurements).
-        BlockWriterConfig { chunk_samples_target: 120, chunk_group_bytes_target: 16 << 10, zstd_level: Some(3) }
+        BlockWriterConfig { chunk_samples_target: 120, chunk_group_bytes_target: 64 << 10, zstd_level: Some(3) }
     }
 }
 
