@@ -276,6 +276,10 @@ struct Shard {
     pending: Pending,
     /// Ref counter including refs reserved by pending writes.
     ref_next: SeriesRef,
+    /// Refs that replay found naming a series the head already had under another ref (the
+    /// series was dropped by a cut and recreated). Checkpoints rewrite samples to the kept ref,
+    /// after which the aliases are no longer needed.
+    aliases: BTreeMap<SeriesRef, SeriesRef>,
 }
 
 impl Shard {
@@ -408,6 +412,7 @@ impl Engine {
                 cuts,
                 pending: Pending::default(),
                 ref_next: 1,
+                aliases: BTreeMap::new(),
             };
             shards.insert(id, shard);
         }
@@ -416,7 +421,6 @@ impl Engine {
         fs.create_dir_all(Path::new("wal")).await.map_err(io("create wal dir"))?;
         fs.sync_dir(Path::new("")).await.map_err(io("fsync data dir"))?;
         let mut replay = Wal::open(fs.clone(), PathBuf::from("wal"), config.wal.clone()).await?;
-        let mut aliases: BTreeMap<(ShardId, SeriesRef), SeriesRef> = BTreeMap::new();
         let (mut records, mut lost) = (0u64, 0u64);
         while let Some(item) = replay.next().await {
             let record = match item {
@@ -435,11 +439,11 @@ impl Engine {
                         let key = SeriesKey::new(entry.tenant, entry.labels);
                         match shard.head.lookup(&key) {
                             Some(existing) => {
-                                aliases.insert((shard.id, entry.series_ref), existing);
+                                shard.aliases.insert(entry.series_ref, existing);
                             }
                             None if shard.head.contains_ref(entry.series_ref) => {
                                 let fresh = shard.head.create(key);
-                                aliases.insert((shard.id, entry.series_ref), fresh);
+                                shard.aliases.insert(entry.series_ref, fresh);
                             }
                             None => shard.head.insert_with_ref(entry.series_ref, key),
                         }
@@ -450,7 +454,7 @@ impl Engine {
                         if is_persisted(&shard.cuts, record.seq, entry.t) {
                             continue;
                         }
-                        let series_ref = aliases.get(&(shard.id, entry.series_ref)).copied().unwrap_or(entry.series_ref);
+                        let series_ref = shard.aliases.get(&entry.series_ref).copied().unwrap_or(entry.series_ref);
                         if !shard.head.contains_ref(series_ref) {
                             // Its Series record was in a damaged range of the log.
                             lost += 1;
@@ -1123,9 +1127,15 @@ impl Engine {
         // this point, so the cuts and live refs taken now describe them.
         let mut cuts: BTreeMap<ShardId, Vec<HeadCut>> = BTreeMap::new();
         let mut live: BTreeMap<ShardId, BTreeSet<SeriesRef>> = BTreeMap::new();
+        let mut aliases: BTreeMap<ShardId, BTreeMap<SeriesRef, SeriesRef>> = BTreeMap::new();
+        // Series created after this snapshot (refs at or above ref_next) may have their record in
+        // the segments being sealed; they are always kept.
+        let mut ref_next: BTreeMap<ShardId, SeriesRef> = BTreeMap::new();
         for (id, shard) in &self.inner.shards {
             let shard = shard.read().await;
             cuts.insert(*id, shard.cuts.clone());
+            aliases.insert(*id, shard.aliases.clone());
+            ref_next.insert(*id, shard.ref_next);
             let mut refs: BTreeSet<SeriesRef> = shard.head.series_keys().map(|(r, _)| r).collect();
             refs.extend(shard.pending.series.values().map(|p| p.series_ref));
             live.insert(*id, refs);
@@ -1138,11 +1148,20 @@ impl Engine {
                 match record.body {
                     RecordBody::Series(entries) => {
                         let refs = live.get(&record.shard);
-                        let entries: Vec<SeriesEntry> = entries.into_iter().filter(|e| refs.is_some_and(|r| r.contains(&e.series_ref))).collect();
+                        let fresh_from = ref_next.get(&record.shard).copied().unwrap_or(0);
+                        let entries: Vec<SeriesEntry> = entries
+                            .into_iter()
+                            .filter(|e| e.series_ref >= fresh_from || refs.is_some_and(|r| r.contains(&e.series_ref)))
+                            .collect();
                         (!entries.is_empty()).then_some(WalRecord { body: RecordBody::Series(entries), ..record })
                     }
                     RecordBody::Samples(entries) => {
-                        let entries: Vec<SampleEntry> = entries.into_iter().filter(|e| !is_persisted(shard_cuts, record.seq, e.t)).collect();
+                        let shard_aliases = aliases.get(&record.shard);
+                        let entries: Vec<SampleEntry> = entries
+                            .into_iter()
+                            .filter(|e| !is_persisted(shard_cuts, record.seq, e.t))
+                            .map(|e| SampleEntry { series_ref: shard_aliases.and_then(|a| a.get(&e.series_ref)).copied().unwrap_or(e.series_ref), ..e })
+                            .collect();
                         if entries.is_empty() {
                             return None;
                         }
@@ -1159,6 +1178,8 @@ impl Engine {
         for (id, shard) in &self.inner.shards {
             let mut shard = shard.write().await;
             let done = cuts.get(id).map(Vec::len).unwrap_or(0);
+            // Every alias came from replay and every record using one was rewritten.
+            shard.aliases.clear();
             let done = done.min(shard.cuts.len());
             shard.cuts.drain(..done);
             let bytes = serde_json::to_vec(&shard.cuts).expect("cuts serialize");
