@@ -260,16 +260,9 @@ fn op(extremes: bool) -> impl Strategy<Value = Op> {
 // The model
 // ---------------------------------------------------------------------------------------------
 
-/// BUG (reported, not fixed here): a series that is in the head but whose head "newest" is
-/// older than samples of it already in blocks (it was dropped by a cut and came back with an
-/// older sample, or WAL replay rebuilt it from fewer samples) judges a sample at a block
-/// sample's timestamp as in order and skips the block lookup (`!in_head` guard in
-/// `Engine::write`): a conflicting value is acknowledged as accepted (and then shadowed by the
-/// block's value), a duplicate is counted as accepted. Until fixed, while the model's newest
-/// may differ from the engine's, a sample that would land on an existing timestamp is moved
-/// to `newest + 1` instead. Duplicates and conflicts against blocks are still generated
-/// whenever the newest is exact (then the engine takes the out-of-order path, which checks).
-const AVOID_BUG_IN_ORDER_SKIPS_BLOCKS: bool = true;
+// A series the head forgot (dropped by a cut) and recreated judges new samples against the
+// blocks too, so samples landing on timestamps its blocks hold are generated freely: this found
+// the engine acknowledging a conflicting value that a block then shadowed (fixed).
 
 /// One series in the model.
 ///
@@ -356,11 +349,6 @@ impl Model {
                 if t < floor && !refused_by_clock {
                     t = floor;
                 }
-            }
-        }
-        if AVOID_BUG_IN_ORDER_SKIPS_BLOCKS && !s.newest_exact && s.samples.contains_key(&t) {
-            if let Some(n) = s.newest {
-                t = n.saturating_add(1);
             }
         }
         (t, bits)
@@ -491,18 +479,13 @@ async fn run_model(ops: Vec<Op>, colliding: bool, fs_seed: u64) -> Result<(), Te
                 // Resolve and apply in the engine's order: per shard, writes in request order,
                 // samples in order. Each shard gets its own call, as the node routes them.
                 //
-                // BUG (reported, not fixed here): a write naming one *new* series twice makes the
-                // engine create two refs for it and panic while applying ("append to an unknown
-                // series ref"). Until that is fixed, a series appears once per write: repeated
-                // entries are merged, which keeps the per-series sample order.
+                // A write may name one series several times (the engine must then use one ref).
                 for shard in 0..SHARDS {
-                    let mut merged: Vec<(usize, Vec<&(TimeSpec, ValueSpec)>)> = Vec::new();
-                    for write in writes.iter().filter(|w| shard_of(w.series) == shard) {
-                        match merged.iter_mut().find(|(series, _)| *series == write.series) {
-                            Some((_, samples)) => samples.extend(&write.samples),
-                            None => merged.push((write.series, write.samples.iter().collect())),
-                        }
-                    }
+                    let merged: Vec<(usize, Vec<&(TimeSpec, ValueSpec)>)> = writes
+                        .iter()
+                        .filter(|w| shard_of(w.series) == shard)
+                        .map(|w| (w.series, w.samples.iter().collect()))
+                        .collect();
                     for (series, specs) in merged {
                         let mut samples = Vec::new();
                         for (time, value) in specs {
@@ -645,13 +628,11 @@ fn fault_op() -> impl Strategy<Value = FaultOp> {
     ]
 }
 
-/// BUG (reported, not fixed here): with directory-fsync EIO, an acknowledged sample can be
-/// missing after a later successful `maintain` and a crash (regression
-/// `facdf5eeb…` in proptest-regressions/engine_model.txt reproduces it when this is true), and a
-/// cut whose final directory fsync failed leaves its block directory behind, so every later cut
-/// of that shard fails with "block directory … already exists" until restart. Until fixed,
-/// directory fsyncs do not fail in this property; file fsync EIO and ENOSPC still do.
-const FAULTS_SYNC_DIR_EIO: bool = false;
+/// Directory fsyncs fail too. This found two engine bugs, both fixed: replay reused a series ref
+/// that an alias had hidden, sending a new series' samples to an old one (regression
+/// `facdf5eeb…` in proptest-regressions/engine_model.txt), and a cut whose final directory fsync
+/// failed reused its block seq forever after.
+const FAULTS_SYNC_DIR_EIO: bool = true;
 
 fn sync_dir_eio_probability() -> BoxedStrategy<f64> {
     if FAULTS_SYNC_DIR_EIO {
@@ -674,19 +655,6 @@ fn faults() -> impl Strategy<Value = FaultConfig> {
             crash_mode: CrashMode::Torn,
             ..FaultConfig::default()
         })
-}
-
-const AVOID_BUG_STALE_BLOCK_LIST: bool = true;
-
-async fn live_reads_ok(engine: &Engine) -> bool {
-    let all = vec![m(MatchOp::RegexMatch, "__name__", ".*")];
-    for tenant in TENANTS {
-        if let Err(error) = engine.select(tenant, &all, i64::MIN, i64::MAX).await {
-            eprintln!("live read failed (known bug): {error}");
-            return false;
-        }
-    }
-    true
 }
 
 type Store = BTreeMap<(usize, usize), BTreeMap<i64, u64>>;
@@ -784,14 +752,9 @@ async fn run_faults(ops: Vec<FaultOp>, faults: FaultConfig, colliding: bool, fs_
                 Err(_) => {}
             }
         }
-        // BUG (reported, not fixed here): when `maintain` fails in compaction while deleting the
-        // source blocks (directory fsync EIO after the rename in `delete_block`), the engine
-        // keeps listing blocks that are gone from disk and every `select` on that shard fails
-        // with NotFound until restart. Until fixed, a live read that fails is skipped here;
-        // reads after crash and reopen stay strict.
-        if !AVOID_BUG_STALE_BLOCK_LIST || live_reads_ok(engine.as_ref().expect("engine open")).await {
-            check_acked_and_no_phantoms(engine.as_ref().expect("engine open"), &acked, &attempted, &context).await?;
-        }
+        // Live reads must work after a failed maintenance step too (a failed block deletion
+        // once left the engine serving blocks that were gone).
+        check_acked_and_no_phantoms(engine.as_ref().expect("engine open"), &acked, &attempted, &context).await?;
     }
     drop(engine.take());
     fs.crash();

@@ -373,12 +373,13 @@ impl Engine {
         for &id in &config.shard_ids {
             let dir = shard_dir(id);
             let blocks_dir = dir.join("blocks");
-            if !fs.exists(&blocks_dir).await.map_err(io("stat blocks dir"))? {
-                fs.create_dir_all(&blocks_dir).await.map_err(io("create shard dir"))?;
-                fs.sync_dir(Path::new("")).await.map_err(io("fsync data dir"))?;
-                fs.sync_dir(Path::new("shards")).await.map_err(io("fsync shards dir"))?;
-                fs.sync_dir(&dir).await.map_err(io("fsync shard dir"))?;
-            }
+            // The directory chain is fsynced at every open, not only when created: a previous
+            // open may have created it and failed before its fsyncs, leaving entries a crash
+            // would remove together with every block written under them.
+            fs.create_dir_all(&blocks_dir).await.map_err(io("create shard dir"))?;
+            fs.sync_dir(Path::new("")).await.map_err(io("fsync data dir"))?;
+            fs.sync_dir(Path::new("shards")).await.map_err(io("fsync shards dir"))?;
+            fs.sync_dir(&dir).await.map_err(io("fsync shard dir"))?;
             block::cleanup_tmp(fs.as_ref(), &blocks_dir).await?;
             let mut blocks = Vec::new();
             for path in block::list_blocks(fs.as_ref(), &blocks_dir).await? {
@@ -422,6 +423,13 @@ impl Engine {
         fs.sync_dir(Path::new("")).await.map_err(io("fsync data dir"))?;
         let mut replay = Wal::open(fs.clone(), PathBuf::from("wal"), config.wal.clone()).await?;
         let (mut records, mut lost) = (0u64, 0u64);
+        // The highest ref any Series record named, per shard: new series must get refs above
+        // it even when replay aliased it away, or a later replay would resolve the new ref
+        // through the old alias.
+        let mut ref_max_seen: BTreeMap<ShardId, SeriesRef> = BTreeMap::new();
+        // Refs for series whose logged ref was taken by another key (only after damage); far
+        // above anything the engine assigns.
+        let mut ref_rescue_next: SeriesRef = 1 << 62;
         while let Some(item) = replay.next().await {
             let record = match item {
                 Ok(record) => record,
@@ -436,16 +444,28 @@ impl Engine {
             match record.body {
                 RecordBody::Series(entries) => {
                     for entry in entries {
+                        let seen = ref_max_seen.entry(shard.id).or_default();
+                        *seen = (*seen).max(entry.series_ref);
+                        // A logged ref names one series from here on, whatever it named before.
+                        shard.aliases.remove(&entry.series_ref);
                         let key = SeriesKey::new(entry.tenant, entry.labels);
                         match shard.head.lookup(&key) {
                             Some(existing) => {
                                 shard.aliases.insert(entry.series_ref, existing);
                             }
                             None if shard.head.contains_ref(entry.series_ref) => {
-                                let fresh = shard.head.create(key);
+                                let fresh = ref_rescue_next;
+                                ref_rescue_next += 1;
+                                shard.head.insert_with_ref(fresh, key);
+                                let bound = shard.blocks_max_t();
+                                shard.head.note_block_bound(fresh, bound);
                                 shard.aliases.insert(entry.series_ref, fresh);
                             }
-                            None => shard.head.insert_with_ref(entry.series_ref, key),
+                            None => {
+                                shard.head.insert_with_ref(entry.series_ref, key);
+                                let bound = shard.blocks_max_t();
+                                shard.head.note_block_bound(entry.series_ref, bound);
+                            }
                         }
                     }
                 }
@@ -479,7 +499,10 @@ impl Engine {
         let mut locked = BTreeMap::new();
         let mut memory = BTreeMap::new();
         for (id, mut shard) in shards {
-            shard.ref_next = shard.head.ref_next();
+            let seen_next = ref_max_seen.get(&id).map_or(1, |r| r + 1);
+            // Every series the head holds came from a logged Series record (or a rescue ref far
+            // above), so the largest logged ref bounds every ref in use.
+            shard.ref_next = seen_next;
             memory.insert(id, Self::shard_memory(&shard));
             locked.insert(id, Arc::new(RwLock::new(shard)));
         }
@@ -560,10 +583,15 @@ impl Engine {
             let mut entries: Vec<SampleEntry> = Vec::new();
             // Samples accepted by this write: (ref, t) → bits, to catch in-request conflicts.
             let mut accepted: BTreeMap<(SeriesRef, TimestampMs), u64> = BTreeMap::new();
+            // Series this write creates, so a write naming one new series twice uses one ref.
+            let mut created: BTreeMap<SeriesKey, SeriesRef> = BTreeMap::new();
             for write in series {
                 let key = SeriesKey::new(tenant, write.labels);
-                let mut series_ref = shard.head.lookup(&key).or_else(|| shard.pending.series.get(&key).map(|p| p.series_ref));
-                let in_head = series_ref.is_some_and(|r| shard.head.contains_ref(r));
+                let mut series_ref = shard
+                    .head
+                    .lookup(&key)
+                    .or_else(|| shard.pending.series.get(&key).map(|p| p.series_ref))
+                    .or_else(|| created.get(&key).copied());
                 for sample in write.samples {
                     let head_newest = series_ref.and_then(|r| shard.head.get(r)).and_then(|s| s.newest_t());
                     let pending_newest = series_ref.and_then(|r| shard.pending.newest(r));
@@ -604,25 +632,16 @@ impl Engine {
                             continue;
                         }
                     }
-                    if verdict == TimeVerdict::OutOfOrder {
-                        if let Some(existing) = self.stored_value_at(shard, series_ref, &key, sample.t).await? {
-                            if existing == bits {
-                                report.duplicates += 1;
-                            } else {
-                                report.refuse(&key.labels, sample.t, RefusalReason::Conflict { t: sample.t, existing_bits: existing });
-                            }
-                            continue;
+                    // An in-order sample is newer than anything of the series in the head, but
+                    // blocks may hold older data of a series the head forgot and recreated, so
+                    // both verdicts consult the blocks up to the series' block bound.
+                    if let Some(existing) = self.stored_value_at(shard, series_ref, &key, sample.t, verdict).await? {
+                        if existing == bits {
+                            report.duplicates += 1;
+                        } else {
+                            report.refuse(&key.labels, sample.t, RefusalReason::Conflict { t: sample.t, existing_bits: existing });
                         }
-                    } else if !in_head && shard.blocks_max_t().is_some_and(|m| sample.t <= m) {
-                        // A series new to the head may still have older data in blocks.
-                        if let Some(existing) = shard.block_value_at(&key, sample.t).await? {
-                            if existing == bits {
-                                report.duplicates += 1;
-                            } else {
-                                report.refuse(&key.labels, sample.t, RefusalReason::Conflict { t: sample.t, existing_bits: existing });
-                            }
-                            continue;
-                        }
+                        continue;
                     }
                     let r = match series_ref {
                         Some(r) => r,
@@ -637,6 +656,7 @@ impl Engine {
                             shard.ref_next += 1;
                             new_series.push(SeriesEntry { series_ref: r, tenant: key.tenant.clone(), labels: key.labels.clone() });
                             new_keys.push(key.clone());
+                            created.insert(key.clone(), r);
                             report.series_created += 1;
                             series_ref = Some(r);
                             r
@@ -717,9 +737,11 @@ impl Engine {
             }
             let mut shard = shard_lock.write().await;
             if result.is_ok() {
+                let bound = shard.blocks_max_t();
                 for (entry, key) in new_series.iter().zip(&new_keys) {
                     if shard.head.lookup(key).is_none() {
                         shard.head.insert_with_ref(entry.series_ref, key.clone());
+                        shard.head.note_block_bound(entry.series_ref, bound);
                     }
                 }
                 for entry in &entries {
@@ -773,18 +795,29 @@ impl Engine {
         Ok(report)
     }
 
-    /// Value bits stored for the series at `t` in the head or, for timestamps that may have
-    /// moved to blocks, in the blocks.
-    async fn stored_value_at(&self, shard: &Shard, series_ref: Option<SeriesRef>, key: &SeriesKey, t: TimestampMs) -> Result<Option<u64>, EngineError> {
-        if let Some(series) = series_ref.and_then(|r| shard.head.get(r)) {
+    /// Value bits stored for the series at `t`: in the head (only an out-of-order sample can
+    /// meet one there), else in blocks when `t` is at or below the series' block bound — its
+    /// `persisted_max_t` when in the head (which also covers data that blocks held before the
+    /// series was recreated there), the shard's newest block time otherwise.
+    async fn stored_value_at(
+        &self,
+        shard: &Shard,
+        series_ref: Option<SeriesRef>,
+        key: &SeriesKey,
+        t: TimestampMs,
+        verdict: TimeVerdict,
+    ) -> Result<Option<u64>, EngineError> {
+        let in_head = series_ref.and_then(|r| shard.head.get(r));
+        if let (Some(series), TimeVerdict::OutOfOrder) = (in_head, verdict) {
             if let Some(s) = series.samples(t, t)?.first() {
                 return Ok(Some(s.v.to_bits()));
             }
-            if series.persisted_max_t.is_none_or(|p| t > p) && shard.blocks_max_t().is_none_or(|m| t > m) {
-                return Ok(None);
-            }
         }
-        if shard.blocks_max_t().is_some_and(|m| t <= m) {
+        let block_bound = match in_head {
+            Some(series) => series.persisted_max_t,
+            None => shard.blocks_max_t(),
+        };
+        if block_bound.is_some_and(|bound| t <= bound) {
             return shard.block_value_at(key, t).await;
         }
         Ok(None)
@@ -983,18 +1016,23 @@ impl Engine {
         if data.is_empty() {
             return Ok(());
         }
+        // A seq is used once even if the attempt fails: a failed write may leave a visible
+        // directory of that name behind.
         let seq = shard.block_seq_next;
+        shard.block_seq_next = seq + 1;
         let samples: u64 = data.iter().map(|d| d.samples.len() as u64).sum();
         block::write_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq, data, &self.inner.config.block_writer).await?;
         let opened = Block::open(self.inner.fs.clone(), block::block_dir(&shard.blocks_dir, seq)).await?;
-        shard.block_seq_next = seq + 1;
         shard.blocks.push(opened);
-        shard.cuts.push(HeadCut { wal_seq_max, before_t });
-        if shard.cuts.len() > HEAD_CUTS_MAX {
-            shard.cuts.remove(0);
+        let mut cuts = shard.cuts.clone();
+        cuts.push(HeadCut { wal_seq_max, before_t });
+        if cuts.len() > HEAD_CUTS_MAX {
+            cuts.remove(0);
         }
-        let bytes = serde_json::to_vec(&shard.cuts).expect("cuts serialize");
+        let bytes = serde_json::to_vec(&cuts).expect("cuts serialize");
+        // The cut counts (for replay and checkpoints) only once its file is durable.
         write_atomically(self.inner.fs.as_ref(), &shard.cuts_path(), &bytes).await?;
+        shard.cuts = cuts;
         let taken = shard.head.take_before(before_t)?;
         let taken_samples: u64 = taken.iter().map(|t| t.samples.len() as u64).sum();
         assert_eq!(taken_samples, samples, "the head gave up exactly what the block holds");
@@ -1058,21 +1096,24 @@ impl Engine {
             })
             .collect();
         let out_seq = shard.block_seq_next;
+        shard.block_seq_next = out_seq + 1;
         let sources: Vec<&Block> = members.iter().map(|i| &shard.blocks[*i]).collect();
         let meta = block::compact(self.inner.fs.clone(), &shard.blocks_dir, &sources, out_seq, &self.inner.config.block_writer).await?;
-        shard.block_seq_next = out_seq + 1;
         let source_seqs: Vec<u64> = members.iter().map(|i| shard.blocks[*i].meta().seq).collect();
         if meta.is_some() {
             let opened = Block::open(self.inner.fs.clone(), block::block_dir(&shard.blocks_dir, out_seq)).await?;
             shard.blocks.push(opened);
         }
-        for seq in &source_seqs {
-            block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, *seq).await?;
-        }
+        // The output is durable and holds exactly the merge of the sources, so the sources leave
+        // the served set before their files go: a failed deletion then costs disk space until
+        // the next open (which removes superseded blocks), never a failed read.
         shard.blocks.retain(|b| !source_seqs.contains(&b.meta().seq));
         shard.blocks.sort_by_key(|b| b.meta().seq);
         self.update_memory(&shard);
         report.blocks_compacted += source_seqs.len() as u64;
+        for seq in &source_seqs {
+            block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, *seq).await?;
+        }
         Ok(())
     }
 
@@ -1084,12 +1125,13 @@ impl Engine {
                 let shard_lock = self.shard(id)?.clone();
                 let mut shard = shard_lock.write().await;
                 let doomed: Vec<u64> = shard.blocks.iter().filter(|b| b.meta().max_t < cutoff).map(|b| b.meta().seq).collect();
+                // Out of the served set first, so a failed deletion never breaks reads.
+                shard.blocks.retain(|b| !doomed.contains(&b.meta().seq));
+                self.update_memory(&shard);
                 for seq in &doomed {
                     block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, *seq).await?;
                     report.blocks_deleted_retention += 1;
                 }
-                shard.blocks.retain(|b| !doomed.contains(&b.meta().seq));
-                self.update_memory(&shard);
             }
         }
         if let Some(bytes_max) = self.inner.config.retention_bytes {
@@ -1112,9 +1154,9 @@ impl Engine {
                     break;
                 }
                 let mut shard = self.shard(id)?.write().await;
-                block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq).await?;
                 shard.blocks.retain(|b| b.meta().seq != seq);
                 self.update_memory(&shard);
+                block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq).await?;
                 report.blocks_deleted_retention += 1;
             }
         }
@@ -1229,3 +1271,4 @@ impl Engine {
         Ok(())
     }
 }
+

@@ -335,6 +335,14 @@ impl Head {
         self.ref_next = self.ref_next.max(series_ref + 1);
     }
 
+    /// Records that blocks may hold samples of this series up to `bound` (a series created in
+    /// the head while blocks exist cannot know which of their samples are its own).
+    pub fn note_block_bound(&mut self, series_ref: SeriesRef, bound: Option<TimestampMs>) {
+        if let (Some(series), Some(bound)) = (self.series.get_mut(&series_ref), bound) {
+            series.persisted_max_t = Some(series.persisted_max_t.map_or(bound, |p| p.max(bound)));
+        }
+    }
+
     /// Appends one sample to an existing series. Time acceptance is the caller's.
     pub fn append(&mut self, series_ref: SeriesRef, t: TimestampMs, v: f64) -> Result<HeadAppend, HeadError> {
         let series = self.series.get_mut(&series_ref).expect("append to an unknown series ref");
