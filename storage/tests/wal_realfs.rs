@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sextant_storage::fs::real::RealFs;
-use sextant_storage::fs::sim::SimFs;
 use sextant_storage::fs::FileSystem;
 use sextant_storage::wal::{RecordBody, SampleEntry, Wal, WalConfig, WalRecord};
 
@@ -68,41 +67,4 @@ async fn real_disk_smoke() {
     assert_eq!(wal.next_seq(0), 502);
     wal.close().await.unwrap();
     std::fs::remove_dir_all(&root).unwrap();
-}
-
-// Goal: measure replay speed on RealFs and SimFs (prints; no thresholds — a benchmark measures,
-// a test asserts). Run: cargo test -p sextant-storage --test wal_realfs -- --ignored --nocapture
-#[tokio::test]
-#[ignore]
-async fn measure_replay_speed() {
-    let config = WalConfig::default();
-    let records = 100_000u64;
-    for (name, fs) in [
-        ("RealFs", Arc::new(RealFs::new(temp_root("wal-speed"))) as Arc<dyn FileSystem>),
-        ("SimFs", Arc::new(SimFs::new(1)) as Arc<dyn FileSystem>),
-    ] {
-        let (_, wal) = replay_all(fs.clone(), config.clone()).await;
-        let started = std::time::Instant::now();
-        for chunk in 0..(records / 1000) {
-            let tickets: Vec<_> = (0..1000).map(|i| wal.submit((i % 8) as u32, samples(chunk * 1000 + i, 10)).unwrap()).collect();
-            for ticket in tickets {
-                ticket.durable().await.unwrap();
-            }
-        }
-        let append_s = started.elapsed().as_secs_f64();
-        let bytes = wal.stats().bytes_written;
-        wal.close().await.unwrap();
-        let started = std::time::Instant::now();
-        let (got, wal) = replay_all(fs.clone(), config.clone()).await;
-        let replay_s = started.elapsed().as_secs_f64();
-        assert_eq!(got.len() as u64, records);
-        println!(
-            "{name}: {records} records of 10 samples, {:.1} MB: append {:.0} records/s; replay {:.0} records/s, {:.0} MB/s",
-            bytes as f64 / 1e6,
-            records as f64 / append_s,
-            records as f64 / replay_s,
-            bytes as f64 / 1e6 / replay_s
-        );
-        wal.close().await.unwrap();
-    }
 }
