@@ -13,5 +13,6 @@ pub mod clock;
 pub mod determinism;
 pub mod labels;
 pub mod matcher;
+pub mod promql;
 pub mod sample;
 pub mod series;

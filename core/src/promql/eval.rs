@@ -1,0 +1,865 @@
+//! Phase 3: evaluate an expression over fetched data, Prometheus 3.x semantics for floats.
+//!
+//! A range query is evaluated step by step as a sequence of instant evaluations whose results
+//! are merged by label set; this matches Prometheus's results (its range evaluation is an
+//! optimisation of the same definition). Metric names are removed late, as Prometheus 3.x does
+//! with delayed name removal: an element carries `drop_name` and the name is dropped when the
+//! result leaves the engine, where duplicate label sets become an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, Matching, Selector, ValueKind};
+use super::plan::subquery_first_step;
+use super::{functions, FetchedData, MatrixSeries, QueryError, QueryLimits, Value, VectorSample};
+use crate::labels::{Label, Labels, METRIC_NAME_LABEL};
+use crate::matcher::matches_all;
+use crate::sample::{is_stale_nan, Sample};
+
+/// One element of an instant vector during evaluation.
+#[derive(Clone, Debug)]
+pub(crate) struct Elem {
+    pub labels: Labels,
+    pub v: f64,
+    pub drop_name: bool,
+}
+
+/// One series of a range vector during evaluation.
+#[derive(Clone, Debug)]
+pub(crate) struct Series {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+    pub drop_name: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Val {
+    Scalar(f64),
+    Str(String),
+    Vector(Vec<Elem>),
+    Matrix(Vec<Series>),
+}
+
+pub(crate) fn exec_err(msg: impl Into<String>) -> QueryError {
+    QueryError::Execution(msg.into())
+}
+
+/// Prometheus's notation for a label set: `{__name__="x", a="b"}`.
+pub(crate) fn prom_labels(l: &Labels) -> String {
+    let inner: Vec<String> = l.iter().map(|x| format!("{}={:?}", x.name, x.value)).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// Drops the metric name and, as Prometheus 3.x does, the other metadata labels
+/// (`__type__`, `__unit__`) that describe it.
+pub(crate) fn without_name(l: &Labels) -> Labels {
+    filter_labels(l, |n| n != METRIC_NAME_LABEL && n != "__type__" && n != "__unit__")
+}
+
+pub(crate) fn filter_labels(l: &Labels, keep: impl Fn(&str) -> bool) -> Labels {
+    Labels::from_sorted(l.iter().filter(|x| keep(&x.name)).cloned().collect())
+}
+
+/// Sets (or with an empty value, removes) one label.
+pub(crate) fn set_label(l: &Labels, name: &str, value: &str) -> Labels {
+    let mut v: Vec<Label> = l.iter().filter(|x| x.name != name).cloned().collect();
+    if !value.is_empty() {
+        v.push(Label::new(name, value));
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Labels::from_sorted(v)
+}
+
+pub(crate) struct Evaluator<'a> {
+    pub data: &'a FetchedData,
+    /// The query's start and end: what `@ start()` and `@ end()` resolve to.
+    pub start: i64,
+    pub end: i64,
+    pub limits: QueryLimits,
+    pub fetched_samples: usize,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(data: &'a FetchedData, start: i64, end: i64, limits: QueryLimits) -> Result<Self, QueryError> {
+        let mut series = BTreeSet::new();
+        let mut samples = 0usize;
+        for s in data.all() {
+            series.insert(&s.labels);
+            samples = samples.saturating_add(s.samples.len());
+        }
+        if series.len() > limits.series_max {
+            return Err(QueryError::TooManySeries { count: series.len(), max: limits.series_max });
+        }
+        if samples > limits.samples_max {
+            return Err(QueryError::TooManySamples { max: limits.samples_max });
+        }
+        Ok(Evaluator { data, start, end, limits, fetched_samples: samples })
+    }
+
+    fn reference_time(&self, at: Option<At>, offset_ms: i64, t: i64) -> i64 {
+        let base = match at {
+            Some(At::Time(x)) => x,
+            Some(At::Start) => self.start,
+            Some(At::End) => self.end,
+            None => t,
+        };
+        base.saturating_sub(offset_ms)
+    }
+
+    /// Instant vector selector: the newest sample in `(t - lookback, t]`, unless it is a
+    /// staleness marker. Returns the element and the sample's own timestamp.
+    pub fn select_instant(&self, sel: &Selector, t: i64) -> Vec<(Elem, i64)> {
+        let rt = self.reference_time(sel.at, sel.offset_ms, t);
+        let mut out = Vec::new();
+        for s in self.data.series_for(&sel.matchers) {
+            if !matches_all(&sel.matchers, &s.labels) {
+                continue;
+            }
+            let idx = s.samples.partition_point(|x| x.t <= rt);
+            if idx == 0 {
+                continue;
+            }
+            let sample = s.samples[idx - 1];
+            if sample.t <= rt.saturating_sub(self.limits.lookback_ms) || is_stale_nan(sample.v) {
+                continue;
+            }
+            out.push((Elem { labels: s.labels.clone(), v: sample.v, drop_name: false }, sample.t));
+        }
+        out
+    }
+
+    /// Range vector selector: the samples in `(t - range, t]`, staleness markers removed.
+    fn select_range(&self, sel: &Selector, range_ms: i64, t: i64) -> Vec<Series> {
+        let rt = self.reference_time(sel.at, sel.offset_ms, t);
+        let lo_t = rt.saturating_sub(range_ms);
+        let mut out = Vec::new();
+        for s in self.data.series_for(&sel.matchers) {
+            if !matches_all(&sel.matchers, &s.labels) {
+                continue;
+            }
+            let lo = s.samples.partition_point(|x| x.t <= lo_t);
+            let hi = s.samples.partition_point(|x| x.t <= rt);
+            let samples: Vec<Sample> = s.samples[lo..hi.max(lo)].iter().copied().filter(|x| !is_stale_nan(x.v)).collect();
+            if samples.is_empty() {
+                continue;
+            }
+            out.push(Series { labels: s.labels.clone(), samples, drop_name: false });
+        }
+        out
+    }
+
+    fn subquery(&self, expr: &Expr, range_ms: i64, step_ms: Option<i64>, offset_ms: i64, at: Option<At>, t: i64) -> Result<Vec<Series>, QueryError> {
+        let end = self.reference_time(at, offset_ms, t);
+        let step = step_ms.unwrap_or(self.limits.subquery_step_default_ms).max(1);
+        let first = subquery_first_step(end.saturating_sub(range_ms), step);
+        // Every step holds at least one point in Prometheus's accounting: refuse a subquery
+        // whose step count alone exceeds the sample budget before evaluating any of it.
+        let steps = if end >= first { ((end as i128 - first as i128) / step as i128) as u128 + 1 } else { 0 };
+        if steps.saturating_add(self.fetched_samples as u128) > self.limits.samples_max as u128 {
+            return Err(QueryError::TooManySamples { max: self.limits.samples_max });
+        }
+        let mut series: BTreeMap<Labels, Series> = BTreeMap::new();
+        let mut points = 0usize;
+        let mut s = first;
+        while s <= end {
+            match self.eval(expr, s)? {
+                Val::Scalar(v) => push_point(&mut series, Labels::empty(), false, s, v),
+                Val::Vector(vec) => {
+                    points += vec.len();
+                    for e in vec {
+                        push_point(&mut series, e.labels, e.drop_name, s, e.v);
+                    }
+                }
+                _ => return Err(exec_err("subquery expression must be an instant vector or scalar")),
+            }
+            points += 1;
+            if points.saturating_add(self.fetched_samples) > self.limits.samples_max {
+                return Err(QueryError::TooManySamples { max: self.limits.samples_max });
+            }
+            s = match s.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        Ok(series.into_values().collect())
+    }
+
+    pub fn eval_scalar(&self, e: &Expr, t: i64) -> Result<f64, QueryError> {
+        match self.eval(e, t)? {
+            Val::Scalar(v) => Ok(v),
+            _ => Err(exec_err("expected a scalar")),
+        }
+    }
+
+    pub fn eval_vector(&self, e: &Expr, t: i64) -> Result<Vec<Elem>, QueryError> {
+        match self.eval(e, t)? {
+            Val::Vector(v) => Ok(v),
+            _ => Err(exec_err("expected an instant vector")),
+        }
+    }
+
+    pub fn eval_matrix(&self, e: &Expr, t: i64) -> Result<Vec<Series>, QueryError> {
+        match self.eval(e, t)? {
+            Val::Matrix(m) => Ok(m),
+            _ => Err(exec_err("expected a range vector")),
+        }
+    }
+
+    pub fn eval(&self, e: &Expr, t: i64) -> Result<Val, QueryError> {
+        match e {
+            Expr::Number(v) => Ok(Val::Scalar(*v)),
+            Expr::String(s) => Ok(Val::Str(s.clone())),
+            Expr::Paren(inner) => self.eval(inner, t),
+            Expr::Vector(sel) => Ok(Val::Vector(self.select_instant(sel, t).into_iter().map(|(e, _)| e).collect())),
+            Expr::Matrix { selector, range_ms } => Ok(Val::Matrix(self.select_range(selector, *range_ms, t))),
+            Expr::Subquery { expr, range_ms, step_ms, offset_ms, at } => {
+                Ok(Val::Matrix(self.subquery(expr, *range_ms, *step_ms, *offset_ms, *at, t)?))
+            }
+            Expr::Neg(inner) => match self.eval(inner, t)? {
+                Val::Scalar(v) => Ok(Val::Scalar(-v)),
+                Val::Vector(vec) => Ok(Val::Vector(
+                    vec.into_iter().map(|e| Elem { labels: e.labels, v: -e.v, drop_name: true }).collect(),
+                )),
+                _ => Err(exec_err("unary minus needs a scalar or an instant vector")),
+            },
+            Expr::Binary { op, lhs, rhs, matching, return_bool } => self.binary(*op, lhs, rhs, matching, *return_bool, t),
+            Expr::Aggregate { op, expr, param, grouping } => self.aggregate(*op, expr, param.as_deref(), grouping.as_ref(), t),
+            Expr::Call { func, args } => functions::call(self, func, args, t),
+        }
+    }
+
+    fn binary(&self, op: BinOp, lhs: &Expr, rhs: &Expr, matching: &Matching, return_bool: bool, t: i64) -> Result<Val, QueryError> {
+        let lk = lhs.kind();
+        let rk = rhs.kind();
+        if lk == ValueKind::Scalar && rk == ValueKind::Scalar {
+            let l = self.eval_scalar(lhs, t)?;
+            let r = self.eval_scalar(rhs, t)?;
+            if op.is_comparison() {
+                return Ok(Val::Scalar(if compare(op, l, r) { 1.0 } else { 0.0 }));
+            }
+            return Ok(Val::Scalar(arith(op, l, r)));
+        }
+        if op.is_set() {
+            let l = self.eval_vector(lhs, t)?;
+            let r = self.eval_vector(rhs, t)?;
+            return Ok(Val::Vector(set_op(op, l, r, matching)));
+        }
+        if lk == ValueKind::Vector && rk == ValueKind::Vector {
+            if matching.fill_lhs.is_some() || matching.fill_rhs.is_some() {
+                return Err(QueryError::Unsupported("fill modifiers in vector matching".into()));
+            }
+            let l = self.eval_vector(lhs, t)?;
+            let r = self.eval_vector(rhs, t)?;
+            return vector_binop(op, l, r, matching, return_bool).map(Val::Vector);
+        }
+        // One side is a scalar.
+        let (vec, scalar, swapped) = if lk == ValueKind::Vector {
+            (self.eval_vector(lhs, t)?, self.eval_scalar(rhs, t)?, false)
+        } else {
+            (self.eval_vector(rhs, t)?, self.eval_scalar(lhs, t)?, true)
+        };
+        let mut out = Vec::with_capacity(vec.len());
+        for e in vec {
+            let (l, r) = if swapped { (scalar, e.v) } else { (e.v, scalar) };
+            if op.is_comparison() {
+                let keep = compare(op, l, r);
+                if return_bool {
+                    out.push(Elem { labels: e.labels, v: if keep { 1.0 } else { 0.0 }, drop_name: true });
+                } else if keep {
+                    out.push(Elem { labels: e.labels, v: e.v, drop_name: e.drop_name });
+                }
+            } else {
+                out.push(Elem { labels: e.labels, v: arith(op, l, r), drop_name: true });
+            }
+        }
+        Ok(Val::Vector(out))
+    }
+
+    fn aggregate(&self, op: AggOp, expr: &Expr, param: Option<&Expr>, grouping: Option<&Grouping>, t: i64) -> Result<Val, QueryError> {
+        let input = self.eval_vector(expr, t)?;
+        match op {
+            AggOp::Topk | AggOp::Bottomk | AggOp::Limitk | AggOp::LimitRatio => {
+                let p = match param {
+                    Some(p) => self.eval_scalar(p, t)?,
+                    None => return Err(exec_err("aggregation needs a parameter")),
+                };
+                return aggregate_k(op, p, input, grouping).map(Val::Vector);
+            }
+            AggOp::CountValues => {
+                let label = match param.map(|p| self.eval(p, t)).transpose()? {
+                    Some(Val::Str(s)) => s,
+                    _ => return Err(exec_err("count_values needs a string parameter")),
+                };
+                return count_values(&label, input, grouping).map(Val::Vector);
+            }
+            _ => {}
+        }
+        let q = match (op, param) {
+            (AggOp::Quantile, Some(p)) => self.eval_scalar(p, t)?,
+            _ => 0.0,
+        };
+        Ok(Val::Vector(aggregate_simple(op, q, input, grouping)))
+    }
+}
+
+fn push_point(series: &mut BTreeMap<Labels, Series>, labels: Labels, drop_name: bool, t: i64, v: f64) {
+    let entry = series.entry(labels.clone()).or_insert_with(|| Series { labels, samples: Vec::new(), drop_name: false });
+    entry.drop_name |= drop_name;
+    entry.samples.push(Sample::new(t, v));
+}
+
+pub(crate) fn arith(op: BinOp, l: f64, r: f64) -> f64 {
+    match op {
+        BinOp::Add => l + r,
+        BinOp::Sub => l - r,
+        BinOp::Mul => l * r,
+        BinOp::Div => l / r,
+        BinOp::Mod => l % r,
+        BinOp::Pow => l.powf(r),
+        BinOp::Atan2 => l.atan2(r),
+        _ => f64::NAN,
+    }
+}
+
+pub(crate) fn compare(op: BinOp, l: f64, r: f64) -> bool {
+    match op {
+        BinOp::Eq => l == r,
+        BinOp::Ne => l != r,
+        BinOp::Gt => l > r,
+        BinOp::Lt => l < r,
+        BinOp::Ge => l >= r,
+        BinOp::Le => l <= r,
+        _ => false,
+    }
+}
+
+/// The label set two elements are matched on.
+fn signature(l: &Labels, matching: &Matching) -> Labels {
+    if matching.on {
+        filter_labels(l, |n| matching.labels.iter().any(|m| m == n))
+    } else {
+        filter_labels(l, |n| n != METRIC_NAME_LABEL && !matching.labels.iter().any(|m| m == n))
+    }
+}
+
+fn set_op(op: BinOp, lhs: Vec<Elem>, rhs: Vec<Elem>, matching: &Matching) -> Vec<Elem> {
+    match op {
+        BinOp::And => {
+            if lhs.is_empty() || rhs.is_empty() {
+                return Vec::new();
+            }
+            let sigs: BTreeSet<Labels> = rhs.iter().map(|e| signature(&e.labels, matching)).collect();
+            lhs.into_iter().filter(|e| sigs.contains(&signature(&e.labels, matching))).collect()
+        }
+        BinOp::Or => {
+            let sigs: BTreeSet<Labels> = lhs.iter().map(|e| signature(&e.labels, matching)).collect();
+            let mut out = lhs;
+            out.extend(rhs.into_iter().filter(|e| !sigs.contains(&signature(&e.labels, matching))));
+            out
+        }
+        BinOp::Unless => {
+            if rhs.is_empty() {
+                return lhs;
+            }
+            let sigs: BTreeSet<Labels> = rhs.iter().map(|e| signature(&e.labels, matching)).collect();
+            lhs.into_iter().filter(|e| !sigs.contains(&signature(&e.labels, matching))).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn vector_binop(op: BinOp, lhs: Vec<Elem>, rhs: Vec<Elem>, matching: &Matching, return_bool: bool) -> Result<Vec<Elem>, QueryError> {
+    if lhs.is_empty() || rhs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let one_to_many = matches!(matching.card, Card::OneToMany(_));
+    let include: &[String] = match &matching.card {
+        Card::ManyToOne(l) | Card::OneToMany(l) => l,
+        _ => &[],
+    };
+    let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
+    let mut one_sigs: BTreeMap<Labels, usize> = BTreeMap::new();
+    for (i, e) in one.iter().enumerate() {
+        let sig = signature(&e.labels, matching);
+        if let Some(&j) = one_sigs.get(&sig) {
+            let side = if one_to_many { "left" } else { "right" };
+            return Err(exec_err(format!(
+                "found duplicate series for the match group {} on the {} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                prom_labels(&sig),
+                side,
+                prom_labels(&e.labels),
+                prom_labels(&one[j].labels)
+            )));
+        }
+        one_sigs.insert(sig, i);
+    }
+    let mut matched: BTreeMap<Labels, BTreeSet<Labels>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for m in many {
+        let sig = signature(&m.labels, matching);
+        let Some(&j) = one_sigs.get(&sig) else { continue };
+        let o = &one[j];
+        let (l, r) = if one_to_many { (o.v, m.v) } else { (m.v, o.v) };
+        let (value, keep) = if op.is_comparison() { (l, compare(op, l, r)) } else { (arith(op, l, r), true) };
+        let labels = result_labels(&m.labels, &o.labels, op, matching, include);
+        // Cardinality is checked before comparison filtering, as in Prometheus 3.x: a
+        // one-to-one comparison with two matches fails even if only one would survive.
+        let seen = matched.entry(sig).or_default();
+        if matching.card == Card::OneToOne {
+            if !seen.is_empty() {
+                return Err(exec_err("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"));
+            }
+            seen.insert(Labels::empty());
+        } else if !seen.insert(labels.clone()) {
+            return Err(exec_err("multiple matches for labels: grouping labels must ensure unique results"));
+        }
+        let value = if return_bool {
+            if keep {
+                1.0
+            } else {
+                0.0
+            }
+        } else if !keep {
+            continue;
+        } else {
+            value
+        };
+        out.push(Elem { labels, v: value, drop_name: m.drop_name || return_bool });
+    }
+    Ok(out)
+}
+
+fn result_labels(many: &Labels, one: &Labels, op: BinOp, matching: &Matching, include: &[String]) -> Labels {
+    let mut labels = if op.is_comparison() { many.clone() } else { without_name(many) };
+    if matching.card == Card::OneToOne {
+        labels = if matching.on {
+            filter_labels(&labels, |n| matching.labels.iter().any(|m| m == n))
+        } else {
+            filter_labels(&labels, |n| !matching.labels.iter().any(|m| m == n))
+        };
+    }
+    for name in include {
+        labels = set_label(&labels, name, one.get(name));
+    }
+    labels
+}
+
+/// The labels that identify an element's group.
+pub(crate) fn group_labels(l: &Labels, grouping: Option<&Grouping>) -> Labels {
+    match grouping {
+        None => Labels::empty(),
+        Some(Grouping::By(names)) => filter_labels(l, |n| names.iter().any(|m| m == n)),
+        Some(Grouping::Without(names)) => filter_labels(l, |n| n != METRIC_NAME_LABEL && !names.iter().any(|m| m == n)),
+    }
+}
+
+/// Neumaier's improved Kahan summation step, as Prometheus's `kahansum.Inc`.
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+struct Group {
+    labels: Labels,
+    drop_name: bool,
+    value: f64,
+    kahan_c: f64,
+    mean: f64,
+    count: f64,
+    incremental_mean: bool,
+    values: Vec<f64>,
+}
+
+fn aggregate_simple(op: AggOp, q: f64, input: Vec<Elem>, grouping: Option<&Grouping>) -> Vec<Elem> {
+    let mut index: BTreeMap<Labels, usize> = BTreeMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for e in input {
+        let key = group_labels(&e.labels, grouping);
+        let f = e.v;
+        let gi = match index.get(&key) {
+            Some(&i) => i,
+            None => {
+                index.insert(key.clone(), groups.len());
+                let value = match op {
+                    AggOp::Group => 1.0,
+                    AggOp::Stddev | AggOp::Stdvar => {
+                        if f.is_nan() || f.is_infinite() {
+                            f64::NAN
+                        } else {
+                            0.0
+                        }
+                    }
+                    _ => f,
+                };
+                groups.push(Group {
+                    labels: key,
+                    drop_name: e.drop_name,
+                    value,
+                    kahan_c: 0.0,
+                    mean: f,
+                    count: 1.0,
+                    incremental_mean: false,
+                    values: vec![f],
+                });
+                continue;
+            }
+        };
+        let g = &mut groups[gi];
+        g.drop_name |= e.drop_name;
+        match op {
+            AggOp::Sum => {
+                let (v, c) = kahan_inc(f, g.value, g.kahan_c);
+                g.value = v;
+                g.kahan_c = c;
+            }
+            AggOp::Avg => {
+                g.count += 1.0;
+                if !g.incremental_mean {
+                    let (v, c) = kahan_inc(f, g.value, g.kahan_c);
+                    if !v.is_infinite() {
+                        g.value = v;
+                        g.kahan_c = c;
+                        continue;
+                    }
+                    g.incremental_mean = true;
+                    g.mean = g.value / (g.count - 1.0);
+                    g.kahan_c /= g.count - 1.0;
+                }
+                let qq = (g.count - 1.0) / g.count;
+                let (m, c) = kahan_inc(f / g.count, qq * g.mean, qq * g.kahan_c);
+                g.mean = m;
+                g.kahan_c = c;
+            }
+            AggOp::Max => {
+                if g.value < f || g.value.is_nan() {
+                    g.value = f;
+                }
+            }
+            AggOp::Min => {
+                if g.value > f || g.value.is_nan() {
+                    g.value = f;
+                }
+            }
+            AggOp::Count => g.count += 1.0,
+            AggOp::Stddev | AggOp::Stdvar => {
+                g.count += 1.0;
+                let delta = f - g.mean;
+                g.mean += delta / g.count;
+                g.value += delta * (f - g.mean);
+            }
+            AggOp::Quantile => g.values.push(f),
+            _ => {}
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let v = match op {
+                AggOp::Avg => {
+                    if g.incremental_mean {
+                        g.mean + g.kahan_c
+                    } else {
+                        g.value / g.count + g.kahan_c / g.count
+                    }
+                }
+                AggOp::Count => g.count,
+                AggOp::Stdvar => g.value / g.count,
+                AggOp::Stddev => (g.value / g.count).sqrt(),
+                AggOp::Quantile => functions::quantile(q, g.values),
+                AggOp::Sum => {
+                    if g.value.is_infinite() {
+                        g.value
+                    } else {
+                        g.value + g.kahan_c
+                    }
+                }
+                _ => g.value,
+            };
+            Elem { labels: g.labels, v, drop_name: g.drop_name }
+        })
+        .collect()
+}
+
+/// Prometheus's `labels.Hash()`: xxhash64 of name, 0xff, value, 0xff for each label.
+pub(crate) fn prom_labels_hash(l: &Labels) -> u64 {
+    let mut bytes = Vec::with_capacity(l.bytes() + 2 * l.len());
+    for x in l.iter() {
+        bytes.extend_from_slice(x.name.as_bytes());
+        bytes.push(0xff);
+        bytes.extend_from_slice(x.value.as_bytes());
+        bytes.push(0xff);
+    }
+    xxhash_rust::xxh64::xxh64(&bytes, 0)
+}
+
+fn ratio_sample(ratio: f64, l: &Labels) -> bool {
+    let offset = prom_labels_hash(l) as f64 / u64::MAX as f64;
+    (ratio >= 0.0 && offset < ratio) || (ratio < 0.0 && offset >= 1.0 + ratio)
+}
+
+fn aggregate_k(op: AggOp, param: f64, input: Vec<Elem>, grouping: Option<&Grouping>) -> Result<Vec<Elem>, QueryError> {
+    let mut k = 0usize;
+    let mut ratio = 0.0;
+    if param.is_nan() {
+        return Err(exec_err(if op == AggOp::LimitRatio { "Ratio value is NaN" } else { "Parameter value is NaN" }));
+    }
+    if op == AggOp::LimitRatio {
+        ratio = param.clamp(-1.0, 1.0);
+    } else {
+        if param < i64::MIN as f64 || param > i64::MAX as f64 {
+            return Err(exec_err(format!("Scalar value {} overflows int64", format_float(param))));
+        }
+        if param.is_nan() || param < 1.0 {
+            return Ok(Vec::new());
+        }
+        k = (param as i64).min(input.len() as i64).max(0) as usize;
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+    }
+    let mut index: BTreeMap<Labels, usize> = BTreeMap::new();
+    let mut groups: Vec<Vec<Elem>> = Vec::new();
+    for e in input {
+        let key = group_labels(&e.labels, grouping);
+        let gi = *index.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        let g = &mut groups[gi];
+        match op {
+            AggOp::Topk | AggOp::Bottomk => {
+                if g.len() < k {
+                    g.push(e);
+                    continue;
+                }
+                // The element that would be on top of Prometheus's heap: the smallest for topk
+                // (NaN smallest of all), the largest for bottomk (NaN first as well).
+                let worst = (0..g.len())
+                    .reduce(|a, b| {
+                        let (va, vb) = (g[a].v, g[b].v);
+                        let b_worse = if op == AggOp::Topk {
+                            !va.is_nan() && (vb.is_nan() || vb < va)
+                        } else {
+                            !va.is_nan() && (vb.is_nan() || vb > va)
+                        };
+                        if b_worse {
+                            b
+                        } else {
+                            a
+                        }
+                    })
+                    .unwrap_or(0);
+                let w = g[worst].v;
+                let better = if op == AggOp::Topk {
+                    w < e.v || (w.is_nan() && !e.v.is_nan())
+                } else {
+                    w > e.v || (w.is_nan() && !e.v.is_nan())
+                };
+                if better {
+                    g[worst] = e;
+                }
+            }
+            AggOp::Limitk => {
+                if g.len() < k {
+                    g.push(e);
+                }
+            }
+            _ => {
+                if ratio_sample(ratio, &e.labels) {
+                    g.push(e);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for mut g in groups {
+        match op {
+            AggOp::Topk => g.sort_by(|a, b| desc_nan_last(a.v, b.v)),
+            AggOp::Bottomk => g.sort_by(|a, b| asc_nan_last(a.v, b.v)),
+            _ => {}
+        }
+        out.extend(g);
+    }
+    Ok(out)
+}
+
+pub(crate) fn desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        _ => b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+pub(crate) fn asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+/// Go's `strconv.FormatFloat(f, 'f', -1, 64)` for label values.
+pub(crate) fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f == f64::INFINITY {
+        "+Inf".into()
+    } else if f == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{f}")
+    }
+}
+
+fn count_values(label: &str, input: Vec<Elem>, grouping: Option<&Grouping>) -> Result<Vec<Elem>, QueryError> {
+    if label.is_empty() {
+        return Err(exec_err(format!("invalid label name {label:?}")));
+    }
+    let mut index: BTreeMap<Labels, usize> = BTreeMap::new();
+    let mut out: Vec<Elem> = Vec::new();
+    for e in input {
+        let with_value = set_label(&e.labels, label, &format_float(e.v));
+        let key = match grouping {
+            Some(Grouping::By(names)) => {
+                filter_labels(&with_value, |n| n == label || names.iter().any(|m| m == n))
+            }
+            Some(Grouping::Without(names)) => filter_labels(&with_value, |n| {
+                n == label || (n != METRIC_NAME_LABEL && !names.iter().any(|m| m == n))
+            }),
+            None => filter_labels(&with_value, |n| n == label),
+        };
+        match index.get(&key) {
+            Some(&i) => out[i].v += 1.0,
+            None => {
+                index.insert(key.clone(), out.len());
+                out.push(Elem { labels: key, v: 1.0, drop_name: false });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Drops names marked for dropping and refuses duplicate label sets.
+fn finish_vector(vec: Vec<Elem>) -> Result<Vec<Elem>, QueryError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(vec.len());
+    for mut e in vec {
+        if e.drop_name {
+            e.labels = without_name(&e.labels);
+            e.drop_name = false;
+        }
+        if !seen.insert(e.labels.clone()) {
+            return Err(exec_err("vector cannot contain metrics with the same labelset"));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn check_expr(expr: &Expr) -> Result<(), QueryError> {
+    match expr {
+        Expr::Number(_) | Expr::String(_) | Expr::Vector(_) => Ok(()),
+        Expr::Matrix { .. } => Ok(()),
+        Expr::Subquery { expr, .. } | Expr::Neg(expr) | Expr::Paren(expr) => check_expr(expr),
+        Expr::Binary { lhs, rhs, .. } => {
+            check_expr(lhs)?;
+            check_expr(rhs)
+        }
+        Expr::Aggregate { expr, param, .. } => {
+            if let Some(p) = param {
+                check_expr(p)?;
+            }
+            check_expr(expr)
+        }
+        Expr::Call { func, args } => {
+            functions::check_supported(func)?;
+            args.iter().try_for_each(check_expr)
+        }
+    }
+}
+
+/// Evaluates `expr` at `t_ms`.
+pub fn eval_instant(expr: &Expr, t_ms: i64, data: &FetchedData, limits: &QueryLimits) -> Result<Value, QueryError> {
+    check_expr(expr)?;
+    let ev = Evaluator::new(data, t_ms, t_ms, *limits)?;
+    Ok(match ev.eval(expr, t_ms)? {
+        Val::Scalar(v) => Value::Scalar { t: t_ms, v },
+        Val::Str(s) => Value::String { t: t_ms, v: s },
+        Val::Vector(vec) => Value::Vector(
+            finish_vector(vec)?.into_iter().map(|e| VectorSample { labels: e.labels, t: t_ms, v: e.v }).collect(),
+        ),
+        Val::Matrix(m) => {
+            let mut seen = BTreeSet::new();
+            let mut out = Vec::with_capacity(m.len());
+            for s in m {
+                let labels = if s.drop_name { without_name(&s.labels) } else { s.labels };
+                if !seen.insert(labels.clone()) {
+                    return Err(exec_err("vector cannot contain metrics with the same labelset"));
+                }
+                out.push(MatrixSeries { labels, samples: s.samples });
+            }
+            Value::Matrix(out)
+        }
+    })
+}
+
+/// Evaluates `expr` at every step `start_ms, start_ms + step_ms, …, ≤ end_ms`. Series come back
+/// sorted by labels.
+pub fn eval_range(expr: &Expr, start_ms: i64, end_ms: i64, step_ms: i64, data: &FetchedData, limits: &QueryLimits) -> Result<Vec<MatrixSeries>, QueryError> {
+    check_expr(expr)?;
+    match expr.kind() {
+        ValueKind::Scalar | ValueKind::Vector => {}
+        ValueKind::Matrix => {
+            return Err(exec_err("invalid expression type \"range vector\" for range query, must be Scalar or instant Vector"))
+        }
+        ValueKind::String => {
+            return Err(exec_err("invalid expression type \"string\" for range query, must be Scalar or instant Vector"))
+        }
+    }
+    if step_ms <= 0 {
+        return Err(exec_err("zero or negative query resolution step widths are not accepted. Try a positive integer"));
+    }
+    if end_ms < start_ms {
+        return Err(exec_err("end timestamp must not be before start time"));
+    }
+    let steps = ((end_ms - start_ms) / step_ms) as u128 + 1;
+    if steps > limits.steps_max as u128 {
+        return Err(QueryError::TooManySteps { max: limits.steps_max });
+    }
+    let ev = Evaluator::new(data, start_ms, end_ms, *limits)?;
+    let mut series: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+    let mut points = 0usize;
+    let mut t = start_ms;
+    while t <= end_ms {
+        let vec = match ev.eval(expr, t)? {
+            Val::Scalar(v) => vec![Elem { labels: Labels::empty(), v, drop_name: false }],
+            Val::Vector(v) => v,
+            _ => return Err(exec_err("range query step did not produce a scalar or an instant vector")),
+        };
+        for e in finish_vector(vec)? {
+            let samples = series.entry(e.labels).or_default();
+            if samples.last().is_some_and(|s| s.t == t) {
+                return Err(exec_err("vector cannot contain metrics with the same labelset"));
+            }
+            samples.push(Sample::new(t, e.v));
+            points += 1;
+        }
+        if points.saturating_add(ev.fetched_samples) > limits.samples_max {
+            return Err(QueryError::TooManySamples { max: limits.samples_max });
+        }
+        t = match t.checked_add(step_ms) {
+            Some(n) => n,
+            None => break,
+        };
+    }
+    Ok(series.into_iter().map(|(labels, samples)| MatrixSeries { labels, samples }).collect())
+}
