@@ -133,8 +133,13 @@ fn deleting_marker(blocks_dir: &Path, seq: u64) -> PathBuf {
 /// marker is removed. A crash part-way leaves the marker, so a half-removed directory is never
 /// taken for a block: [`list_blocks`] skips marked blocks and [`cleanup_tmp`] finishes the job.
 ///
-/// (A marker rather than renaming the directory away: the rename would be just as atomic on
-/// Linux, but SimFs loses a renamed directory's contents when a crash reverts the rename.)
+/// Why a durable step before the removal at all: `remove_dir_all` is not atomic. Linux unlinks
+/// the files one by one, so a process death part-way leaves some of them, and after a power cut
+/// the journal may have committed some of the unlinks but not the directory's own removal. The
+/// marker makes "this is no longer a block" durable in one step before any file goes. Renaming
+/// the directory to `<seq>.tmp` and fsyncing the blocks directory would do the same with fewer
+/// fsyncs (SimFs now models directory renames faithfully); the marker is kept because it is
+/// correct and is the documented on-disk layout (docs/design/storage-format.md § Block).
 pub async fn delete_block(fs: &dyn FileSystem, blocks_dir: &Path, seq: u64) -> Result<(), BlockError> {
     let marker = deleting_marker(blocks_dir, seq);
     let mut file = fs.create(&marker).await.map_err(BlockError::io(&marker, "create"))?;
