@@ -26,6 +26,8 @@ async fn write_all(stream: &mut TcpStream, mut bytes: &[u8]) {
         assert!(n > 0, "connection closed while writing");
         bytes = &bytes[n..];
     }
+    // The simulated stream buffers writes until flushed.
+    poll_fn(|cx| Pin::new(&mut *stream).poll_flush(cx)).await.unwrap();
 }
 
 /// Reads one response with a Content-Length (or none, for 204) and returns (status, body).
