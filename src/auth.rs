@@ -169,6 +169,7 @@ pub fn authorize(tokens: Option<&Tokens>, authorization: Option<&str>, org_id: O
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // case tables
 mod tests {
     use super::*;
 

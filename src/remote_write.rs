@@ -253,6 +253,7 @@ pub fn prescan(raw: &[u8]) -> Result<WireCounts, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // case tables
 mod tests {
     use super::*;
 

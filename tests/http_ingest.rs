@@ -177,6 +177,7 @@ fn snappy(raw: &[u8]) -> Vec<u8> {
 // Goal: every bad input answers its 4xx with a reason, the server keeps serving, and nothing
 // stored before changes. Method: a table of (name, headers, body, status, reason fragment);
 // after each case the tenant's dump must equal the one taken before the table.
+#[allow(clippy::type_complexity)]
 #[tokio::test]
 async fn bad_inputs_table() {
     let limits = IngestLimits { body_bytes_max: 16 << 20, ..IngestLimits::default() };
