@@ -1,0 +1,382 @@
+//! `sextant serve` configuration: command-line flags, an optional TOML file, and the defaults.
+//!
+//! Precedence: a flag beats the file, the file beats the default. The file uses the flag names
+//! with `_` for `-` (`data_dir = "/var/lib/sextant"`, `sample_age_max = "24h"`,
+//! `blocked_label = ["session_id"]`); unknown keys are an error so a typo cannot silently
+//! leave a default in place.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Deserialize;
+use sextant_core::labels::{LabelLimits, NameValidation};
+use sextant_storage::acceptance::AcceptanceConfig;
+use sextant_storage::wal::FsyncPolicy;
+
+use crate::duration::{parse_bytes, parse_duration_ms};
+
+/// Flags of `sextant serve`. Every one is optional; the help text states its default.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys are flag names with `_` for `-`).
+    /// Flags given on the command line override the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the WAL and the shards' blocks. Created if missing; locked while
+    /// the server runs. [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP server: remote-write (/api/v1/write), /api/v1/status/tsdb,
+    /// /metrics, /-/healthy, /-/ready. [default: 127.0.0.1:9480]
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Address reserved for the gRPC admin and internal services. Parsed and validated, but
+    /// not served yet: the admin API arrives with the admin issue. [default: 127.0.0.1:9481]
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
+    /// Delete blocks whose newest sample is older than this (e.g. 15d, 90d; 0 keeps
+    /// everything). [default: 15d]
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
+    /// WAL fsync policy. `always`: a write is acknowledged only after its WAL record is
+    /// fsynced (group commit). `interval`: acknowledged once written, fsynced every
+    /// --fsync-interval; a power loss can lose up to one interval of acknowledged writes.
+    /// [default: always]
+    #[arg(long, value_name = "POLICY", value_parser = ["always", "interval"])]
+    pub fsync: Option<String>,
+    /// Period of the WAL fsync under `--fsync interval`. [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub fsync_interval: Option<String>,
+    /// Oldest in-order sample accepted, relative to this node's clock (a sender's backlog
+    /// after an outage). [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub sample_age_max: Option<String>,
+    /// How far behind its series' newest sample an out-of-order sample is still accepted.
+    /// [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub out_of_order_window: Option<String>,
+    /// Samples further than this ahead of this node's clock are refused. [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub future_skew_max: Option<String>,
+    /// Active series per metric name and tenant; new series beyond it are refused (existing
+    /// series keep ingesting). [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub series_per_metric_max: Option<u64>,
+    /// Active series per tenant; new series beyond it are refused. [default: 1000000]
+    #[arg(long, value_name = "N")]
+    pub series_per_tenant_max: Option<u64>,
+    /// Samples per second per tenant (token bucket with a burst of two seconds); requests
+    /// over it answer 429. 0 disables the limit. [default: 1000000]
+    #[arg(long, value_name = "N")]
+    pub ingest_rate_max: Option<u64>,
+    /// The node's memory budget for series, chunks and postings (e.g. 4GiB). New series are
+    /// refused with 503 when it is reached. [default: 4GiB]
+    #[arg(long, value_name = "SIZE")]
+    pub memory_max: Option<String>,
+    /// Longest label value in bytes. [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub label_value_bytes_max: Option<usize>,
+    /// Most labels per series, __name__ included. [default: 64]
+    #[arg(long, value_name = "N")]
+    pub labels_per_series_max: Option<usize>,
+    /// Largest remote-write body, compressed and decompressed (e.g. 32MiB). A larger body
+    /// is refused before it is read or inflated. [default: 32MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub body_bytes_max: Option<String>,
+    /// File of bearer tokens, one `TOKEN TENANT ROLE` per line (ROLE is write, read or
+    /// admin; TENANT `*` means any tenant; `#` starts a comment). When given, every write and
+    /// read needs a token (401 without one, 403 for the wrong role or tenant). All nodes of a
+    /// cluster share the file. Not to be confused with the admin CLI's --token-file.
+    /// [default: none, no authentication]
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Refuse samples of series carrying this label name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub blocked_label: Vec<String>,
+    /// Label and metric naming rules: `utf8` (Prometheus 3.x) or `legacy` (Prometheus 2.x
+    /// character sets). [default: utf8]
+    #[arg(long, value_name = "RULES", value_parser = ["utf8", "legacy"])]
+    pub name_validation: Option<String>,
+    /// Most tenants this node accepts writes for; a request for one more is refused with
+    /// 400. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub tenants_max: Option<usize>,
+    /// A metric is flagged as runaway when this many distinct new series of it are seen
+    /// (estimated with a HyperLogLog, refused ones included) within --runaway-window.
+    /// [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub runaway_new_series_max: Option<u64>,
+    /// Window of the runaway detector. [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub runaway_window: Option<String>,
+    /// A series not written for this long stops counting against the series limits.
+    /// [default: 3h, the head's span]
+    #[arg(long, value_name = "DURATION")]
+    pub series_idle_max: Option<String>,
+    /// Period of the background maintenance pass (head cuts, compaction, retention, WAL
+    /// checkpoints, limit bookkeeping). [default: 1m]
+    #[arg(long, value_name = "DURATION")]
+    pub maintain_interval: Option<String>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http_listen: Option<String>,
+    grpc_listen: Option<String>,
+    retention: Option<String>,
+    fsync: Option<String>,
+    fsync_interval: Option<String>,
+    sample_age_max: Option<String>,
+    out_of_order_window: Option<String>,
+    future_skew_max: Option<String>,
+    series_per_metric_max: Option<u64>,
+    series_per_tenant_max: Option<u64>,
+    ingest_rate_max: Option<u64>,
+    memory_max: Option<String>,
+    label_value_bytes_max: Option<usize>,
+    labels_per_series_max: Option<usize>,
+    body_bytes_max: Option<String>,
+    tokens_file: Option<PathBuf>,
+    blocked_label: Option<Vec<String>>,
+    name_validation: Option<String>,
+    tenants_max: Option<usize>,
+    runaway_new_series_max: Option<u64>,
+    runaway_window: Option<String>,
+    series_idle_max: Option<String>,
+    maintain_interval: Option<String>,
+}
+
+/// Limits of the ingest path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestLimits {
+    pub series_per_metric_max: u64,
+    pub series_per_tenant_max: u64,
+    /// Samples/s per tenant; 0 = unlimited.
+    pub ingest_rate_samples_per_s_max: u64,
+    pub labels: LabelLimits,
+    /// Largest body, compressed and decompressed.
+    pub body_bytes_max: usize,
+    pub blocked_label_names: BTreeSet<String>,
+    pub tenants_max: usize,
+    pub runaway_new_series_max: u64,
+    pub runaway_window_ms: i64,
+    pub series_idle_ms_max: i64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            series_per_metric_max: 100_000,
+            series_per_tenant_max: 1_000_000,
+            ingest_rate_samples_per_s_max: 1_000_000,
+            labels: LabelLimits::default(),
+            body_bytes_max: 32 << 20,
+            blocked_label_names: BTreeSet::new(),
+            tenants_max: 10_000,
+            runaway_new_series_max: 10_000,
+            runaway_window_ms: 10 * 60_000,
+            series_idle_ms_max: 3 * 3_600_000,
+        }
+    }
+}
+
+/// The effective configuration of `sextant serve`.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub retention_ms: Option<i64>,
+    pub fsync: FsyncPolicy,
+    pub acceptance: AcceptanceConfig,
+    pub memory_bytes_max: u64,
+    pub limits: IngestLimits,
+    pub tokens_file: Option<PathBuf>,
+    pub maintain_interval_ms: i64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            data_dir: PathBuf::from("data"),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9480)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9481)),
+            retention_ms: Some(15 * 86_400_000),
+            fsync: FsyncPolicy::Always,
+            acceptance: AcceptanceConfig::default(),
+            memory_bytes_max: 4 << 30,
+            limits: IngestLimits::default(),
+            tokens_file: None,
+            maintain_interval_ms: 60_000,
+        }
+    }
+}
+
+fn duration(setting: &str, text: &str) -> Result<i64, String> {
+    parse_duration_ms(text).map_err(|e| format!("--{setting}: {e}"))
+}
+
+fn positive(setting: &str, ms: i64) -> Result<i64, String> {
+    if ms <= 0 {
+        return Err(format!("--{setting} must be positive"));
+    }
+    Ok(ms)
+}
+
+fn address(setting: &str, text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|e| format!("--{setting} {text:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:9480)"))
+}
+
+impl ServeConfig {
+    /// Builds the effective configuration from the flags and the file's text, if any.
+    pub fn resolve(args: &ServeArgs, file_text: Option<&str>) -> Result<ServeConfig, String> {
+        let file: FileConfig = match file_text {
+            Some(text) => toml::from_str(text).map_err(|e| format!("config file: {e}"))?,
+            None => FileConfig::default(),
+        };
+        let mut config = ServeConfig::default();
+        // `pick` prefers the flag, then the file.
+        fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
+            flag.clone().or_else(|| file.clone())
+        }
+        if let Some(dir) = pick(&args.data_dir, &file.data_dir) {
+            config.data_dir = dir;
+        }
+        if let Some(text) = pick(&args.http_listen, &file.http_listen) {
+            config.http_listen = address("http-listen", &text)?;
+        }
+        if let Some(text) = pick(&args.grpc_listen, &file.grpc_listen) {
+            config.grpc_listen = address("grpc-listen", &text)?;
+        }
+        if let Some(text) = pick(&args.retention, &file.retention) {
+            let ms = duration("retention", &text)?;
+            config.retention_ms = if ms == 0 { None } else { Some(ms) };
+        }
+        let interval_ms = match pick(&args.fsync_interval, &file.fsync_interval) {
+            Some(text) => positive("fsync-interval", duration("fsync-interval", &text)?)?,
+            None => 1_000,
+        };
+        match pick(&args.fsync, &file.fsync).as_deref() {
+            None | Some("always") => config.fsync = FsyncPolicy::Always,
+            Some("interval") => config.fsync = FsyncPolicy::Interval { interval_ms: interval_ms as u64 },
+            Some(other) => return Err(format!("--fsync {other:?}: expected always or interval")),
+        }
+        if let Some(text) = pick(&args.sample_age_max, &file.sample_age_max) {
+            config.acceptance.sample_age_ms_max = duration("sample-age-max", &text)?;
+        }
+        if let Some(text) = pick(&args.out_of_order_window, &file.out_of_order_window) {
+            config.acceptance.out_of_order_window_ms = duration("out-of-order-window", &text)?;
+        }
+        if let Some(text) = pick(&args.future_skew_max, &file.future_skew_max) {
+            config.acceptance.future_skew_ms_max = duration("future-skew-max", &text)?;
+        }
+        let limits = &mut config.limits;
+        if let Some(n) = pick(&args.series_per_metric_max, &file.series_per_metric_max) {
+            limits.series_per_metric_max = n;
+        }
+        if let Some(n) = pick(&args.series_per_tenant_max, &file.series_per_tenant_max) {
+            limits.series_per_tenant_max = n;
+        }
+        if let Some(n) = pick(&args.ingest_rate_max, &file.ingest_rate_max) {
+            limits.ingest_rate_samples_per_s_max = n;
+        }
+        if let Some(text) = pick(&args.memory_max, &file.memory_max) {
+            config.memory_bytes_max = parse_bytes(&text).map_err(|e| format!("--memory-max: {e}"))?;
+        }
+        if let Some(n) = pick(&args.label_value_bytes_max, &file.label_value_bytes_max) {
+            limits.labels.label_value_bytes_max = n;
+        }
+        if let Some(n) = pick(&args.labels_per_series_max, &file.labels_per_series_max) {
+            if n == 0 {
+                return Err("--labels-per-series-max must be at least 1 (__name__)".into());
+            }
+            limits.labels.label_count_max = n;
+        }
+        if let Some(text) = pick(&args.body_bytes_max, &file.body_bytes_max) {
+            let bytes = parse_bytes(&text).map_err(|e| format!("--body-bytes-max: {e}"))?;
+            // Four times this is the decode budget (see remote_write); keep it addressable.
+            if bytes == 0 || bytes > (1 << 30) {
+                return Err(format!("--body-bytes-max {text:?}: must be between 1 B and 1GiB"));
+            }
+            limits.body_bytes_max = bytes as usize;
+        }
+        config.tokens_file = pick(&args.tokens_file, &file.tokens_file);
+        let mut blocked: BTreeSet<String> = file.blocked_label.clone().unwrap_or_default().into_iter().collect();
+        blocked.extend(args.blocked_label.iter().cloned());
+        limits.blocked_label_names = blocked;
+        match pick(&args.name_validation, &file.name_validation).as_deref() {
+            None | Some("utf8") => limits.labels.validation = NameValidation::Utf8,
+            Some("legacy") => limits.labels.validation = NameValidation::Legacy,
+            Some(other) => return Err(format!("--name-validation {other:?}: expected utf8 or legacy")),
+        }
+        if let Some(n) = pick(&args.tenants_max, &file.tenants_max) {
+            limits.tenants_max = n;
+        }
+        if let Some(n) = pick(&args.runaway_new_series_max, &file.runaway_new_series_max) {
+            limits.runaway_new_series_max = n;
+        }
+        if let Some(text) = pick(&args.runaway_window, &file.runaway_window) {
+            limits.runaway_window_ms = positive("runaway-window", duration("runaway-window", &text)?)?;
+        }
+        if let Some(text) = pick(&args.series_idle_max, &file.series_idle_max) {
+            limits.series_idle_ms_max = positive("series-idle-max", duration("series-idle-max", &text)?)?;
+        }
+        if let Some(text) = pick(&args.maintain_interval, &file.maintain_interval) {
+            config.maintain_interval_ms = positive("maintain-interval", duration("maintain-interval", &text)?)?;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: defaults match the issue, the file overrides defaults, and flags override the file.
+    #[test]
+    fn precedence_flag_file_default() {
+        let defaults = ServeConfig::resolve(&ServeArgs::default(), None).unwrap();
+        assert_eq!(defaults.data_dir, PathBuf::from("data"));
+        assert_eq!(defaults.http_listen.to_string(), "127.0.0.1:9480");
+        assert_eq!(defaults.grpc_listen.to_string(), "127.0.0.1:9481");
+        assert_eq!(defaults.acceptance, AcceptanceConfig::default());
+        assert_eq!(defaults.limits.series_per_metric_max, 100_000);
+        assert_eq!(defaults.limits.series_per_tenant_max, 1_000_000);
+        assert_eq!(defaults.fsync, FsyncPolicy::Always);
+
+        let file = "data_dir = \"/srv/x\"\nsample_age_max = \"2h\"\nfsync = \"interval\"\nblocked_label = [\"a\"]\nmemory_max = \"1GiB\"\n";
+        let from_file = ServeConfig::resolve(&ServeArgs::default(), Some(file)).unwrap();
+        assert_eq!(from_file.data_dir, PathBuf::from("/srv/x"));
+        assert_eq!(from_file.acceptance.sample_age_ms_max, 2 * 3_600_000);
+        assert_eq!(from_file.fsync, FsyncPolicy::Interval { interval_ms: 1000 });
+        assert_eq!(from_file.memory_bytes_max, 1 << 30);
+
+        let args = ServeArgs { data_dir: Some("/flag".into()), sample_age_max: Some("30m".into()), blocked_label: vec!["b".into()], ..ServeArgs::default() };
+        let both = ServeConfig::resolve(&args, Some(file)).unwrap();
+        assert_eq!(both.data_dir, PathBuf::from("/flag"));
+        assert_eq!(both.acceptance.sample_age_ms_max, 30 * 60_000);
+        assert_eq!(both.limits.blocked_label_names.iter().cloned().collect::<Vec<_>>(), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    // Goal: malformed settings are errors that name the setting, never panics or silent
+    // defaults.
+    #[test]
+    fn errors_name_the_setting() {
+        let cases: Vec<(ServeArgs, Option<&str>, &str)> = vec![
+            (ServeArgs { retention: Some("15 days".into()), ..Default::default() }, None, "--retention"),
+            (ServeArgs { http_listen: Some("localhost".into()), ..Default::default() }, None, "--http-listen"),
+            (ServeArgs { body_bytes_max: Some("0".into()), ..Default::default() }, None, "--body-bytes-max"),
+            (ServeArgs::default(), Some("data_dri = \"x\""), "config file"),
+            (ServeArgs::default(), Some("fsync = \"sometimes\""), "--fsync"),
+        ];
+        for (args, file, needle) in cases {
+            let error = ServeConfig::resolve(&args, file).unwrap_err();
+            assert!(error.contains(needle), "{error:?} should mention {needle}");
+        }
+    }
+}

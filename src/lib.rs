@@ -1,0 +1,26 @@
+//! The Sextant node: HTTP surfaces, ingest, limits and the `sextant` binary's commands.
+//!
+//! Code map: [`config`] (flags, TOML file, defaults), [`duration`] (duration and size
+//! parsers), [`remote_write`] (Remote-Write 1.0 wire types and bounded decoding), [`auth`]
+//! (tenants and bearer tokens), [`limits`] (token bucket, active-series tracker, runaway
+//! detection), [`hll`] (HyperLogLog), [`shard`] (series → shard), [`node`] (engine lifecycle
+//! and the ingest path), [`metrics`] (self-monitoring), [`http`] (the axum router),
+//! [`server`] (the HTTP/1 accept loop and `sextant serve`).
+//!
+//! Architecture Invariant: the node reads time only through its injected `Clock`
+//! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
+//! types stop at this crate's boundary — storage sees `Labels` and `Sample`s. Real-only
+//! pieces (signals, the real filesystem, the process entry point) are behind
+//! `#[cfg(not(madsim))]`; the router and the accept loop run in both builds.
+
+pub mod auth;
+pub mod config;
+pub mod duration;
+pub mod hll;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod remote_write;
+pub mod server;
+pub mod shard;

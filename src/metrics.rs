@@ -1,0 +1,184 @@
+//! Self-monitoring: the node's own metrics, served at `/metrics` in Prometheus text format.
+//!
+//! Label values that come from clients (tenant, metric) are bounded: at most
+//! `CLIENT_LABEL_SETS_MAX` distinct sets per family; further ones are folded into
+//! `metric="__other__"`, so a cardinality bomb cannot inflate the node's own metrics.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use sextant_storage::engine::EngineStatus;
+use sextant_storage::wal::WalStats;
+
+/// Distinct client-derived label sets per family.
+pub const CLIENT_LABEL_SETS_MAX: usize = 1_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub handler: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct TenantMetricLabels {
+    pub tenant: String,
+    pub metric: String,
+}
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub samples_received: Counter,
+    pub samples_stored: Counter,
+    pub samples_duplicate: Counter,
+    pub samples_out_of_order: Counter,
+    pub samples_refused: Family<ReasonLabels, Counter>,
+    pub exemplars_ignored: Counter,
+    pub metadata_stored: Counter,
+    pub metadata_dropped: Counter,
+    pub requests: Family<RequestLabels, Counter>,
+    pub write_duration_seconds: Histogram,
+    pub cardinality_refusals: Family<TenantMetricLabels, Counter>,
+    pub runaway_metrics: Family<TenantMetricLabels, Gauge>,
+    pub head_series: Gauge,
+    pub memory_bytes: Gauge,
+    pub memory_bytes_max: Gauge,
+    pub blocks: Gauge,
+    pub ready: Gauge,
+    pub wal_poisoned: Gauge,
+    pub wal_fsyncs: Counter,
+    pub wal_bytes_written: Counter,
+    pub wal_records_no_space: Counter,
+    pub active_series_tracked: Gauge,
+    /// Last engine counters seen, to turn them into counter increments.
+    last_wal: Mutex<WalStats>,
+    refusal_label_sets: Mutex<BTreeSet<TenantMetricLabels>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sextant");
+        let m = Metrics {
+            samples_received: Counter::default(),
+            samples_stored: Counter::default(),
+            samples_duplicate: Counter::default(),
+            samples_out_of_order: Counter::default(),
+            samples_refused: Family::default(),
+            exemplars_ignored: Counter::default(),
+            metadata_stored: Counter::default(),
+            metadata_dropped: Counter::default(),
+            requests: Family::default(),
+            write_duration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            cardinality_refusals: Family::default(),
+            runaway_metrics: Family::default(),
+            head_series: Gauge::default(),
+            memory_bytes: Gauge::default(),
+            memory_bytes_max: Gauge::default(),
+            blocks: Gauge::default(),
+            ready: Gauge::default(),
+            wal_poisoned: Gauge::default(),
+            wal_fsyncs: Counter::default(),
+            wal_bytes_written: Counter::default(),
+            wal_records_no_space: Counter::default(),
+            active_series_tracked: Gauge::default(),
+            last_wal: Mutex::new(WalStats::default()),
+            refusal_label_sets: Mutex::new(BTreeSet::new()),
+            registry: Registry::default(),
+        };
+        registry.register("remote_write_samples_received", "Samples received in remote-write requests (decoded bodies only)", m.samples_received.clone());
+        registry.register("remote_write_samples_stored", "Samples newly stored", m.samples_stored.clone());
+        registry.register("remote_write_samples_duplicate", "Samples already stored with the same value (acknowledged, not stored again)", m.samples_duplicate.clone());
+        registry.register("remote_write_samples_out_of_order", "Samples stored although older than their series' newest sample", m.samples_out_of_order.clone());
+        registry.register("remote_write_samples_refused", "Samples refused, by reason", m.samples_refused.clone());
+        registry.register("remote_write_exemplars_ignored", "Exemplars received and not stored (exemplar storage is not implemented)", m.exemplars_ignored.clone());
+        registry.register("remote_write_metadata_stored", "Metric metadata entries stored", m.metadata_stored.clone());
+        registry.register("remote_write_metadata_dropped", "Metric metadata entries dropped because the tenant's metadata table is full", m.metadata_dropped.clone());
+        registry.register("http_requests", "HTTP requests, by handler and status code", m.requests.clone());
+        registry.register("remote_write_duration_seconds", "Time to handle a remote-write request, from body received to response", m.write_duration_seconds.clone());
+        registry.register("cardinality_refusals", "Samples refused by a series limit, by tenant and metric", m.cardinality_refusals.clone());
+        registry.register("runaway_metric", "1 for each metric flagged as runaway by the new-series detector", m.runaway_metrics.clone());
+        registry.register("head_series", "Series in the heads of all shards", m.head_series.clone());
+        registry.register("memory_bytes", "Memory used by series, chunks and postings", m.memory_bytes.clone());
+        registry.register("memory_bytes_max", "The node's memory budget for series, chunks and postings", m.memory_bytes_max.clone());
+        registry.register("blocks", "Blocks on disk", m.blocks.clone());
+        registry.register("ready", "1 when the node accepts writes", m.ready.clone());
+        registry.register("wal_poisoned", "1 after an fsync error poisoned the WAL (writes refused until restart)", m.wal_poisoned.clone());
+        registry.register("wal_fsyncs", "WAL file fsyncs", m.wal_fsyncs.clone());
+        registry.register("wal_bytes_written", "Bytes written to WAL segments", m.wal_bytes_written.clone());
+        registry.register("wal_records_no_space", "WAL records refused because the disk was full", m.wal_records_no_space.clone());
+        registry.register("active_series_tracked", "Series counted against the series limits, all tenants", m.active_series_tracked.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn refused(&self, reason: &str, samples: u64) {
+        if samples > 0 {
+            self.samples_refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc_by(samples);
+        }
+    }
+
+    pub fn request(&self, handler: &str, code: u16) {
+        self.requests.get_or_create(&RequestLabels { handler: handler.to_string(), code: code.to_string() }).inc();
+    }
+
+    /// Counts a cardinality refusal, folding label sets past the cap into `__other__`.
+    pub fn cardinality_refused(&self, tenant: &str, metric: &str, samples: u64) {
+        let mut labels = TenantMetricLabels { tenant: tenant.to_string(), metric: metric.to_string() };
+        {
+            let mut seen = self.refusal_label_sets.lock().expect("metrics lock");
+            if !seen.contains(&labels) {
+                if seen.len() < CLIENT_LABEL_SETS_MAX {
+                    seen.insert(labels.clone());
+                } else {
+                    labels = TenantMetricLabels { tenant: "__other__".into(), metric: "__other__".into() };
+                }
+            }
+        }
+        self.cardinality_refusals.get_or_create(&labels).inc_by(samples);
+    }
+
+    /// Refreshes the gauges and counters that mirror the engine.
+    pub fn observe_engine(&self, status: &EngineStatus, wal: &WalStats) {
+        self.head_series.set(status.head_series as i64);
+        self.memory_bytes.set(status.memory_bytes as i64);
+        self.memory_bytes_max.set(status.memory_bytes_max as i64);
+        self.blocks.set(status.blocks as i64);
+        self.wal_poisoned.set(i64::from(status.poisoned));
+        let mut last = self.last_wal.lock().expect("metrics lock");
+        self.wal_fsyncs.inc_by(wal.fsyncs.saturating_sub(last.fsyncs));
+        self.wal_bytes_written.inc_by(wal.bytes_written.saturating_sub(last.bytes_written));
+        self.wal_records_no_space.inc_by(wal.records_no_space.saturating_sub(last.records_no_space));
+        *last = wal.clone();
+    }
+
+    /// Replaces the runaway gauge's series.
+    pub fn set_runaway(&self, runaway: &[(String, String)]) {
+        self.runaway_metrics.clear();
+        for (tenant, metric) in runaway.iter().take(CLIENT_LABEL_SETS_MAX) {
+            self.runaway_metrics.get_or_create(&TenantMetricLabels { tenant: tenant.clone(), metric: metric.clone() }).set(1);
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,541 @@
+//! The node: engine lifecycle, the ingest path (validation, limits, routing, storage) and the
+//! per-tenant metadata table. HTTP lives in `http`; this module is transport-free so the
+//! simulator and tests can drive it directly.
+//!
+//! # The ingest path, and what each outcome means to a sender
+//!
+//! 1. The engine must be open and its WAL healthy, else 503 (opening/replaying, shutting down,
+//!    poisoned WAL).
+//! 2. Metadata entries are stored (latest wins) in a bounded per-tenant table.
+//! 3. The tenant's token bucket must hold the request's samples, else 429 and nothing is stored.
+//! 4. Each series is validated (duplicate or empty label names, naming rules, label limits,
+//!    blocked label names) and admitted by the series tracker (per-metric and per-tenant
+//!    active-series limits). Refused series' samples are refused for good.
+//! 5. Admitted series are grouped by shard (`shard_for`) and appended, shards concurrently.
+//!    The engine judges every sample's time by this node's clock (BRIEF.md's acceptance rules).
+//! 6. The answer: any engine error or memory-budget refusal → 503 (retryable; a retry of
+//!    stored samples is a duplicate, which succeeds); otherwise any refusal → 400 naming how
+//!    many samples were refused and the first reasons; otherwise 204. A 400 therefore only
+//!    ever follows a request whose every other sample was stored.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use sextant_core::clock::Clock;
+use sextant_core::labels::{Label, Labels};
+use sextant_core::sample::Sample;
+use sextant_core::series::fingerprint;
+use sextant_storage::engine::{AppendReport, Engine, EngineError, RefusalReason, WriteSeries};
+use sextant_storage::wal::WalError;
+
+use crate::auth::Tokens;
+use crate::config::ServeConfig;
+use crate::limits::{series_account_key, Admission, SeriesAccountKey, SeriesTracker, TokenBucket, TrackerLimits};
+use crate::metrics::Metrics;
+use crate::remote_write::{MetricMetadata, MetricType, WriteRequest};
+use crate::shard::shard_for;
+
+/// Reasons quoted in a 400 body; the rest are counted.
+pub const REASONS_SHOWN_MAX: usize = 5;
+/// Metric families in one tenant's metadata table.
+pub const METADATA_PER_TENANT_MAX: usize = 10_000;
+/// Bytes kept of a metadata help text.
+pub const METADATA_HELP_BYTES_MAX: usize = 4096;
+/// Characters of a series quoted in a reason.
+const SERIES_QUOTE_CHARS_MAX: usize = 200;
+
+/// Where the engine is in its life.
+#[derive(Debug)]
+pub enum EngineSlot {
+    /// Opening: loading blocks and replaying the WAL. Writes answer 503.
+    Opening,
+    Ready(Engine),
+    /// Opening failed; the node stays up to say why on /-/ready.
+    Failed(String),
+    /// Shutting down; writes answer 503.
+    Closing,
+}
+
+/// Metadata of one metric family, as Prometheus's `/api/v1/metadata` serves it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredMetadata {
+    #[serde(rename = "type")]
+    pub metric_type: String,
+    pub help: String,
+    pub unit: String,
+}
+
+/// What a remote-write request came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub status: u16,
+    /// Empty for 204; otherwise a sentence for the sender's log.
+    pub message: String,
+    pub samples_stored: u64,
+    pub samples_refused: u64,
+}
+
+impl IngestOutcome {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        IngestOutcome { status, message: message.into(), samples_stored: 0, samples_refused: 0 }
+    }
+}
+
+/// Refused samples and the first few reasons.
+#[derive(Default)]
+struct Refusals {
+    samples: u64,
+    reasons: Vec<String>,
+}
+
+impl Refusals {
+    fn add(&mut self, samples: u64, reason: impl FnOnce() -> String) {
+        self.samples += samples;
+        if self.reasons.len() < REASONS_SHOWN_MAX {
+            self.reasons.push(reason());
+        }
+    }
+}
+
+fn quote_series(labels: &[crate::remote_write::Label]) -> String {
+    let name = labels.iter().find(|l| l.name == "__name__").map(|l| l.value.as_str()).unwrap_or("");
+    let mut out: String = name.chars().take(SERIES_QUOTE_CHARS_MAX).collect();
+    out.push('{');
+    for label in labels.iter().filter(|l| l.name != "__name__") {
+        if out.chars().count() > SERIES_QUOTE_CHARS_MAX {
+            out.push('…');
+            break;
+        }
+        let value: String = label.value.chars().take(64).collect();
+        out.push_str(&format!("{}={:?},", label.name.chars().take(64).collect::<String>(), value));
+    }
+    if out.ends_with(',') {
+        out.pop();
+    }
+    out.push('}');
+    out
+}
+
+fn engine_refusal_kind(reason: &RefusalReason) -> &'static str {
+    use sextant_storage::acceptance::TimeRefusal;
+    match reason {
+        RefusalReason::Time(TimeRefusal::TooFarInFuture { .. }) => "too_far_in_future",
+        RefusalReason::Time(TimeRefusal::TooOld { .. }) => "too_old",
+        RefusalReason::Time(TimeRefusal::OutOfOrderTooOld { .. }) => "out_of_order_too_old",
+        RefusalReason::Conflict { .. } | RefusalReason::ConflictInRequest { .. } => "conflict",
+        RefusalReason::MemoryBudget { .. } => "memory_budget",
+    }
+}
+
+/// True when a failed write may succeed on retry; a poisoned WAL or a closing engine is 503
+/// too (the sender retries against a restarted node), only configuration bugs are 500.
+fn engine_error_status(error: &EngineError) -> u16 {
+    match error {
+        EngineError::UnknownShard { .. } | EngineError::WriteTooLarge { .. } | EngineError::Config { .. } => 500,
+        EngineError::Wal(WalError::Config { .. }) => 500,
+        _ => 503,
+    }
+}
+
+/// The node.
+pub struct Node {
+    config: ServeConfig,
+    clock: Arc<dyn Clock>,
+    slot: Mutex<EngineSlot>,
+    tracker: Mutex<SeriesTracker>,
+    buckets: Mutex<BTreeMap<String, TokenBucket>>,
+    metadata: Mutex<BTreeMap<String, BTreeMap<String, StoredMetadata>>>,
+    tokens: Option<Tokens>,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("http_listen", &self.config.http_listen).finish()
+    }
+}
+
+impl Node {
+    /// A node whose engine is still opening; call [`Node::set_engine`] when it is.
+    pub fn new(config: ServeConfig, clock: Arc<dyn Clock>, tokens: Option<Tokens>) -> Arc<Node> {
+        let limits = &config.limits;
+        let tracker_limits = TrackerLimits {
+            series_per_metric_max: limits.series_per_metric_max,
+            series_per_tenant_max: limits.series_per_tenant_max,
+            tenants_max: limits.tenants_max,
+            runaway_new_series_max: limits.runaway_new_series_max,
+            runaway_window_ms: limits.runaway_window_ms,
+            series_idle_ms_max: limits.series_idle_ms_max,
+        };
+        let now_ms = clock.now_wall_ms();
+        Arc::new(Node {
+            tracker: Mutex::new(SeriesTracker::new(tracker_limits, now_ms)),
+            slot: Mutex::new(EngineSlot::Opening),
+            buckets: Mutex::new(BTreeMap::new()),
+            metadata: Mutex::new(BTreeMap::new()),
+            metrics: Metrics::new(),
+            config,
+            clock,
+            tokens,
+        })
+    }
+
+    pub fn config(&self) -> &ServeConfig {
+        &self.config
+    }
+
+    pub fn tokens(&self) -> Option<&Tokens> {
+        self.tokens.as_ref()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn set_engine(&self, slot: EngineSlot) {
+        *self.slot.lock().expect("slot lock") = slot;
+    }
+
+    /// Takes the engine out for shutdown; later writes answer 503.
+    pub fn take_engine_for_close(&self) -> Option<Engine> {
+        let mut slot = self.slot.lock().expect("slot lock");
+        match std::mem::replace(&mut *slot, EngineSlot::Closing) {
+            EngineSlot::Ready(engine) => Some(engine),
+            other => {
+                if !matches!(other, EngineSlot::Opening) {
+                    *slot = other;
+                }
+                None
+            }
+        }
+    }
+
+    /// The engine when it can serve reads (also while the WAL is poisoned).
+    pub fn engine(&self) -> Result<Engine, String> {
+        match &*self.slot.lock().expect("slot lock") {
+            EngineSlot::Ready(engine) => Ok(engine.clone()),
+            EngineSlot::Opening => Err("storage is opening (replaying the WAL); retry shortly".into()),
+            EngineSlot::Failed(reason) => Err(format!("storage failed to open: {reason}")),
+            EngineSlot::Closing => Err("node is shutting down".into()),
+        }
+    }
+
+    /// Ok when the node accepts writes; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let engine = self.engine()?;
+        if engine.wal_stats().poisoned {
+            return Err("WAL poisoned by an fsync error; writes are refused until the node restarts".into());
+        }
+        Ok(())
+    }
+
+    /// Stores metadata entries (latest wins), bounded per tenant.
+    fn store_metadata(&self, tenant: &str, entries: &[MetricMetadata]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut all = self.metadata.lock().expect("metadata lock");
+        if !all.contains_key(tenant) && all.len() >= self.config.limits.tenants_max {
+            self.metrics.metadata_dropped.inc_by(entries.len() as u64);
+            return;
+        }
+        let table = all.entry(tenant.to_string()).or_default();
+        for entry in entries {
+            if entry.metric_family_name.is_empty() {
+                self.metrics.metadata_dropped.inc();
+                continue;
+            }
+            if !table.contains_key(&entry.metric_family_name) && table.len() >= METADATA_PER_TENANT_MAX {
+                self.metrics.metadata_dropped.inc();
+                continue;
+            }
+            let metric_type = MetricType::try_from(entry.r#type).unwrap_or(MetricType::Unknown).as_prometheus_str().to_string();
+            let mut help = entry.help.clone();
+            if help.len() > METADATA_HELP_BYTES_MAX {
+                let mut cut = METADATA_HELP_BYTES_MAX;
+                while !help.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                help.truncate(cut);
+            }
+            let unit: String = entry.unit.chars().take(64).collect();
+            table.insert(entry.metric_family_name.clone(), StoredMetadata { metric_type, help, unit });
+            self.metrics.metadata_stored.inc();
+        }
+    }
+
+    /// A tenant's metadata table (for `/api/v1/metadata`, served by the query issue).
+    pub fn metadata(&self, tenant: &str) -> BTreeMap<String, StoredMetadata> {
+        self.metadata.lock().expect("metadata lock").get(tenant).cloned().unwrap_or_default()
+    }
+
+    /// Runaway metrics of a tenant.
+    pub fn runaway(&self, tenant: &str) -> Vec<crate::limits::RunawayMetric> {
+        self.tracker.lock().expect("tracker lock").runaway(tenant)
+    }
+
+    /// Active series counted against the limits.
+    pub fn active_series(&self, tenant: &str, metric: Option<&str>) -> u64 {
+        self.tracker.lock().expect("tracker lock").active_series(tenant, metric)
+    }
+
+    /// Ingests one decoded remote-write request for `tenant` (see the module documentation).
+    pub async fn ingest(&self, tenant: &str, request: WriteRequest) -> IngestOutcome {
+        let engine = match self.engine() {
+            Ok(engine) => engine,
+            Err(reason) => return IngestOutcome::new(503, reason),
+        };
+        if engine.wal_stats().poisoned {
+            return IngestOutcome::new(503, "WAL poisoned by an fsync error; writes are refused until the node restarts");
+        }
+        let limits = &self.config.limits;
+        if !self.tracker.lock().expect("tracker lock").tenant_allowed(tenant) {
+            return IngestOutcome::new(400, format!("tenant {tenant:?} refused: this node already serves its limit of {} tenants", limits.tenants_max));
+        }
+        self.store_metadata(tenant, &request.metadata);
+        let samples_total: u64 = request.timeseries.iter().map(|ts| (ts.samples.len() + ts.histograms.len()) as u64).sum();
+        let exemplars: u64 = request.timeseries.iter().map(|ts| ts.exemplars.len() as u64).sum();
+        self.metrics.samples_received.inc_by(samples_total);
+        self.metrics.exemplars_ignored.inc_by(exemplars);
+        if samples_total == 0 {
+            return IngestOutcome::new(204, "");
+        }
+        let rate = limits.ingest_rate_samples_per_s_max;
+        if rate > 0 {
+            let now_ns = self.clock.now_monotonic_ns();
+            let mut buckets = self.buckets.lock().expect("bucket lock");
+            let bucket = buckets.entry(tenant.to_string()).or_insert_with(|| TokenBucket::new(rate, now_ns));
+            if let Err(wait_ms) = bucket.try_take(samples_total, now_ns) {
+                drop(buckets);
+                self.metrics.refused("rate_limit", samples_total);
+                let mut outcome = IngestOutcome::new(429, format!("tenant {tenant:?}: ingest rate limit of {rate} samples/s exceeded by a request of {samples_total} samples; retry in about {wait_ms} ms"));
+                outcome.samples_refused = samples_total;
+                return outcome;
+            }
+        }
+
+        // Validate and admit, then group by shard.
+        let mut refusals = Refusals::default();
+        let shard_count = engine.shard_ids().len() as u32;
+        let mut per_shard: BTreeMap<u32, Vec<WriteSeries>> = BTreeMap::new();
+        let mut new_keys: BTreeMap<u32, Vec<SeriesAccountKey>> = BTreeMap::new();
+        let now_ms = self.clock.now_wall_ms();
+        {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            for series in request.timeseries {
+                if !series.histograms.is_empty() {
+                    let n = series.histograms.len() as u64;
+                    self.metrics.refused("native_histogram", n);
+                    refusals.add(n, || format!("{}: {n} native histogram samples refused: native histograms are not supported yet", quote_series(&series.labels)));
+                }
+                let n = series.samples.len() as u64;
+                if n == 0 {
+                    continue;
+                }
+                let quoted = || quote_series(&series.labels);
+                let labels = match Labels::from_unsorted(series.labels.iter().map(|l| Label::new(l.name.clone(), l.value.clone())).collect())
+                    .and_then(|labels| labels.validate_for_ingest(&limits.labels))
+                {
+                    Ok(labels) => labels,
+                    Err(error) => {
+                        self.metrics.refused("invalid_labels", n);
+                        refusals.add(n, || format!("{}: {error}", quoted()));
+                        continue;
+                    }
+                };
+                if let Some(blocked) = labels.iter().find(|l| limits.blocked_label_names.contains(&l.name)) {
+                    self.metrics.refused("blocked_label", n);
+                    refusals.add(n, || format!("{}: label name {:?} is blocked on this node", quoted(), blocked.name));
+                    continue;
+                }
+                let key = series_account_key(tenant, &labels);
+                let metric = labels.metric_name().to_string();
+                let shard = shard_for(fingerprint(tenant, &labels), shard_count);
+                match tracker.admit(tenant, key, &metric, now_ms) {
+                    Admission::Existing => {}
+                    Admission::New => new_keys.entry(shard).or_default().push(key),
+                    Admission::MetricLimit { metric, limit } => {
+                        self.metrics.refused("series_per_metric_limit", n);
+                        self.metrics.cardinality_refused(tenant, &metric, n);
+                        refusals.add(n, || format!("{}: new series refused: metric {metric:?} has reached its limit of {limit} active series (existing series keep ingesting)", quoted()));
+                        continue;
+                    }
+                    Admission::TenantLimit { limit } => {
+                        self.metrics.refused("series_per_tenant_limit", n);
+                        self.metrics.cardinality_refused(tenant, &metric, n);
+                        refusals.add(n, || format!("{}: new series refused: tenant {tenant:?} has reached its limit of {limit} active series", quoted()));
+                        continue;
+                    }
+                }
+                let samples = series.samples.iter().map(|s| Sample::new(s.timestamp, s.value)).collect();
+                per_shard.entry(shard).or_default().push(WriteSeries { labels, samples });
+            }
+            for (tenant, metric, estimate) in tracker.take_newly_flagged() {
+                tracing::warn!(%tenant, %metric, new_series_estimate = estimate, window_ms = limits.runaway_window_ms, "runaway metric: many new series in one window");
+            }
+        }
+
+        // Append per shard, concurrently, in chunks the engine accepts.
+        let chunk_samples_max = engine.config().write_samples_max.max(1);
+        let mut writes = Vec::new();
+        for (shard, series) in per_shard {
+            for chunk in split_samples(series, chunk_samples_max) {
+                let engine = engine.clone();
+                writes.push(async move { (shard, engine.append(shard, tenant, chunk).await) });
+            }
+        }
+        let results = futures_util::future::join_all(writes).await;
+        let mut total = AppendReport::default();
+        let mut first_error: Option<EngineError> = None;
+        let mut failed_shards = Vec::new();
+        for (shard, result) in results {
+            match result {
+                Ok(report) => {
+                    total.accepted += report.accepted;
+                    total.duplicates += report.duplicates;
+                    total.out_of_order += report.out_of_order;
+                    total.series_created += report.series_created;
+                    total.refused_permanent += report.refused_permanent;
+                    total.refused_retryable += report.refused_retryable;
+                    total.refusals.extend(report.refusals);
+                }
+                Err(error) => {
+                    failed_shards.push(shard);
+                    if first_error.is_none() {
+                        first_error = Some(error);
+                    }
+                }
+            }
+        }
+        if !failed_shards.is_empty() {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            for shard in &failed_shards {
+                for key in new_keys.get(shard).into_iter().flatten() {
+                    tracker.forget(tenant, *key);
+                }
+            }
+        }
+        self.metrics.samples_stored.inc_by(total.accepted);
+        self.metrics.samples_duplicate.inc_by(total.duplicates);
+        self.metrics.samples_out_of_order.inc_by(total.out_of_order);
+        let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for refusal in &total.refusals {
+            *kinds.entry(engine_refusal_kind(&refusal.reason)).or_default() += 1;
+        }
+        let detailed: u64 = kinds.values().sum();
+        for (kind, count) in &kinds {
+            self.metrics.refused(kind, *count);
+        }
+        // Refusals past the engine's detailed list are counted without a reason kind.
+        self.metrics.refused("storage_other", (total.refused_permanent + total.refused_retryable).saturating_sub(detailed));
+        for refusal in &total.refusals {
+            let series = refusal.series.chars().take(SERIES_QUOTE_CHARS_MAX).collect::<String>();
+            refusals.add(0, || format!("{series} at {}: {}", refusal.t, refusal.reason));
+        }
+        refusals.samples += total.refused_permanent + total.refused_retryable;
+
+        let stored = total.accepted + total.duplicates;
+        let mut outcome = if let Some(error) = first_error {
+            let status = engine_error_status(&error);
+            tracing::warn!(%error, tenant, "remote-write append failed");
+            IngestOutcome::new(status, format!("storage failed on {} of the request's shard writes ({error}); retry the request (samples already stored count as duplicates)", failed_shards.len()))
+        } else if total.refused_retryable > 0 {
+            IngestOutcome::new(503, format!("{} samples refused for now (retry later): {}", total.refused_retryable, refusals.reasons.join("; ")))
+        } else if refusals.samples > 0 {
+            let more = if refusals.samples > refusals.reasons.len() as u64 { " …" } else { "" };
+            IngestOutcome::new(400, format!("{} of {samples_total} samples refused ({stored} stored or already present): {}{more}", refusals.samples, refusals.reasons.join("; ")))
+        } else {
+            IngestOutcome::new(204, "")
+        };
+        outcome.samples_stored = total.accepted;
+        outcome.samples_refused = refusals.samples;
+        outcome
+    }
+
+    /// Background bookkeeping: engine maintenance, idle series, runaway windows, metrics.
+    pub async fn maintain(&self) {
+        {
+            let now_ms = self.clock.now_wall_ms();
+            let now_ns = self.clock.now_monotonic_ns();
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            tracker.maintain(now_ms);
+            let runaway: Vec<(String, String)> = tracker.runaway_all().into_iter().map(|(t, r)| (t, r.name)).collect();
+            self.metrics.set_runaway(&runaway);
+            self.metrics.active_series_tracked.set(tracker.active_series_total() as i64);
+            drop(tracker);
+            self.buckets.lock().expect("bucket lock").retain(|_, bucket| !bucket.is_full(now_ns));
+        }
+        let Ok(engine) = self.engine() else { return };
+        match engine.maintain().await {
+            Ok(report) if report.blocks_cut + report.blocks_compacted + report.blocks_deleted_retention > 0 => {
+                tracing::info!(?report, "maintenance pass");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "maintenance pass failed"),
+        }
+        self.refresh_metrics().await;
+    }
+
+    /// Refreshes engine-derived metrics (also done on each `/metrics` scrape).
+    pub async fn refresh_metrics(&self) {
+        self.metrics.ready.set(i64::from(self.readiness().is_ok()));
+        if let Ok(engine) = self.engine() {
+            let status = engine.status().await;
+            self.metrics.observe_engine(&status, &engine.wal_stats());
+        }
+    }
+}
+
+/// Splits series into writes of at most `max` samples (a series larger than `max` is cut).
+fn split_samples(series: Vec<WriteSeries>, max: usize) -> Vec<Vec<WriteSeries>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut current_samples = 0;
+    for mut s in series {
+        while !s.samples.is_empty() {
+            let room = max - current_samples;
+            if s.samples.len() <= room {
+                current_samples += s.samples.len();
+                current.push(s);
+                break;
+            }
+            let rest = s.samples.split_off(room);
+            current.push(WriteSeries { labels: s.labels.clone(), samples: std::mem::take(&mut s.samples) });
+            out.push(std::mem::take(&mut current));
+            current_samples = 0;
+            s.samples = rest;
+        }
+        if current_samples == max {
+            out.push(std::mem::take(&mut current));
+            current_samples = 0;
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: splitting keeps every sample, in order, and no write exceeds the maximum.
+    #[test]
+    fn split_keeps_every_sample() {
+        let make = |name: &str, n: i64| WriteSeries { labels: Labels::from_pairs(&[("__name__", name)]), samples: (0..n).map(|t| Sample::new(t, 0.0)).collect() };
+        for max in [1usize, 2, 3, 7, 100] {
+            let chunks = split_samples(vec![make("a", 5), make("b", 0), make("c", 9)], max);
+            let mut seen: Vec<(String, i64)> = Vec::new();
+            for chunk in &chunks {
+                let n: usize = chunk.iter().map(|s| s.samples.len()).sum();
+                assert!(n <= max && n > 0, "max {max}: chunk of {n}");
+                for s in chunk {
+                    seen.extend(s.samples.iter().map(|x| (s.labels.metric_name().to_string(), x.t)));
+                }
+            }
+            let expected: Vec<(String, i64)> = (0..5).map(|t| ("a".to_string(), t)).chain((0..9).map(|t| ("c".to_string(), t))).collect();
+            assert_eq!(seen, expected, "max {max}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Serving HTTP and running `sextant serve`.
+//!
+//! The HTTP server is hyper's per-connection HTTP/1 API over `tokio::net::TcpListener`, which
+//! works both on real tokio and inside madsim (no `axum::serve`, no hyper-util executor or
+//! timer). Connections are bounded by a semaphore: past `connections_max` the accept loop
+//! waits, so the listen backlog pushes back on senders instead of the node growing.
+
+use std::sync::Arc;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+/// Open HTTP connections served at once by default.
+pub const HTTP_CONNECTIONS_MAX: usize = 1024;
+
+/// Resolves once `shutdown` is true (or its sender is gone). The watch guard is dropped
+/// inside, so callers' futures stay `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true, then stops accepting, asks open
+/// connections to finish their current request, and returns once all have closed.
+pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>, connections_max: usize) {
+    let connections_max = connections_max.max(1);
+    let slots = Arc::new(Semaphore::new(connections_max));
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => continue,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => continue,
+        };
+        let router = router.clone();
+        let mut connection_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| router.clone().oneshot(request));
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopped(&mut connection_shutdown) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, %peer, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    // Every connection holds a permit until it closes.
+    let _all = slots.acquire_many(connections_max as u32).await;
+}
+
+#[cfg(not(madsim))]
+pub use real::run;
+
+#[cfg(not(madsim))]
+mod real {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sextant_storage::clock::SystemClock;
+    use sextant_storage::engine::{Engine, EngineConfig};
+    use sextant_storage::fs::real::RealFs;
+    use sextant_storage::wal::WalConfig;
+    use tokio::net::TcpListener;
+    use tokio::sync::watch;
+
+    use crate::auth::Tokens;
+    use crate::config::ServeConfig;
+    use crate::node::{EngineSlot, Node};
+
+    async fn wait_for_signal() {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+        }
+    }
+
+    /// Runs `sextant serve` until SIGTERM or SIGINT.
+    pub async fn run(config: ServeConfig) -> Result<(), String> {
+        let tokens = match &config.tokens_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("--tokens-file {path:?}: {e}"))?;
+                let tokens = Tokens::parse(&text).map_err(|e| format!("--tokens-file {path:?}: {e}"))?;
+                tracing::info!(tokens = tokens.len(), "bearer-token authentication on");
+                Some(tokens)
+            }
+            None => None,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("--data-dir {:?}: {e}", config.data_dir))?;
+        // Two servers on one data directory would corrupt it: hold an exclusive lock.
+        let lock_path = config.data_dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| format!("{lock_path:?}: {e}"))?;
+        lock.try_lock().map_err(|e| format!("data directory {:?} is in use by another process ({e})", config.data_dir))?;
+
+        let clock = Arc::new(SystemClock::new());
+        let node = Node::new(config.clone(), clock.clone(), tokens);
+        let listener = TcpListener::bind(config.http_listen).await.map_err(|e| format!("--http-listen {}: {e}", config.http_listen))?;
+        tracing::info!(http = %config.http_listen, grpc_reserved = %config.grpc_listen, data_dir = ?config.data_dir, "sextant serve starting (gRPC is not served yet)");
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let server = tokio::spawn(super::serve_http(listener, crate::http::router(node.clone()), shutdown_rx.clone(), super::HTTP_CONNECTIONS_MAX));
+
+        let engine_config = EngineConfig {
+            wal: WalConfig { fsync: config.fsync, ..WalConfig::default() },
+            acceptance: config.acceptance,
+            retention_ms: config.retention_ms,
+            memory_bytes_max: config.memory_bytes_max,
+            ..EngineConfig::default()
+        };
+        let opener = {
+            let node = node.clone();
+            let fs = Arc::new(RealFs::new(config.data_dir.clone()));
+            tokio::spawn(async move {
+                tracing::info!("opening storage (loading blocks, replaying the WAL)");
+                match Engine::open(fs, clock, engine_config).await {
+                    Ok(engine) => {
+                        let status = engine.status().await;
+                        tracing::info!(head_series = status.head_series, blocks = status.blocks, replay_records = status.replay_records, "storage open; ready");
+                        node.set_engine(EngineSlot::Ready(engine));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "storage failed to open");
+                        node.set_engine(EngineSlot::Failed(error.to_string()));
+                    }
+                }
+            })
+        };
+        let maintainer = {
+            let node = node.clone();
+            let mut stop = shutdown_rx.clone();
+            let interval = Duration::from_millis(config.maintain_interval_ms as u64);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => node.maintain().await,
+                        _ = super::stopped(&mut stop) => break,
+                    }
+                }
+            })
+        };
+
+        wait_for_signal().await;
+        let _ = shutdown_tx.send(true);
+        // Stop taking requests and let in-flight ones finish (each is acknowledged only once
+        // durable), then close the engine, which waits for queued WAL records.
+        let _ = server.await;
+        let _ = maintainer.await;
+        let _ = opener.await;
+        if let Some(engine) = node.take_engine_for_close() {
+            engine.close().await.map_err(|e| format!("closing storage: {e}"))?;
+        }
+        tracing::info!("storage closed; bye");
+        drop(lock);
+        Ok(())
+    }
+}
