@@ -5,11 +5,13 @@ use proptest::prelude::*;
 use sextant_core::chunk::{decode_all, encode_all, ChunkEncoder, ChunkIter, CHUNK_SAMPLES_TARGET};
 
 /// A gap between consecutive timestamps, drawn so that deltas-of-deltas land in every bucket
-/// (0, 14, 17, 20 and 64 bits) and now and then span most of the `i64` range.
+/// (0, 4, 8, 17, 20 and 64 bits) and now and then span most of the `i64` range.
 fn gap() -> impl Strategy<Value = u64> {
     prop_oneof![
         4 => Just(15_000u64),
-        4 => 14_990u64..15_010,
+        4 => 14_998u64..15_002,
+        3 => 14_990u64..15_010,
+        2 => 14_850u64..15_150,
         2 => 1u64..10_000,
         2 => 10_000u64..200_000,
         2 => 200_000u64..2_000_000,
