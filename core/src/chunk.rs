@@ -818,6 +818,7 @@ mod tests {
     }
 
     // Goal: the empty chunk is the two header bytes and decodes to nothing.
+    // Method: a fresh encoder's bytes and accessors, and decoding `00 00`, checked exactly.
     #[test]
     fn empty_chunk() {
         let encoder = ChunkEncoder::new();
@@ -988,6 +989,8 @@ mod tests {
     }
 
     // Goal: the encoder refuses what would corrupt a chunk, and leaves the chunk unchanged.
+    // Method: an equal and an older timestamp, then an append to a chunk of CHUNK_SAMPLES_MAX
+    // samples; each refusal's error is exact and the bytes are compared before and after.
     #[test]
     fn append_refusals() {
         let mut encoder = ChunkEncoder::new();
@@ -1208,6 +1211,7 @@ mod tests {
     }
 
     // Goal: error messages say what was wrong and where.
+    // Method: a table of errors and their exact Display strings.
     #[test]
     fn error_messages() {
         let cases = [

@@ -89,6 +89,8 @@ proptest! {
 
     // Goal: every strictly increasing timestamp sequence and every value bit pattern
     // round-trips exactly, and the encoder's bytes are decodable after every append.
+    // Method: generated samples whose ΔΔs land in every bucket, compared bit for bit with the
+    // model after encode_all and after each single append.
     #[test]
     fn round_trip(samples in samples()) {
         let bytes = encode_all(&as_floats(&samples)).unwrap();
@@ -103,6 +105,8 @@ proptest! {
 
     // Goal: seek agrees with a linear scan of the model, for single seeks and for ascending
     // sequences of seeks interleaved with `next`.
+    // Method: targets at, just before and just after generated samples' timestamps; each
+    // seek (and the `next` after it) compared with a scan of the model.
     #[test]
     fn seek_matches_linear_scan(
         samples in samples(),
@@ -149,6 +153,8 @@ proptest! {
 
     // Goal: damaging a valid chunk (a flipped bit, a truncation, a changed count) never panics,
     // and truncation is always an error.
+    // Method: one random bit flip, one random cut and one random count header applied to a
+    // generated chunk; every damaged copy is decoded.
     #[test]
     fn damaged_chunks_never_panic(
         samples in samples(),
