@@ -1,5 +1,6 @@
 //! Chunk codec throughput: encode and decode time per sample, and bytes per sample, for
-//! perfectly regular data and for node_exporter-like data. Measures; asserts nothing.
+//! perfectly regular constant data and for node_exporter-like values under four timestamp
+//! shapes (regular, 0-3 ms jitter, 0-50 ms jitter, irregular gaps). Measures; asserts nothing.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
@@ -23,22 +24,61 @@ fn regular_constant() -> Vec<Vec<(i64, f64)>> {
         .collect()
 }
 
-/// node_exporter-like: 15 s scrapes with 0–3 ms jitter; half the series are counters stepping
-/// by small random integers, half are gauges doing a random walk rounded to 2 decimals.
-fn node_exporter_like() -> Vec<Vec<(i64, f64)>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x05e5_7a47);
+/// Constant values (as `regular_constant`) with 0-3 ms of scrape jitter: isolates what the
+/// timestamps cost.
+fn jitter_constant() -> Vec<Vec<(i64, f64)>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7135_7a47);
     (0..CHUNKS_PER_SHAPE)
         .map(|series| {
-            let mut value: f64 = if series % 2 == 0 { 0.0 } else { rng.random_range(0.0..100.0) };
             (0..CHUNK_SAMPLES_TARGET as i64)
                 .map(|i| {
                     let t = T_START_MS + i * SCRAPE_INTERVAL_MS + rng.random_range(0..=3);
+                    (t, series as f64)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// How the timestamps of a shape are drawn.
+#[derive(Clone, Copy)]
+enum Timing {
+    /// Exactly every 15 s.
+    Regular,
+    /// Every 15 s plus a uniform jitter of 0 to `n` ms (each sample independently).
+    Jitter(i64),
+    /// Random gaps, uniform in 1 ms ..= 60 s (event-like, push-style data).
+    Irregular,
+}
+
+/// node_exporter-like values: half the series are counters stepping by small random integers,
+/// half are gauges doing a random walk rounded to 2 decimals; timestamps as `timing` says.
+/// The values depend only on the seed, so shapes differ in their timestamps alone.
+fn node_exporter_values(timing: Timing) -> Vec<Vec<(i64, f64)>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x05e5_7a47);
+    let mut time_rng = ChaCha8Rng::seed_from_u64(0x7135_7a47);
+    (0..CHUNKS_PER_SHAPE)
+        .map(|series| {
+            let mut value: f64 = if series % 2 == 0 { 0.0 } else { rng.random_range(0.0..100.0) };
+            let mut t = T_START_MS;
+            (0..CHUNK_SAMPLES_TARGET as i64)
+                .map(|i| {
+                    let t_sample = match timing {
+                        Timing::Regular => T_START_MS + i * SCRAPE_INTERVAL_MS,
+                        Timing::Jitter(max_ms) => {
+                            T_START_MS + i * SCRAPE_INTERVAL_MS + time_rng.random_range(0..=max_ms)
+                        }
+                        Timing::Irregular => {
+                            t += time_rng.random_range(1..=60_000);
+                            t
+                        }
+                    };
                     if series % 2 == 0 {
                         value += rng.random_range(0..20) as f64;
                     } else {
                         value = ((value + rng.random_range(-1.0..1.0)) * 100.0).round() / 100.0;
                     }
-                    (t, value)
+                    (t_sample, value)
                 })
                 .collect()
         })
@@ -93,7 +133,12 @@ fn bench_shape(c: &mut Criterion, name: &str, chunks: Vec<Vec<(i64, f64)>>) {
 
 fn chunk_benches(c: &mut Criterion) {
     bench_shape(c, "regular_constant", regular_constant());
-    bench_shape(c, "node_exporter_like", node_exporter_like());
+    bench_shape(c, "jitter_constant", jitter_constant());
+    bench_shape(c, "node_exporter_regular", node_exporter_values(Timing::Regular));
+    // The shape real scrapes have: 0-3 ms of jitter (the `node_exporter_like` of earlier runs).
+    bench_shape(c, "node_exporter_like", node_exporter_values(Timing::Jitter(3)));
+    bench_shape(c, "node_exporter_jitter_50ms", node_exporter_values(Timing::Jitter(50)));
+    bench_shape(c, "node_exporter_irregular", node_exporter_values(Timing::Irregular));
 }
 
 criterion_group!(benches, chunk_benches);
