@@ -16,8 +16,8 @@
 //!    everything), reopened three times; median `Engine::open` time / WAL size.
 //!
 //! Run: `cargo bench -p sextant-storage --bench engine_footprint`. Environment: `PART=size`,
-//! `PART=memory` to run one part; `HOURS` (default 12), `MEMORY_HOSTS` (200), `MEMORY_HOURS`
-//! (1) to resize.
+//! `PART=memory` to run one part; `CASES=node_exporter/1,regular/16` to run some size cases;
+//! `HOURS` (default 12), `MEMORY_HOSTS` (200), `MEMORY_HOURS` (1) to resize.
 
 #[cfg(not(madsim))]
 mod common;
@@ -87,6 +87,10 @@ mod footprint {
     }
 
     fn size_run(name: &str, generator_config: GeneratorConfig, shards: u32, hours: u64) {
+        let wanted = std::env::var("CASES").unwrap_or_default();
+        if !wanted.is_empty() && !wanted.split(',').any(|w| w == format!("{name}/{shards}")) {
+            return;
+        }
         let dir = data_dir(&format!("footprint-{name}-{shards}"));
         let generator = ScrapeGenerator::node_exporter(generator_config.clone(), SEED);
         let rounds = generator_config.scrapes_for(hours as i64 * HOUR_MS);
@@ -94,7 +98,7 @@ mod footprint {
         let clock = manual_clock();
         let rt = runtime();
         let started = Instant::now();
-        let (accepted, series, head_memory_bytes, head_series) = rt.block_on(async {
+        let (accepted, series, status, flushed) = rt.block_on(async {
             let fs: Arc<dyn FileSystem> = Arc::new(RealFs::new(&dir));
             let engine = Engine::open(fs, clock.clone(), config(shards, FsyncPolicy::Always)).await.expect("open");
             let (mut accepted, mut series) = (0u64, 0u64);
@@ -111,8 +115,11 @@ mod footprint {
             }
             let status = engine.status().await;
             engine.flush().await.expect("flush");
+            // After the flush the head holds no samples: what is left is the open blocks'
+            // in-memory indexes and the (empty) head series.
+            let flushed = engine.status().await;
             engine.close().await.expect("close");
-            (accepted, series, status.memory_bytes, status.head_series)
+            (accepted, series, status, flushed)
         });
         let seconds = started.elapsed().as_secs_f64();
         let total = tree_bytes(&dir);
@@ -122,10 +129,17 @@ mod footprint {
         let per_sample = |bytes: u64| bytes as f64 / accepted as f64;
         println!(
             "size {name:<24} shards {shards:>2}: {series} series, {accepted} samples in {seconds:.1} s; \
-             {:.3} B/sample with WAL, {:.3} without ({total} bytes, WAL {wal}); head before flush {:.0} B/series",
+             {:.3} B/sample with WAL, {:.3} without ({total} bytes, WAL {wal})",
             per_sample(total),
             per_sample(total - wal),
-            head_memory_bytes as f64 / head_series.max(1) as f64,
+        );
+        println!(
+            "    engine memory account before flush {:.0} B/series ({} blocks); after flush {:.0} B/series ({} blocks, {} head series)",
+            status.memory_bytes as f64 / series as f64,
+            status.blocks,
+            flushed.memory_bytes as f64 / series as f64,
+            flushed.blocks,
+            flushed.head_series,
         );
         let breakdown: Vec<String> = kinds.iter().map(|(k, b)| format!("{k} {b} ({:.3} B/sample)", per_sample(*b))).collect();
         println!("    breakdown: {}", breakdown.join(", "));
