@@ -15,8 +15,11 @@
 //! 3. **WAL replay time per GiB** — that run's WAL (closed without flush, so the WAL holds
 //!    everything), reopened three times; median `Engine::open` time / WAL size.
 //!
+//! 4. (`PART=codec` only) raw Gorilla bytes/sample of the same data before zstd, and with
+//!    every value made constant, to separate the timestamps' cost from the values'.
+//!
 //! Run: `cargo bench -p sextant-storage --bench engine_footprint`. Environment: `PART=size`,
-//! `PART=memory` to run one part; `CASES=node_exporter/1,regular/16` to run some size cases;
+//! `PART=memory` or `PART=codec` to run one part; `CASES=node_exporter/1,regular/16` to run some size cases;
 //! `HOURS` (default 12), `MEMORY_HOSTS` (200), `MEMORY_HOURS` (1) to resize.
 
 #[cfg(not(madsim))]
@@ -217,9 +220,48 @@ mod footprint {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Raw Gorilla bytes per sample (120-sample chunks, before zstd and without the index)
+    /// of the generated data, and the same with every value replaced by a constant, which
+    /// leaves the timestamps' share. Separates what timestamps cost from what values cost.
+    fn codec_split(name: &str, generator_config: GeneratorConfig, hours: u64) {
+        use sextant_core::chunk::{encode_all, CHUNK_SAMPLES_TARGET};
+        let mut generator = ScrapeGenerator::node_exporter(generator_config.clone(), SEED);
+        let per_host = generator.series_per_host();
+        let mut series: Vec<Vec<(i64, f64)>> = vec![Vec::new(); generator.series().len()];
+        for _ in 0..generator_config.scrapes_for(hours as i64 * HOUR_MS) {
+            for scrape in generator.next_round() {
+                for (i, v) in scrape.values.iter().enumerate() {
+                    series[scrape.host * per_host + i].push((scrape.t, *v));
+                }
+            }
+        }
+        let (mut samples, mut full_bytes, mut timestamp_bytes) = (0usize, 0usize, 0usize);
+        for samples_of_series in &series {
+            for chunk in samples_of_series.chunks(CHUNK_SAMPLES_TARGET) {
+                samples += chunk.len();
+                full_bytes += encode_all(chunk).expect("encode").len();
+                let constant: Vec<(i64, f64)> = chunk.iter().map(|(t, _)| (*t, 0.0)).collect();
+                timestamp_bytes += encode_all(&constant).expect("encode").len();
+            }
+        }
+        println!(
+            "codec {name:<24}: raw Gorilla {:.3} B/sample; with constant values (timestamps' share) {:.3} B/sample",
+            full_bytes as f64 / samples as f64,
+            timestamp_bytes as f64 / samples as f64,
+        );
+    }
+
     pub fn main() {
         let part = std::env::var("PART").unwrap_or_default();
         let hours = env_number("HOURS", 12);
+        if part == "codec" {
+            let hosts = 5;
+            let no_jitter = GeneratorConfig { jitter_ms_max: 0, ..GeneratorConfig::node_exporter(hosts, START_MS) };
+            codec_split("node_exporter", GeneratorConfig::node_exporter(hosts, START_MS), hours);
+            codec_split("node_exporter_no_jitter", no_jitter, hours);
+            codec_split("regular", GeneratorConfig::regular(hosts, START_MS), hours);
+            return;
+        }
         if part.is_empty() || part == "size" {
             let hosts = 5;
             let no_jitter = GeneratorConfig { jitter_ms_max: 0, ..GeneratorConfig::node_exporter(hosts, START_MS) };
