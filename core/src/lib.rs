@@ -1,8 +1,9 @@
 //! sextant-core: the pure logic every other crate shares.
 //!
 //! Labels and series identity ([`labels`], [`series`]), samples ([`sample`]), the `Clock`
-//! trait ([`clock`]), the Gorilla chunk codec ([`chunk`]) and the determinism shim
-//! ([`determinism`]: seeded RNG and two-tier BUGGIFY).
+//! trait ([`clock`]), the Gorilla chunk codec ([`chunk`]), the determinism shim
+//! ([`determinism`]: seeded RNG and two-tier BUGGIFY), and deterministic node_exporter-shaped
+//! data for benchmarks, the load generator and the simulator ([`testdata`]).
 //!
 //! Architecture Invariant: core does no I/O and never reads a clock or an unseeded source of
 //! randomness; time arrives as an argument or through a [`clock::Clock`] handed in by the
@@ -16,3 +17,4 @@ pub mod matcher;
 pub mod promql;
 pub mod sample;
 pub mod series;
+pub mod testdata;
