@@ -184,6 +184,23 @@ impl MemSeries {
         }
     }
 
+    /// Replaces the series' chunks with `samples` (sorted, unique timestamps), all in order.
+    fn rebuild(&mut self, samples: Vec<Sample>) -> Result<(), HeadError> {
+        self.closed.clear();
+        self.ooo_chunks.clear();
+        self.ooo_buffer.clear();
+        self.open = ChunkEncoder::new();
+        for sample in samples {
+            if self.open.num_samples() >= CHUNK_SAMPLES_TARGET {
+                if let Some(chunk) = ClosedChunk::from_encoder(std::mem::take(&mut self.open)) {
+                    self.closed.push(chunk);
+                }
+            }
+            self.open.append(sample.t, sample.v).map_err(|e| self.corrupt(e))?;
+        }
+        Ok(())
+    }
+
     /// Removes and returns every sample with `t < before_t`; the rest is re-encoded.
     fn take_before(&mut self, before_t: TimestampMs) -> Result<Vec<Sample>, HeadError> {
         let all = self.samples(TimestampMs::MIN, TimestampMs::MAX)?;
@@ -192,22 +209,10 @@ impl MemSeries {
             return Ok(Vec::new());
         }
         let taken = all[..split].to_vec();
-        let keep_ooo: Vec<Sample> = all[split..].to_vec();
-        // Rebuild: the kept samples are all in order now, so they go back into in-order chunks,
-        // except that an open chunk must end at `newest`, which is the largest kept timestamp or
-        // (if nothing is kept) stays as the acceptance reference only.
-        self.closed.clear();
-        self.ooo_chunks.clear();
-        self.ooo_buffer.clear();
-        self.open = ChunkEncoder::new();
-        for sample in keep_ooo {
-            if self.open.num_samples() >= CHUNK_SAMPLES_TARGET {
-                if let Some(chunk) = ClosedChunk::from_encoder(std::mem::take(&mut self.open)) {
-                    self.closed.push(chunk);
-                }
-            }
-            self.open.append(sample.t, sample.v).map_err(|e| self.corrupt(e))?;
-        }
+        let kept: Vec<Sample> = all[split..].to_vec();
+        // The kept samples go back into in-order chunks; `newest` stays the acceptance
+        // reference even when nothing is kept.
+        self.rebuild(kept)?;
         let last_taken = taken.last().expect("split > 0").t;
         self.persisted_max_t = Some(self.persisted_max_t.map_or(last_taken, |p| p.max(last_taken)));
         Ok(taken)
@@ -222,18 +227,7 @@ impl MemSeries {
         if removed == 0 {
             return Ok(0);
         }
-        self.closed.clear();
-        self.ooo_chunks.clear();
-        self.ooo_buffer.clear();
-        self.open = ChunkEncoder::new();
-        for sample in kept {
-            if self.open.num_samples() >= CHUNK_SAMPLES_TARGET {
-                if let Some(chunk) = ClosedChunk::from_encoder(std::mem::take(&mut self.open)) {
-                    self.closed.push(chunk);
-                }
-            }
-            self.open.append(sample.t, sample.v).map_err(|e| self.corrupt(e))?;
-        }
+        self.rebuild(kept)?;
         Ok(removed)
     }
 }

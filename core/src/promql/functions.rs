@@ -372,7 +372,7 @@ fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
 }
 
 /// Prometheus's `BucketQuantile` over classic buckets `(upper bound, cumulative count)`.
-fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, buckets: Vec<(f64, f64)>) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
@@ -382,19 +382,7 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
-    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
-        return f64::NAN;
-    }
-    // Coalesce buckets with the same upper bound.
-    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
-    for b in buckets {
-        match merged.last_mut() {
-            Some(last) if last.0 == b.0 => last.1 += b.1,
-            _ => merged.push(b),
-        }
-    }
-    let mut buckets = merged;
+    let Some(mut buckets) = sorted_coalesced_buckets(buckets) else { return f64::NAN };
     // Force monotonicity, silently smoothing numerically insignificant differences.
     let mut prev = buckets[0].1;
     for b in buckets.iter_mut().skip(1) {
@@ -435,13 +423,12 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
     bucket_start + (bucket_end - bucket_start) * (rank / count)
 }
 
-/// The fraction of observations in `[lower, upper]` over classic buckets, interpolating
-/// linearly inside a bucket; the lowest bucket starts at 0 when its upper bound is positive
-/// (the same natural lower bound `BucketQuantile` assumes), else at -Inf.
-fn bucket_fraction(lower: f64, upper: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
+/// Buckets sorted by upper bound with equal bounds summed, or `None` when there is no `+Inf`
+/// bucket (Prometheus answers NaN then).
+fn sorted_coalesced_buckets(mut buckets: Vec<(f64, f64)>) -> Option<Vec<(f64, f64)>> {
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
     if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
-        return f64::NAN;
+        return None;
     }
     let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
     for b in buckets {
@@ -450,6 +437,14 @@ fn bucket_fraction(lower: f64, upper: f64, mut buckets: Vec<(f64, f64)>) -> f64 
             _ => merged.push(b),
         }
     }
+    Some(merged)
+}
+
+/// The fraction of observations in `[lower, upper]` over classic buckets, interpolating
+/// linearly inside a bucket; the lowest bucket starts at 0 when its upper bound is positive
+/// (the same natural lower bound `BucketQuantile` assumes), else at -Inf.
+fn bucket_fraction(lower: f64, upper: f64, buckets: Vec<(f64, f64)>) -> f64 {
+    let Some(merged) = sorted_coalesced_buckets(buckets) else { return f64::NAN };
     let count = merged[merged.len() - 1].1;
     if count == 0.0 || lower.is_nan() || upper.is_nan() {
         return f64::NAN;
