@@ -948,7 +948,7 @@ impl Engine {
             removed += shard.head.delete(tenant, matchers, min_t, max_t)? as u64;
             self.update_memory(&shard);
         }
-        Ok(removed as u64)
+        Ok(removed)
     }
 
     /// One maintenance pass: cut head data older than the head's window into blocks, compact,
