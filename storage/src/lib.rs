@@ -6,4 +6,5 @@ pub mod engine;
 pub mod fs;
 pub mod head;
 pub mod index;
+pub mod varint;
 pub mod wal;

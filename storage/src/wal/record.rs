@@ -121,13 +121,7 @@ pub enum DecodeError {
     TrailingBytes { offset: usize, count: usize },
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
+use crate::varint::put_uvarint;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_uvarint(out, s.len() as u64);
