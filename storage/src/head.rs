@@ -340,9 +340,10 @@ impl Head {
     /// Appends one sample to an existing series. Time acceptance is the caller's.
     pub fn append(&mut self, series_ref: SeriesRef, t: TimestampMs, v: f64) -> Result<HeadAppend, HeadError> {
         let series = self.series.get_mut(&series_ref).expect("append to an unknown series ref");
-        let before = series.memory_bytes();
+        // Only the chunk bytes change on an append; labels are counted once at creation.
+        let before = series.chunk_bytes();
         let outcome = series.append(t, v)?;
-        let after = series.memory_bytes();
+        let after = series.chunk_bytes();
         self.memory_bytes = (self.memory_bytes + after).saturating_sub(before);
         if outcome == HeadAppend::Appended {
             self.min_t = Some(self.min_t.map_or(t, |m| m.min(t)));
