@@ -12,8 +12,8 @@
 //!
 //! An eval is "unsupported" only when (a) `promql-parser` cannot parse the query (and no failure
 //! was expected) or (b) native histograms are involved: `{{…}}` in the expected result, or a
-//! selector of the query reaching a series loaded with `{{…}}` samples or created by
-//! `load_with_nhcb` (the float bucket series of `load_with_nhcb` are loaded and used).
+//! selector's fetch window holding a `{{…}}` sample of a series it matches (or a sample of the
+//! histogram series `load_with_nhcb` creates; its float bucket series are loaded and used).
 //!
 //! `SEXTANT_WRITE_CONFORMANCE=1` rewrites docs/promql-conformance.md and the expectations file
 //! (refused while anything regressed).
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use sextant_core::labels::{Label, Labels};
 use sextant_core::matcher::matches_all;
 use sextant_core::promql::{
-    eval_instant, eval_range, parse, plan_instant, plan_range, FetchedData, FetchedSeries, QueryLimits, SelectorFetch,
+    eval_instant, eval_range, parse, plan_instant, plan_range, FetchedData, FetchedSeries, QueryError, QueryLimits, SelectorFetch,
     SeriesSource, Value,
 };
 use sextant_core::sample::{is_stale_nan, stale_nan, Sample};
@@ -52,9 +52,17 @@ impl Status {
 // ---------------------------------------------------------------------------------------------
 // Storage.
 
+/// One loaded series: its float samples (staleness markers included) and the timestamps of its
+/// native-histogram samples, which the engine does not evaluate.
+#[derive(Default)]
+struct StoredSeries {
+    floats: Vec<Sample>,
+    histogram_ts: Vec<i64>,
+}
+
 #[derive(Default)]
 struct Store {
-    series: BTreeMap<Labels, (Vec<Sample>, bool)>,
+    series: BTreeMap<Labels, StoredSeries>,
 }
 
 impl SeriesSource for Store {
@@ -62,9 +70,9 @@ impl SeriesSource for Store {
         self.series
             .iter()
             .filter(|(l, _)| matches_all(&sel.matchers, l))
-            .map(|(l, (samples, _))| FetchedSeries {
+            .map(|(l, stored)| FetchedSeries {
                 labels: l.clone(),
-                samples: samples.iter().copied().filter(|s| s.t >= sel.min_t && s.t <= sel.max_t).collect(),
+                samples: stored.floats.iter().copied().filter(|s| s.t >= sel.min_t && s.t <= sel.max_t).collect(),
             })
             .filter(|s| !s.samples.is_empty())
             .collect()
@@ -72,11 +80,18 @@ impl SeriesSource for Store {
 }
 
 impl Store {
-    fn histogram_series_hit(&self, fetches: &[SelectorFetch]) -> Option<String> {
+    /// Why an eval involves native histograms through its data: a selector's fetch window holds
+    /// a native-histogram sample of a series it matches. Decided by the samples the query reads,
+    /// not by series or file names, so a float eval over a series that has histogram samples
+    /// elsewhere in time is still evaluated.
+    fn histogram_samples_read(&self, fetches: &[SelectorFetch]) -> Option<String> {
         for f in fetches {
-            for (l, (_, hist)) in &self.series {
-                if *hist && matches_all(&f.matchers, l) {
-                    return Some(format!("query reads native-histogram series {l}"));
+            for (l, stored) in &self.series {
+                if !matches_all(&f.matchers, l) {
+                    continue;
+                }
+                if let Some(t) = stored.histogram_ts.iter().find(|t| **t >= f.min_t && **t <= f.max_t) {
+                    return Some(format!("query reads a native-histogram sample of {l} at {}s", *t as f64 / 1000.0));
                 }
             }
         }
@@ -537,14 +552,19 @@ fn load(store: &mut Store, interval: i64, nhcb: bool, lines: &[String]) -> Resul
             let t = i as i64 * interval;
             match p {
                 Point::Value(v) => {
-                    entry.0.retain(|s| s.t != t);
-                    entry.0.push(Sample::new(t, *v));
+                    entry.floats.retain(|s| s.t != t);
+                    entry.histogram_ts.retain(|x| *x != t);
+                    entry.floats.push(Sample::new(t, *v));
                 }
-                Point::Histogram => entry.1 = true,
+                Point::Histogram => {
+                    entry.floats.retain(|s| s.t != t);
+                    entry.histogram_ts.retain(|x| *x != t);
+                    entry.histogram_ts.push(t);
+                }
                 Point::Omitted => {}
             }
         }
-        entry.0.sort_by_key(|s| s.t);
+        entry.floats.sort_by_key(|s| s.t);
         if nhcb {
             let name = labels.metric_name();
             if let Some(base) = name.strip_suffix("_bucket") {
@@ -553,8 +573,18 @@ fn load(store: &mut Store, interval: i64, nhcb: bool, lines: &[String]) -> Resul
                     .filter(|l| l.name != "le")
                     .map(|l| if l.name == "__name__" { Label::new("__name__", base) } else { l.clone() })
                     .collect();
+                // The converted series holds a histogram wherever a bucket series has a value.
                 if let Ok(h) = Labels::from_unsorted(hist) {
-                    store.series.entry(h).or_default().1 = true;
+                    let ts: Vec<i64> = points
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| matches!(p, Point::Value(v) if !is_stale_nan(*v)))
+                        .map(|(i, _)| i as i64 * interval)
+                        .collect();
+                    let target = &mut store.series.entry(h).or_default().histogram_ts;
+                    target.extend(ts);
+                    target.sort_unstable();
+                    target.dedup();
                 }
             }
         }
@@ -630,19 +660,36 @@ fn expected_points(points: &[Point], start: i64, step: i64) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// The status of an eval whose query returned `err`. An engine `Unsupported` error is always a
+/// failure: it is not one of the two causes that may make an eval unsupported, and an expected
+/// failure must not pass merely because the engine lacks a feature.
+fn error_status(e: &Eval, err: &QueryError) -> Status {
+    if let QueryError::Unsupported(why) = err {
+        return Status::Fail(format!("the engine does not evaluate it: {why}"));
+    }
+    if e.fail {
+        check_error(e, &err.to_string())
+    } else {
+        Status::Fail(format!("unexpected error: {err}"))
+    }
+}
+
 fn run_eval(store: &Store, e: &Eval) -> Status {
     let limits = QueryLimits::default();
     let expr = match parse(&e.query) {
         Ok(x) => x,
-        Err(err) => {
-            if e.fail && check_error(e, &err.to_string()) == Status::Pass {
+        Err(QueryError::Parse(msg)) => {
+            if e.fail && check_error(e, &msg) == Status::Pass {
                 return Status::Pass;
             }
-            // The parser refused the query: either syntax it does not know (duration
-            // expressions, `anchored`/`smoothed`), or an expected failure whose message
-            // Prometheus produces while checking the syntax tree.
-            return Status::Unsupported(format!("promql-parser cannot parse it: {err}"));
+            // The parser refused the query: syntax it does not know (duration expressions,
+            // `anchored`/`smoothed`). An expected failure refused with another message than
+            // Prometheus's is listed the same way, saying so.
+            let note = if e.fail { " (an expected failure, but Prometheus's message differs)" } else { "" };
+            return Status::Unsupported(format!("promql-parser cannot parse it{note}: {msg}"));
         }
+        // Errors found while converting the parsed tree are the engine's own.
+        Err(err) => return error_status(e, &err),
     };
     if e.expected.has_histogram {
         return Status::Unsupported("expected result contains native histograms".into());
@@ -651,7 +698,12 @@ fn run_eval(store: &Store, e: &Eval) -> Status {
         Kind::Instant { t } => plan_instant(&expr, t, limits.lookback_ms),
         Kind::Range { start, end, step } => plan_range(&expr, start, end, step, limits.lookback_ms),
     };
-    if let Some(why) = store.histogram_series_hit(&plan.selectors) {
+    // An instant eval is also run as a range query around t (below): both read windows count.
+    let mut read = plan.selectors.clone();
+    if let Kind::Instant { t } = e.kind {
+        read.extend(plan_range(&expr, t - 60_000, t + 60_000, 60_000, limits.lookback_ms).selectors);
+    }
+    if let Some(why) = store.histogram_samples_read(&read) {
         return Status::Unsupported(why);
     }
     let data = FetchedData::fetch_all(&plan, store);
@@ -659,12 +711,7 @@ fn run_eval(store: &Store, e: &Eval) -> Status {
         Kind::Instant { t } => {
             let result = eval_instant(&expr, t, &data, &limits);
             let value = match result {
-                Err(err) => {
-                    if e.fail {
-                        return check_error(e, &err.to_string());
-                    }
-                    return Status::Fail(format!("unexpected error: {err}"));
-                }
+                Err(err) => return error_status(e, &err),
                 Ok(_) if e.fail => return Status::Fail("expected an error, got a result".into()),
                 Ok(v) => v,
             };
@@ -702,13 +749,7 @@ fn run_eval(store: &Store, e: &Eval) -> Status {
             Status::Pass
         }
         Kind::Range { start, end, step } => match eval_range(&expr, start, end, step, &data, &limits) {
-            Err(err) => {
-                if e.fail {
-                    check_error(e, &err.to_string())
-                } else {
-                    Status::Fail(format!("unexpected error: {err}"))
-                }
-            }
+            Err(err) => error_status(e, &err),
             Ok(_) if e.fail => Status::Fail("expected an error, got a result".into()),
             Ok(m) => {
                 let actual: Vec<(Labels, Vec<(i64, f64)>)> =

@@ -200,5 +200,5 @@ pub enum Value {
 /// Parses PromQL text into Sextant's expression tree.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
     let parsed = promql_parser::parser::parse(query).map_err(QueryError::Parse)?;
-    ast::convert(&parsed)
+    ast::convert(query, &parsed)
 }
