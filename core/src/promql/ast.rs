@@ -204,11 +204,15 @@ fn convert_selector(vs: &pp::VectorSelector, fixes: &StringFixes) -> Result<Sele
     if let Some(name) = &vs.name {
         matchers.push(Matcher::equal(METRIC_NAME_LABEL, name.clone()));
     }
+    // Repeated matchers are kept: `absent(x{job="a",job="a"})` drops `job` from its output in
+    // Prometheus because the label is matched twice. Matching is unaffected, and the planner
+    // identifies a selector by its matcher set, repeats ignored.
     for m in &vs.matchers.matchers {
         let m = convert_matcher(m, fixes)?;
-        if !matchers.contains(&m) {
-            matchers.push(m);
+        if m.name == METRIC_NAME_LABEL && matchers.contains(&m) {
+            continue;
         }
+        matchers.push(m);
     }
     Ok(Selector { matchers, offset_ms: offset_ms(&vs.offset), at: convert_at(&vs.at) })
 }

@@ -66,6 +66,37 @@ fn range_modifiers(arg: &Expr) -> Option<(i64, Option<At>, i64)> {
     }
 }
 
+/// Go's `math.Max`: +Inf wins over NaN, NaN wins over everything else, +0 over -0. (Rust's
+/// `f64::max` ignores a NaN operand instead.)
+fn go_max(x: f64, y: f64) -> f64 {
+    if x == f64::INFINITY || y == f64::INFINITY {
+        f64::INFINITY
+    } else if x.is_nan() || y.is_nan() {
+        f64::NAN
+    } else if x == 0.0 && y == 0.0 {
+        if x.is_sign_negative() { y } else { x }
+    } else if x > y {
+        x
+    } else {
+        y
+    }
+}
+
+/// Go's `math.Min`: -Inf wins over NaN, NaN wins over everything else, -0 over +0.
+fn go_min(x: f64, y: f64) -> f64 {
+    if x == f64::NEG_INFINITY || y == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
+    } else if x.is_nan() || y.is_nan() {
+        f64::NAN
+    } else if x == 0.0 && y == 0.0 {
+        if x.is_sign_negative() { x } else { y }
+    } else if x < y {
+        x
+    } else {
+        y
+    }
+}
+
 fn float_fn(vec: Vec<Elem>, f: impl Fn(f64) -> f64) -> Val {
     Val::Vector(vec.into_iter().map(|e| Elem { labels: e.labels, v: f(e.v), drop_name: true }).collect())
 }
@@ -769,7 +800,7 @@ pub(crate) fn call(ev: &Evaluator, name: &str, args: &[Expr], t: i64) -> Result<
             if hi < lo {
                 return Ok(Val::Vector(Vec::new()));
             }
-            Ok(float_fn(vec, |v| lo.max(hi.min(v))))
+            Ok(float_fn(vec, |v| go_max(lo, go_min(hi, v))))
         }
         "round" => {
             let vec = ev.eval_vector(arg(args, 0, name)?, t)?;
