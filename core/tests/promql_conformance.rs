@@ -945,7 +945,9 @@ fn promql_conformance() {
         doc.push_str("The suite is Prometheus's promqltest scripts (`../shared/peer-suites/promql/*.test`). Floats compare with ");
         doc.push_str("`almost.Equal` at epsilon 1e-6; instant evals are also checked as range queries (t-1m … t+1m) as Prometheus's runner does; ");
         doc.push_str("`expect warn`/`info` lines are ignored (no annotations yet). \"Unsupported\" is only a query `promql-parser` cannot parse, ");
-        doc.push_str("or an eval whose data or expected result involves native histograms.\n\n");
+        doc.push_str("or an eval whose data or expected result involves native histograms: a `{{…}}` in the expected result, or a native-histogram ");
+        doc.push_str("sample (loaded with `{{…}}` or created by `load_with_nhcb`) inside a window the query reads. ");
+        doc.push_str("An engine that cannot evaluate a query is a failure, never \"unsupported\".\n\n");
         doc.push_str("| file | pass | fail | unsupported |\n|---|---|---|---|\n");
         doc.push_str(&summary);
         for (f, _) in &per_file {

@@ -518,7 +518,9 @@ fn subquery_alignment() {
 // Goal: offset, @ and subqueries in range queries, step by step.
 #[test]
 fn range_queries_with_modifiers() {
-    let cases: &[(&str, f64, f64, f64, &[(&str, &[(f64, f64)])], &str)] = &[
+    // (query, start s, end s, step s, expected series, why)
+    type RangeCase<'a> = (&'a str, f64, f64, f64, &'a [(&'a str, &'a [(f64, f64)])], &'a str);
+    let cases: &[RangeCase] = &[
         ("ot", 10.0, 50.0, 20.0, &[("ot{job=\"a\"}", &[(10.0, 1.0), (30.0, 2.0), (50.0, 5.0)])], "plain selector"),
         ("ot offset 10s", 20.0, 50.0, 10.0, &[("ot{job=\"a\"}", &[(20.0, 1.0), (30.0, 4.0), (40.0, 2.0), (50.0, 8.0)])], "each step reads 10 s earlier"),
         ("ot @ 30", 10.0, 50.0, 20.0, &[("ot{job=\"a\"}", &[(10.0, 2.0), (30.0, 2.0), (50.0, 2.0)])], "@ pins every step to 30 s"),
