@@ -62,7 +62,7 @@ pub enum LogStoreError {
     Poisoned(String),
     #[error("entry {index} is {bytes} bytes encoded, more than entry_bytes_max {max}")]
     EntryTooLarge { index: u64, bytes: usize, max: usize },
-    #[error("append of entry {index} does not follow the last entry {last}")]
+    #[error("append of entry {index} does not come after the last entry {last}")]
     NotContiguous { index: u64, last: u64 },
     #[error("invalid log store config: {0}")]
     Config(String),
@@ -355,28 +355,20 @@ impl LogStore {
             while let Some(record) = scan.next_record() {
                 let entry = format::decode_entry(&record.payload)
                     .map_err(|e| corrupt(&path, record.offset, format!("record checks out but does not decode: {e}")))?;
-                if entry.log_id.index != expected {
+                if entry.log_id.index < expected {
                     return Err(corrupt(
                         &path,
                         record.offset,
-                        format!("record holds index {} where {expected} belongs", entry.log_id.index),
+                        format!("record holds index {} where {expected} or more belongs", entry.log_id.index),
                     ));
                 }
-                expected += 1;
+                expected = entry.log_id.index + 1;
                 if purged_index.is_some_and(|purged| entry.log_id.index <= purged) {
                     continue;
                 }
                 if let Some(last) = self.last_index() {
-                    if entry.log_id.index != last + 1 {
-                        return Err(corrupt(&path, record.offset, format!("entry {} follows entry {last}: a gap", entry.log_id.index)));
-                    }
-                } else if let Some(purged) = purged_index {
-                    if entry.log_id.index != purged + 1 {
-                        return Err(corrupt(
-                            &path,
-                            record.offset,
-                            format!("first entry {} after purged index {purged}: a gap", entry.log_id.index),
-                        ));
+                    if entry.log_id.index <= last {
+                        return Err(corrupt(&path, record.offset, format!("entry {} follows entry {last}", entry.log_id.index)));
                     }
                 }
                 self.locations.insert(entry.log_id.index, Location { segment: first, offset: record.offset });
@@ -472,7 +464,7 @@ impl LogStore {
         for entry in &entries {
             let index = entry.log_id.index;
             if let Some(last) = last {
-                if index != last + 1 {
+                if index <= last {
                     return Err(LogStoreError::NotContiguous { index, last });
                 }
             }
