@@ -64,6 +64,8 @@ pub enum LogStoreError {
     EntryTooLarge { index: u64, bytes: usize, max: usize },
     #[error("append of entry {index} does not come after the last entry {last}")]
     NotContiguous { index: u64, last: u64 },
+    #[error("truncating from entry {index} would drop committed entry {committed}")]
+    TruncateCommitted { index: u64, committed: u64 },
     #[error("invalid log store config: {0}")]
     Config(String),
 }
@@ -349,6 +351,8 @@ impl LogStore {
                 }
             }
             let len = bytes.len() as u64;
+            // The last segment's bytes are probed again if its tail is damaged (below).
+            let last_bytes = if is_last { bytes.clone() } else { Vec::new() };
             let mut scan = storage_page::SegmentScan::new(bytes, SEGMENT_HEADER_BYTES);
             let mut expected = first;
             let mut kept = 0u64;
@@ -380,6 +384,12 @@ impl LogStore {
             for range in &damaged {
                 if !is_last || range.end < len {
                     return Err(corrupt(&path, range.start, "damaged record with intact records after it"));
+                }
+                // The scan resynchronises only at page ends, so damage that runs to the end of
+                // the file may still have intact records after it in its page: rot, not a torn
+                // write, and truncating would drop acknowledged entries.
+                if let Some(at) = intact_fragment_after(&last_bytes, range.start + 1) {
+                    return Err(corrupt(&path, range.start, format!("damaged record with an intact record after it at byte {at}")));
                 }
             }
             if is_last && good_end < len {
@@ -424,11 +434,13 @@ impl LogStore {
 
     /// Creates the segment whose first record will be `first_index`, durably (header fsynced,
     /// directory entry fsynced) before anything is written to it.
-    async fn create_segment(&mut self, first_index: u64) -> Result<(), LogStoreError> {
+    /// `open_has_records` says whether the open segment holds records (including ones of the
+    /// batch being written, not yet in `locations`).
+    async fn create_segment(&mut self, first_index: u64, open_has_records: bool) -> Result<(), LogStoreError> {
         if let Some(mut open) = self.open.take() {
             // Only the last segment may have a torn tail: seal this one first.
             open.file.sync().await.map_err(|e| io_error(&open.path, e))?;
-            if !self.locations.range(open.first_index..).any(|_| true) {
+            if !open_has_records {
                 // Nothing of this segment is kept (it was emptied by truncate or purge):
                 // replace it rather than leave an empty segment behind.
                 drop(open.file);
@@ -479,10 +491,14 @@ impl LogStore {
         let mut written = Vec::with_capacity(entries.len());
         for (entry, payload) in entries.into_iter().zip(payloads) {
             let index = entry.log_id.index;
+            let open_has_records = self.open.as_ref().is_some_and(|open| {
+                self.locations.range(open.first_index..).next().is_some()
+                    || written.iter().any(|(_, location): &(Entry, Location)| location.segment == open.first_index)
+            });
             let needs_new = match &self.open {
                 None => true,
                 Some(open) => {
-                    let empty = !self.locations.range(open.first_index..).any(|_| true) && written.is_empty();
+                    let empty = !open_has_records;
                     let offset = open.file.len() + buffer.len() as u64;
                     (empty && open.first_index != index)
                         || offset + storage_page::framed_len(offset, payload.len()) > self.config.segment_bytes_max
@@ -490,7 +506,7 @@ impl LogStore {
             };
             if needs_new {
                 self.flush_buffer(&mut buffer).await?;
-                self.create_segment(index).await?;
+                self.create_segment(index, open_has_records).await?;
             }
             let open = self.open.as_ref().expect("a segment is open");
             let offset = open.file.len() + buffer.len() as u64;
@@ -528,6 +544,12 @@ impl LogStore {
     /// a hole), then the segment holding `index` is cut at the record's start.
     pub async fn truncate_from(&mut self, index: u64) -> Result<(), LogStoreError> {
         self.check_poisoned()?;
+        // Raft never truncates committed entries; refusing keeps a bug from erasing them.
+        if let Some(committed) = self.committed {
+            if index <= committed.index {
+                return Err(LogStoreError::TruncateCommitted { index, committed: committed.index });
+            }
+        }
         let result = self.truncate_inner(index).await;
         if let Err(error) = &result {
             self.poisoned = Some(error.to_string());
@@ -641,6 +663,40 @@ impl LogStore {
         self.committed = committed;
         Ok(())
     }
+}
+
+/// The offset of the first intact FULL or FIRST fragment at or after `from`, probing every byte
+/// offset (a torn write leaves garbage after the last complete record, never an intact record;
+/// disk rot inside a page does). Same fragment rules as `storage::wal::format`.
+fn intact_fragment_after(bytes: &[u8], from: u64) -> Option<u64> {
+    const FULL: u8 = 1;
+    const FIRST: u8 = 2;
+    let page = storage_page::PAGE_BYTES;
+    let header = storage_page::FRAGMENT_HEADER_BYTES;
+    let start = usize::try_from(from).ok()?;
+    for at in start.max(SEGMENT_HEADER_BYTES)..bytes.len() {
+        let kind = bytes[at];
+        if kind != FULL && kind != FIRST {
+            continue;
+        }
+        let page_end = ((at / page + 1) * page).min(bytes.len());
+        if at + header > page_end {
+            continue;
+        }
+        let len = u16::from_le_bytes([bytes[at + 1], bytes[at + 2]]) as usize;
+        let data_end = at + header + len;
+        if len == 0 || data_end > page_end {
+            continue;
+        }
+        let crc = u32::from_le_bytes(bytes[at + 3..at + 7].try_into().expect("4 bytes"));
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&bytes[at..at + 3]);
+        hasher.update(&bytes[at + header..data_end]);
+        if hasher.finalize() == crc {
+            return Some(at as u64);
+        }
+    }
+    None
 }
 
 /// The offset, within `framed`, of the first fragment (after any page padding).
