@@ -140,11 +140,7 @@ impl StateMachineStore {
     /// Opens the state machine in `dir`, restoring the last snapshot if there is one.
     pub async fn open(fs: Arc<dyn FileSystem>, dir: impl Into<PathBuf>) -> Result<StateMachineStore, SnapshotError> {
         let dir = dir.into();
-        if !fs.is_dir(&dir).await.map_err(|e| io_error(&dir, e))? {
-            fs.create_dir_all(&dir).await.map_err(|e| io_error(&dir, e))?;
-            let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-            fs.sync_dir(&parent).await.map_err(|e| io_error(&parent, e))?;
-        }
+        crate::log_store::create_dir_durably(fs.as_ref(), &dir).await.map_err(|(path, e)| io_error(&path, e))?;
         let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         if fs.exists(&tmp).await.map_err(|e| io_error(&tmp, e))? {
             fs.remove_file(&tmp).await.map_err(|e| io_error(&tmp, e))?;

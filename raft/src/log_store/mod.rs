@@ -242,15 +242,7 @@ impl LogStore {
     /// Makes `dir` and `dir/log` exist durably (each new entry's parent fsynced), and removes
     /// leftover temp files of interrupted meta writes.
     async fn create_dirs(&mut self) -> Result<(), LogStoreError> {
-        let mut walked = PathBuf::new();
-        for component in self.log_dir.clone().components() {
-            let parent = walked.clone();
-            walked.push(component);
-            if !self.fs.is_dir(&walked).await.map_err(|e| io_error(&walked, e))? {
-                self.fs.create_dir_all(&walked).await.map_err(|e| io_error(&walked, e))?;
-                self.fs.sync_dir(&parent).await.map_err(|e| io_error(&parent, e))?;
-            }
-        }
+        create_dir_durably(self.fs.as_ref(), &self.log_dir).await.map_err(|(path, e)| io_error(&path, e))?;
         let mut removed = false;
         for name in self.fs.read_dir(&self.dir).await.map_err(|e| io_error(&self.dir, e))? {
             if name.ends_with(".tmp") {
@@ -663,6 +655,21 @@ impl LogStore {
         self.committed = committed;
         Ok(())
     }
+}
+
+/// Creates `path` and every missing parent, fsyncing each new entry's parent directory, so the
+/// directory survives a power cut. Errors name the path that failed.
+pub(crate) async fn create_dir_durably(fs: &dyn FileSystem, path: &Path) -> Result<(), (PathBuf, io::Error)> {
+    let mut walked = PathBuf::new();
+    for component in path.components() {
+        let parent = walked.clone();
+        walked.push(component);
+        if !fs.is_dir(&walked).await.map_err(|e| (walked.clone(), e))? {
+            fs.create_dir_all(&walked).await.map_err(|e| (walked.clone(), e))?;
+            fs.sync_dir(&parent).await.map_err(|e| (parent.clone(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The offset of the first intact FULL or FIRST fragment at or after `from`, probing every byte
