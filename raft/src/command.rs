@@ -50,22 +50,54 @@ pub struct Command {
 pub enum Action {
     /// Creates the shard map with `shard_count` shards, each assigned as given (shards not
     /// listed start unassigned). Applies once: a second creation is a no-op with a reason.
-    CreateShardMap { shard_count: u32, assignments: BTreeMap<u32, ShardAssignment> },
+    CreateShardMap {
+        shard_count: u32,
+        assignments: BTreeMap<u32, ShardAssignment>,
+    },
     /// Sets a shard's primary and secondary. The epoch increases iff the primary changes.
-    AssignShard { shard: u32, assignment: ShardAssignment },
+    AssignShard {
+        shard: u32,
+        assignment: ShardAssignment,
+    },
     /// Creates or replaces a tenant's limits (blocked labels are kept).
-    PutTenantLimits { tenant: String, limits: TenantLimits },
-    DeleteTenant { tenant: String },
-    BlockLabel { tenant: String, label: String },
-    UnblockLabel { tenant: String, label: String },
+    PutTenantLimits {
+        tenant: String,
+        limits: TenantLimits,
+    },
+    DeleteTenant {
+        tenant: String,
+    },
+    BlockLabel {
+        tenant: String,
+        label: String,
+    },
+    UnblockLabel {
+        tenant: String,
+        label: String,
+    },
     /// Creates or replaces a rule group (keyed by its name).
-    PutRuleGroup { group: RuleGroup },
-    DeleteRuleGroup { name: String },
+    PutRuleGroup {
+        group: RuleGroup,
+    },
+    DeleteRuleGroup {
+        name: String,
+    },
     /// Saves a new version of a dashboard.
-    PutDashboard { uid: String, title: String, json: String },
-    DeleteDashboard { uid: String },
-    SetRetention { tenant: String, retention_ms: i64 },
-    DeleteRetention { tenant: String },
+    PutDashboard {
+        uid: String,
+        title: String,
+        json: String,
+    },
+    DeleteDashboard {
+        uid: String,
+    },
+    SetRetention {
+        tenant: String,
+        retention_ms: i64,
+    },
+    DeleteRetention {
+        tenant: String,
+    },
 }
 
 /// A shard's replicas. `None` means unassigned.
@@ -141,7 +173,10 @@ pub struct ValidationError {
 }
 
 fn invalid(field: impl Into<String>, message: impl fmt::Display) -> ValidationError {
-    ValidationError { field: field.into(), message: message.to_string() }
+    ValidationError {
+        field: field.into(),
+        message: message.to_string(),
+    }
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
@@ -149,10 +184,16 @@ fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
         return Err(invalid(field, "must not be empty"));
     }
     if name.len() > NAME_BYTES_MAX {
-        return Err(invalid(field, format!("{} bytes, at most {NAME_BYTES_MAX} allowed", name.len())));
+        return Err(invalid(
+            field,
+            format!("{} bytes, at most {NAME_BYTES_MAX} allowed", name.len()),
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(invalid(field, format!("{name:?} contains a control character")));
+        return Err(invalid(
+            field,
+            format!("{name:?} contains a control character"),
+        ));
     }
     Ok(())
 }
@@ -179,17 +220,27 @@ pub fn parse_duration_ms(field: &str, text: &str) -> Result<i64, ValidationError
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(invalid(field, format!("duration {text:?}: expected a number at {rest:?}")));
+            return Err(invalid(
+                field,
+                format!("duration {text:?}: expected a number at {rest:?}"),
+            ));
         }
-        let number: i64 =
-            rest[..digits].parse().map_err(|_| invalid(field, format!("duration {text:?}: number too large")))?;
+        let number: i64 = rest[..digits]
+            .parse()
+            .map_err(|_| invalid(field, format!("duration {text:?}: number too large")))?;
         rest = &rest[digits..];
         let Some((unit, unit_ms)) = UNITS.iter().find(|(unit, _)| rest.starts_with(unit)) else {
-            return Err(invalid(field, format!("duration {text:?}: expected a unit (y, w, d, h, m, s, ms) at {rest:?}")));
+            return Err(invalid(
+                field,
+                format!("duration {text:?}: expected a unit (y, w, d, h, m, s, ms) at {rest:?}"),
+            ));
         };
         rest = &rest[unit.len()..];
         if *unit_ms >= previous_unit_ms {
-            return Err(invalid(field, format!("duration {text:?}: units must go from largest to smallest, each once")));
+            return Err(invalid(
+                field,
+                format!("duration {text:?}: units must go from largest to smallest, each once"),
+            ));
         }
         previous_unit_ms = *unit_ms;
         total = number
@@ -202,14 +253,23 @@ pub fn parse_duration_ms(field: &str, text: &str) -> Result<i64, ValidationError
 
 fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
     if labels.len() > RULE_LABELS_MAX {
-        return Err(invalid(field, format!("{} entries, at most {RULE_LABELS_MAX} allowed", labels.len())));
+        return Err(invalid(
+            field,
+            format!(
+                "{} entries, at most {RULE_LABELS_MAX} allowed",
+                labels.len()
+            ),
+        ));
     }
     for (name, value) in labels {
         check_name(&format!("{field}.{name}"), name)?;
         if value.len() > LABEL_VALUE_BYTES_MAX {
             return Err(invalid(
                 format!("{field}.{name}"),
-                format!("value of {} bytes, at most {LABEL_VALUE_BYTES_MAX} allowed", value.len()),
+                format!(
+                    "value of {} bytes, at most {LABEL_VALUE_BYTES_MAX} allowed",
+                    value.len()
+                ),
             ));
         }
     }
@@ -221,11 +281,20 @@ fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
     if let Some(interval) = &group.interval {
         let ms = parse_duration_ms("group.interval", interval)?;
         if ms <= 0 {
-            return Err(invalid("group.interval", format!("{interval:?} must be positive")));
+            return Err(invalid(
+                "group.interval",
+                format!("{interval:?} must be positive"),
+            ));
         }
     }
     if group.rules.len() > RULES_PER_GROUP_MAX {
-        return Err(invalid("group.rules", format!("{} rules, at most {RULES_PER_GROUP_MAX} allowed", group.rules.len())));
+        return Err(invalid(
+            "group.rules",
+            format!(
+                "{} rules, at most {RULES_PER_GROUP_MAX} allowed",
+                group.rules.len()
+            ),
+        ));
     }
     for (i, rule) in group.rules.iter().enumerate() {
         let field = format!("group.rules[{i}]");
@@ -233,12 +302,25 @@ fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
             (Some(record), None) => {
                 check_name(&format!("{field}.record"), record)?;
                 if rule.for_duration.is_some() {
-                    return Err(invalid(format!("{field}.for"), "only alerting rules take `for`"));
+                    return Err(invalid(
+                        format!("{field}.for"),
+                        "only alerting rules take `for`",
+                    ));
                 }
             }
             (None, Some(alert)) => check_name(&format!("{field}.alert"), alert)?,
-            (Some(_), Some(_)) => return Err(invalid(&field, "has both `record` and `alert`; set exactly one")),
-            (None, None) => return Err(invalid(&field, "has neither `record` nor `alert`; set exactly one")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    &field,
+                    "has both `record` and `alert`; set exactly one",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    &field,
+                    "has neither `record` nor `alert`; set exactly one",
+                ))
+            }
         }
         if rule.expr.is_empty() {
             return Err(invalid(format!("{field}.expr"), "must not be empty"));
@@ -246,7 +328,10 @@ fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
         if rule.expr.len() > RULE_EXPR_BYTES_MAX {
             return Err(invalid(
                 format!("{field}.expr"),
-                format!("{} bytes, at most {RULE_EXPR_BYTES_MAX} allowed", rule.expr.len()),
+                format!(
+                    "{} bytes, at most {RULE_EXPR_BYTES_MAX} allowed",
+                    rule.expr.len()
+                ),
             ));
         }
         sextant_core::promql::parse(&rule.expr).map_err(|e| invalid(format!("{field}.expr"), e))?;
@@ -271,7 +356,10 @@ fn check_limits(limits: &TenantLimits) -> Result<(), ValidationError> {
 
 fn check_shard(field: &str, assignment: &ShardAssignment) -> Result<(), ValidationError> {
     if assignment.primary.is_some() && assignment.primary == assignment.secondary {
-        return Err(invalid(field, "primary and secondary must be different nodes"));
+        return Err(invalid(
+            field,
+            "primary and secondary must be different nodes",
+        ));
     }
     if assignment.primary.is_none() && assignment.secondary.is_some() {
         return Err(invalid(field, "a secondary needs a primary"));
@@ -286,26 +374,47 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
         return Err(invalid("who", "must not be empty"));
     }
     if command.who.len() > WHO_BYTES_MAX {
-        return Err(invalid("who", format!("{} bytes, at most {WHO_BYTES_MAX} allowed", command.who.len())));
+        return Err(invalid(
+            "who",
+            format!(
+                "{} bytes, at most {WHO_BYTES_MAX} allowed",
+                command.who.len()
+            ),
+        ));
     }
     if command.at_ms < 0 {
-        return Err(invalid("at_ms", format!("{} is before 1970", command.at_ms)));
+        return Err(invalid(
+            "at_ms",
+            format!("{} is before 1970", command.at_ms),
+        ));
     }
     match &command.action {
-        Action::CreateShardMap { shard_count, assignments } => {
+        Action::CreateShardMap {
+            shard_count,
+            assignments,
+        } => {
             if *shard_count == 0 || *shard_count > SHARD_COUNT_MAX {
-                return Err(invalid("shard_count", format!("{shard_count} is not in 1..={SHARD_COUNT_MAX}")));
+                return Err(invalid(
+                    "shard_count",
+                    format!("{shard_count} is not in 1..={SHARD_COUNT_MAX}"),
+                ));
             }
             for (shard, assignment) in assignments {
                 if shard >= shard_count {
-                    return Err(invalid(format!("assignments[{shard}]"), format!("only {shard_count} shards")));
+                    return Err(invalid(
+                        format!("assignments[{shard}]"),
+                        format!("only {shard_count} shards"),
+                    ));
                 }
                 check_shard(&format!("assignments[{shard}]"), assignment)?;
             }
         }
         Action::AssignShard { shard, assignment } => {
             if *shard >= SHARD_COUNT_MAX {
-                return Err(invalid("shard", format!("{shard} is not below {SHARD_COUNT_MAX}")));
+                return Err(invalid(
+                    "shard",
+                    format!("{shard} is not below {SHARD_COUNT_MAX}"),
+                ));
             }
             check_shard("assignment", assignment)?;
         }
@@ -313,7 +422,9 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
             check_name("tenant", tenant)?;
             check_limits(limits)?;
         }
-        Action::DeleteTenant { tenant } | Action::DeleteRetention { tenant } => check_name("tenant", tenant)?,
+        Action::DeleteTenant { tenant } | Action::DeleteRetention { tenant } => {
+            check_name("tenant", tenant)?
+        }
         Action::BlockLabel { tenant, label } | Action::UnblockLabel { tenant, label } => {
             check_name("tenant", tenant)?;
             check_name("label", label)?;
@@ -323,21 +434,37 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
         Action::PutDashboard { uid, title, json } => {
             check_name("uid", uid)?;
             if title.len() > NAME_BYTES_MAX {
-                return Err(invalid("title", format!("{} bytes, at most {NAME_BYTES_MAX} allowed", title.len())));
+                return Err(invalid(
+                    "title",
+                    format!("{} bytes, at most {NAME_BYTES_MAX} allowed", title.len()),
+                ));
             }
             if json.len() > DASHBOARD_JSON_BYTES_MAX {
-                return Err(invalid("json", format!("{} bytes, at most {DASHBOARD_JSON_BYTES_MAX} allowed", json.len())));
+                return Err(invalid(
+                    "json",
+                    format!(
+                        "{} bytes, at most {DASHBOARD_JSON_BYTES_MAX} allowed",
+                        json.len()
+                    ),
+                ));
             }
-            let value: serde_json::Value = serde_json::from_str(json).map_err(|e| invalid("json", e))?;
+            let value: serde_json::Value =
+                serde_json::from_str(json).map_err(|e| invalid("json", e))?;
             if !value.is_object() {
                 return Err(invalid("json", "a Grafana dashboard is a JSON object"));
             }
         }
         Action::DeleteDashboard { uid } => check_name("uid", uid)?,
-        Action::SetRetention { tenant, retention_ms } => {
+        Action::SetRetention {
+            tenant,
+            retention_ms,
+        } => {
             check_name("tenant", tenant)?;
             if *retention_ms <= 0 {
-                return Err(invalid("retention_ms", format!("{retention_ms} must be positive")));
+                return Err(invalid(
+                    "retention_ms",
+                    format!("{retention_ms} must be positive"),
+                ));
             }
         }
     }

@@ -99,12 +99,24 @@ impl AsyncRuntime for MadsimRuntime {
         madsim::time::sleep_until(deadline.into_std())
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        Timeout { future: Box::pin(future), sleep: Box::pin(madsim::time::sleep(duration)) }
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        Timeout {
+            future: Box::pin(future),
+            sleep: Box::pin(madsim::time::sleep(duration)),
+        }
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
-        Timeout { future: Box::pin(future), sleep: Box::pin(madsim::time::sleep_until(deadline.into_std())) }
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        Timeout {
+            future: Box::pin(future),
+            sleep: Box::pin(madsim::time::sleep_until(deadline.into_std())),
+        }
     }
 
     fn is_panic(join_error: &Self::JoinError) -> bool {

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Action, Command, Outcome, Response, RuleGroup, ShardAssignment, TenantLimits};
+use crate::command::{
+    Action, Command, Outcome, Response, RuleGroup, ShardAssignment, TenantLimits,
+};
 use crate::types::{Entry, LogId, NodeId, StoredMembership};
 
 /// The audit trail keeps the last this many entries.
@@ -115,7 +117,9 @@ pub struct MetadataState {
 }
 
 fn no_op(reason: impl Into<String>) -> Outcome {
-    Outcome::NoOp { reason: reason.into() }
+    Outcome::NoOp {
+        reason: reason.into(),
+    }
 }
 
 impl MetadataState {
@@ -124,7 +128,11 @@ impl MetadataState {
     pub fn apply(&mut self, entry: &Entry) -> Response {
         let index = entry.log_id.index;
         if let Some(last) = &self.last_applied {
-            assert!(index > last.index, "apply out of order: entry {index} after {}", last.index);
+            assert!(
+                index > last.index,
+                "apply out of order: entry {index} after {}",
+                last.index
+            );
         }
         self.last_applied = Some(entry.log_id);
         let outcome = match &entry.payload {
@@ -132,14 +140,24 @@ impl MetadataState {
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                 let what = format!("membership: {membership}");
-                self.audit(AuditEntry { index, who: "raft".to_string(), at_ms: None, what });
+                self.audit(AuditEntry {
+                    index,
+                    who: "raft".to_string(),
+                    at_ms: None,
+                    what,
+                });
                 Outcome::Applied
             }
             EntryPayload::Normal(command) => {
                 let outcome = self.apply_command(index, command);
                 if outcome == Outcome::Applied {
                     let what = describe(&command.action);
-                    self.audit(AuditEntry { index, who: command.who.clone(), at_ms: Some(command.at_ms), what });
+                    self.audit(AuditEntry {
+                        index,
+                        who: command.who.clone(),
+                        at_ms: Some(command.at_ms),
+                        what,
+                    });
                 }
                 outcome
             }
@@ -156,9 +174,14 @@ impl MetadataState {
 
     fn apply_command(&mut self, index: u64, command: &Command) -> Outcome {
         match &command.action {
-            Action::CreateShardMap { shard_count, assignments } => {
+            Action::CreateShardMap {
+                shard_count,
+                assignments,
+            } => {
                 if self.shard_map.is_some() {
-                    return no_op("the shard map already exists; its shard count is fixed at creation");
+                    return no_op(
+                        "the shard map already exists; its shard count is fixed at creation",
+                    );
                 }
                 // validate() bounds these; apply re-checks whatever it relies on, without failing.
                 if *shard_count == 0 {
@@ -171,11 +194,19 @@ impl MetadataState {
                     .map(|id| {
                         let assignment = assignments.get(&id).cloned().unwrap_or_default();
                         let epoch = u64::from(assignment.primary.is_some());
-                        let shard = Shard { primary: assignment.primary, secondary: assignment.secondary, epoch, version: index };
+                        let shard = Shard {
+                            primary: assignment.primary,
+                            secondary: assignment.secondary,
+                            epoch,
+                            version: index,
+                        };
                         (id, shard)
                     })
                     .collect();
-                self.shard_map = Some(ShardMap { shards, version: index });
+                self.shard_map = Some(ShardMap {
+                    shards,
+                    version: index,
+                });
                 Outcome::Applied
             }
             Action::AssignShard { shard, assignment } => {
@@ -184,7 +215,9 @@ impl MetadataState {
                 };
                 let count = map.shard_count();
                 let Some(current) = map.shards.get_mut(shard) else {
-                    return no_op(format!("shard {shard} does not exist (the map has {count} shards)"));
+                    return no_op(format!(
+                        "shard {shard} does not exist (the map has {count} shards)"
+                    ));
                 };
                 let ShardAssignment { primary, secondary } = assignment.clone();
                 if current.primary == primary && current.secondary == secondary {
@@ -220,7 +253,9 @@ impl MetadataState {
                     ));
                 }
                 if !entry.blocked_labels.insert(label.clone()) {
-                    return no_op(format!("label {label:?} is already blocked for tenant {tenant:?}"));
+                    return no_op(format!(
+                        "label {label:?} is already blocked for tenant {tenant:?}"
+                    ));
                 }
                 entry.version = index;
                 Outcome::Applied
@@ -230,13 +265,21 @@ impl MetadataState {
                     return no_op(format!("tenant {tenant:?} does not exist"));
                 };
                 if !entry.blocked_labels.remove(label) {
-                    return no_op(format!("label {label:?} is not blocked for tenant {tenant:?}"));
+                    return no_op(format!(
+                        "label {label:?} is not blocked for tenant {tenant:?}"
+                    ));
                 }
                 entry.version = index;
                 Outcome::Applied
             }
             Action::PutRuleGroup { group } => {
-                self.rule_groups.insert(group.name.clone(), VersionedRuleGroup { group: group.clone(), version: index });
+                self.rule_groups.insert(
+                    group.name.clone(),
+                    VersionedRuleGroup {
+                        group: group.clone(),
+                        version: index,
+                    },
+                );
                 Outcome::Applied
             }
             Action::DeleteRuleGroup { name } => match self.rule_groups.remove(name) {
@@ -261,8 +304,17 @@ impl MetadataState {
                 Some(_) => Outcome::Applied,
                 None => no_op(format!("dashboard {uid:?} does not exist")),
             },
-            Action::SetRetention { tenant, retention_ms } => {
-                self.retention.insert(tenant.clone(), Retention { retention_ms: *retention_ms, version: index });
+            Action::SetRetention {
+                tenant,
+                retention_ms,
+            } => {
+                self.retention.insert(
+                    tenant.clone(),
+                    Retention {
+                        retention_ms: *retention_ms,
+                        version: index,
+                    },
+                );
                 Outcome::Applied
             }
             Action::DeleteRetention { tenant } => match self.retention.remove(tenant) {
@@ -276,19 +328,37 @@ impl MetadataState {
 /// A one-line description of an action for the audit trail (no bulky payloads).
 fn describe(action: &Action) -> String {
     match action {
-        Action::CreateShardMap { shard_count, .. } => format!("create shard map with {shard_count} shards"),
+        Action::CreateShardMap { shard_count, .. } => {
+            format!("create shard map with {shard_count} shards")
+        }
         Action::AssignShard { shard, assignment } => {
-            format!("assign shard {shard}: primary {:?}, secondary {:?}", assignment.primary, assignment.secondary)
+            format!(
+                "assign shard {shard}: primary {:?}, secondary {:?}",
+                assignment.primary, assignment.secondary
+            )
         }
         Action::PutTenantLimits { tenant, .. } => format!("set limits of tenant {tenant:?}"),
         Action::DeleteTenant { tenant } => format!("delete tenant {tenant:?}"),
-        Action::BlockLabel { tenant, label } => format!("block label {label:?} for tenant {tenant:?}"),
-        Action::UnblockLabel { tenant, label } => format!("unblock label {label:?} for tenant {tenant:?}"),
-        Action::PutRuleGroup { group } => format!("put rule group {:?} ({} rules)", group.name, group.rules.len()),
+        Action::BlockLabel { tenant, label } => {
+            format!("block label {label:?} for tenant {tenant:?}")
+        }
+        Action::UnblockLabel { tenant, label } => {
+            format!("unblock label {label:?} for tenant {tenant:?}")
+        }
+        Action::PutRuleGroup { group } => format!(
+            "put rule group {:?} ({} rules)",
+            group.name,
+            group.rules.len()
+        ),
         Action::DeleteRuleGroup { name } => format!("delete rule group {name:?}"),
-        Action::PutDashboard { uid, title, json } => format!("put dashboard {uid:?} {title:?} ({} bytes)", json.len()),
+        Action::PutDashboard { uid, title, json } => {
+            format!("put dashboard {uid:?} {title:?} ({} bytes)", json.len())
+        }
         Action::DeleteDashboard { uid } => format!("delete dashboard {uid:?}"),
-        Action::SetRetention { tenant, retention_ms } => format!("set retention of tenant {tenant:?} to {retention_ms} ms"),
+        Action::SetRetention {
+            tenant,
+            retention_ms,
+        } => format!("set retention of tenant {tenant:?} to {retention_ms} ms"),
         Action::DeleteRetention { tenant } => format!("delete retention of tenant {tenant:?}"),
     }
 }

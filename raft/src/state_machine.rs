@@ -32,11 +32,18 @@ pub enum SnapshotError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{what}: corrupt at byte {offset}: {message}")]
-    Corrupt { what: String, offset: u64, message: String },
+    Corrupt {
+        what: String,
+        offset: u64,
+        message: String,
+    },
 }
 
 fn io_error(path: &Path, source: io::Error) -> SnapshotError {
-    SnapshotError::Io { path: path.to_path_buf(), source }
+    SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A snapshot: its metadata and the serialized state.
@@ -64,18 +71,34 @@ pub fn encode_snapshot_file(snapshot: &StoredSnapshot) -> Vec<u8> {
 }
 
 pub fn decode_snapshot_file(what: &str, bytes: &[u8]) -> Result<StoredSnapshot, SnapshotError> {
-    let bad = |offset: usize, message: String| SnapshotError::Corrupt { what: what.to_string(), offset: offset as u64, message };
+    let bad = |offset: usize, message: String| SnapshotError::Corrupt {
+        what: what.to_string(),
+        offset: offset as u64,
+        message,
+    };
     if bytes.len() < SNAPSHOT_HEADER_BYTES + 4 {
-        return Err(bad(0, format!("{} bytes is shorter than the frame", bytes.len())));
+        return Err(bad(
+            0,
+            format!("{} bytes is shorter than the frame", bytes.len()),
+        ));
     }
     if bytes[0..4] != SNAPSHOT_MAGIC {
         return Err(bad(0, "bad magic (expected \"SXRS\")".into()));
     }
     let meta_len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as u64;
     let data_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
-    let total = (SNAPSHOT_HEADER_BYTES as u64).checked_add(meta_len).and_then(|n| n.checked_add(data_len)).and_then(|n| n.checked_add(4));
+    let total = (SNAPSHOT_HEADER_BYTES as u64)
+        .checked_add(meta_len)
+        .and_then(|n| n.checked_add(data_len))
+        .and_then(|n| n.checked_add(4));
     if total != Some(bytes.len() as u64) {
-        return Err(bad(8, format!("file is {} bytes, header says meta {meta_len} + data {data_len}", bytes.len())));
+        return Err(bad(
+            8,
+            format!(
+                "file is {} bytes, header says meta {meta_len} + data {data_len}",
+                bytes.len()
+            ),
+        ));
     }
     let crc_at = bytes.len() - 4;
     let crc = u32::from_le_bytes(bytes[crc_at..].try_into().expect("4 bytes"));
@@ -86,17 +109,32 @@ pub fn decode_snapshot_file(what: &str, bytes: &[u8]) -> Result<StoredSnapshot, 
         return Err(bad(4, format!("unknown version {}", bytes[4])));
     }
     let meta_end = SNAPSHOT_HEADER_BYTES + meta_len as usize;
-    let meta: SnapshotMeta =
-        serde_json::from_slice(&bytes[SNAPSHOT_HEADER_BYTES..meta_end]).map_err(|e| bad(SNAPSHOT_HEADER_BYTES, format!("meta: {e}")))?;
-    Ok(StoredSnapshot { meta, data: bytes[meta_end..crc_at].to_vec() })
+    let meta: SnapshotMeta = serde_json::from_slice(&bytes[SNAPSHOT_HEADER_BYTES..meta_end])
+        .map_err(|e| bad(SNAPSHOT_HEADER_BYTES, format!("meta: {e}")))?;
+    Ok(StoredSnapshot {
+        meta,
+        data: bytes[meta_end..crc_at].to_vec(),
+    })
 }
 
 /// Parses snapshot data (the serialized state), checking it against the metadata.
-pub fn decode_state(what: &str, meta: &SnapshotMeta, data: &[u8]) -> Result<MetadataState, SnapshotError> {
-    let bad = |message: String| SnapshotError::Corrupt { what: what.to_string(), offset: 0, message };
-    let state: MetadataState = serde_json::from_slice(data).map_err(|e| bad(format!("state: {e}")))?;
+pub fn decode_state(
+    what: &str,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<MetadataState, SnapshotError> {
+    let bad = |message: String| SnapshotError::Corrupt {
+        what: what.to_string(),
+        offset: 0,
+        message,
+    };
+    let state: MetadataState =
+        serde_json::from_slice(data).map_err(|e| bad(format!("state: {e}")))?;
     if state.last_applied != meta.last_log_id {
-        return Err(bad(format!("state is at {:?} but the meta says {:?}", state.last_applied, meta.last_log_id)));
+        return Err(bad(format!(
+            "state is at {:?} but the meta says {:?}",
+            state.last_applied, meta.last_log_id
+        )));
     }
     if state.membership != meta.last_membership {
         return Err(bad("state and meta disagree on membership".into()));
@@ -120,34 +158,52 @@ pub struct StateMachineStore {
 
 impl fmt::Debug for StateMachineStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StateMachineStore").field("dir", &self.dir).finish()
+        f.debug_struct("StateMachineStore")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
 fn storage_error(verb: ErrorVerb, error: SnapshotError) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&error)).into()
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        openraft::AnyError::new(&error),
+    )
+    .into()
 }
 
 /// The snapshot id: a function of what it contains, so every node names the same state alike.
 fn snapshot_id(last: Option<&LogId>) -> String {
     match last {
-        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+        Some(id) => format!(
+            "{}-{}-{}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
         None => "empty".to_string(),
     }
 }
 
 impl StateMachineStore {
     /// Opens the state machine in `dir`, restoring the last snapshot if there is one.
-    pub async fn open(fs: Arc<dyn FileSystem>, dir: impl Into<PathBuf>) -> Result<StateMachineStore, SnapshotError> {
+    pub async fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: impl Into<PathBuf>,
+    ) -> Result<StateMachineStore, SnapshotError> {
         let dir = dir.into();
-        crate::log_store::create_dir_durably(fs.as_ref(), &dir).await.map_err(|(path, e)| io_error(&path, e))?;
+        crate::log_store::create_dir_durably(fs.as_ref(), &dir)
+            .await
+            .map_err(|(path, e)| io_error(&path, e))?;
         let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         if fs.exists(&tmp).await.map_err(|e| io_error(&tmp, e))? {
             fs.remove_file(&tmp).await.map_err(|e| io_error(&tmp, e))?;
             fs.sync_dir(&dir).await.map_err(|e| io_error(&dir, e))?;
         }
         let path = dir.join(SNAPSHOT_FILE);
-        let mut shared = Shared { state: MetadataState::default(), current: None };
+        let mut shared = Shared {
+            state: MetadataState::default(),
+            current: None,
+        };
         if fs.exists(&path).await.map_err(|e| io_error(&path, e))? {
             let len = fs.file_len(&path).await.map_err(|e| io_error(&path, e))?;
             if len > SNAPSHOT_BYTES_MAX {
@@ -163,11 +219,17 @@ impl StateMachineStore {
             shared.state = decode_state(&what, &snapshot.meta, &snapshot.data)?;
             shared.current = Some(snapshot);
         }
-        Ok(StateMachineStore { fs, dir, shared: Arc::new(Mutex::new(shared)) })
+        Ok(StateMachineStore {
+            fs,
+            dir,
+            shared: Arc::new(Mutex::new(shared)),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A copy of the applied state (what `--consistency local` reads).
@@ -181,11 +243,19 @@ impl StateMachineStore {
         let path = self.dir.join(SNAPSHOT_FILE);
         let bytes = encode_snapshot_file(snapshot);
         let mut file = self.fs.create(&tmp).await.map_err(|e| io_error(&tmp, e))?;
-        file.write_all(&bytes).await.map_err(|e| io_error(&tmp, e))?;
+        file.write_all(&bytes)
+            .await
+            .map_err(|e| io_error(&tmp, e))?;
         file.sync().await.map_err(|e| io_error(&tmp, e))?;
         drop(file);
-        self.fs.rename(&tmp, &path).await.map_err(|e| io_error(&path, e))?;
-        self.fs.sync_dir(&self.dir).await.map_err(|e| io_error(&self.dir, e))
+        self.fs
+            .rename(&tmp, &path)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| io_error(&self.dir, e))
     }
 
     /// Serializes the current state into a snapshot (no I/O).
@@ -204,9 +274,14 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let snapshot = self.snapshot_of_state();
-        self.persist(&snapshot).await.map_err(|e| storage_error(ErrorVerb::Write, e))?;
+        self.persist(&snapshot)
+            .await
+            .map_err(|e| storage_error(ErrorVerb::Write, e))?;
         self.lock().current = Some(snapshot.clone());
-        Ok(Snapshot { meta: snapshot.meta, snapshot: Box::new(Cursor::new(snapshot.data)) })
+        Ok(Snapshot {
+            meta: snapshot.meta,
+            snapshot: Box::new(Cursor::new(snapshot.data)),
+        })
     }
 }
 
@@ -224,7 +299,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut shared = self.lock();
-        Ok(entries.into_iter().map(|entry| shared.state.apply(&entry)).collect())
+        Ok(entries
+            .into_iter()
+            .map(|entry| shared.state.apply(&entry))
+            .collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -235,7 +313,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         if data.len() as u64 > SNAPSHOT_BYTES_MAX {
             let error = SnapshotError::Corrupt {
@@ -245,10 +327,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             return Err(storage_error(ErrorVerb::Read, error));
         }
-        let state = decode_state("received snapshot", meta, &data).map_err(|e| storage_error(ErrorVerb::Read, e))?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let state = decode_state("received snapshot", meta, &data)
+            .map_err(|e| storage_error(ErrorVerb::Read, e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         // Durable before the state changes: a restart must come back at least this far.
-        self.persist(&stored).await.map_err(|e| storage_error(ErrorVerb::Write, e))?;
+        self.persist(&stored)
+            .await
+            .map_err(|e| storage_error(ErrorVerb::Write, e))?;
         let mut shared = self.lock();
         shared.state = state;
         shared.current = Some(stored);

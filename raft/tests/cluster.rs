@@ -15,12 +15,15 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::Config;
 use sextant_raft::command::RuleGroup;
 use sextant_raft::types::Raft;
-use sextant_raft::{Action, Command, LogStore, LogStoreConfig, Node, NodeId, Outcome, StateMachineStore, TypeConfig};
+use sextant_raft::{
+    Action, Command, LogStore, LogStoreConfig, Node, NodeId, Outcome, StateMachineStore, TypeConfig,
+};
 use sextant_storage::fs::sim::SimFs;
 use sextant_storage::fs::FileSystem;
 
@@ -42,14 +45,20 @@ struct Connection {
 }
 
 fn unreachable(target: NodeId) -> Unreachable {
-    Unreachable::new(&io::Error::new(io::ErrorKind::NotConnected, format!("node {target} is down")))
+    Unreachable::new(&io::Error::new(
+        io::ErrorKind::NotConnected,
+        format!("node {target} is down"),
+    ))
 }
 
 impl RaftNetworkFactory<TypeConfig> for Router {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, _node: &Node) -> Connection {
-        Connection { router: self.clone(), target }
+        Connection {
+            router: self.clone(),
+            target,
+        }
     }
 }
 
@@ -59,17 +68,30 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let raft = self.router.get(self.target).ok_or_else(|| RPCError::Unreachable(unreachable(self.target)))?;
-        raft.append_entries(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let raft = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| RPCError::Unreachable(unreachable(self.target)))?;
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
-        let raft = self.router.get(self.target).ok_or_else(|| RPCError::Unreachable(unreachable(self.target)))?;
-        raft.install_snapshot(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let raft = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| RPCError::Unreachable(unreachable(self.target)))?;
+        raft.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn vote(
@@ -77,22 +99,45 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let raft = self.router.get(self.target).ok_or_else(|| RPCError::Unreachable(unreachable(self.target)))?;
-        raft.vote(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let raft = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| RPCError::Unreachable(unreachable(self.target)))?;
+        raft.vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 fn node(id: NodeId) -> Node {
-    Node { http_addr: format!("10.0.0.{id}:9090"), grpc_addr: format!("10.0.0.{id}:9481") }
+    Node {
+        http_addr: format!("10.0.0.{id}:9090"),
+        grpc_addr: format!("10.0.0.{id}:9481"),
+    }
 }
 
 /// Starts node `id` on `fs` (recovering whatever is on it) and puts it on the network.
 async fn start(id: NodeId, fs: &SimFs, router: &Router) -> (Raft, StateMachineStore) {
     let disk: Arc<dyn FileSystem> = Arc::new(fs.clone());
-    let log = LogStore::open(disk.clone(), "raft", LogStoreConfig::default()).await.unwrap();
+    let log = LogStore::open(disk.clone(), "raft", LogStoreConfig::default())
+        .await
+        .unwrap();
     let sm = StateMachineStore::open(disk, "raft/sm").await.unwrap();
-    let config = Config { heartbeat_interval: 50, election_timeout_min: 300, election_timeout_max: 600, ..Config::default() };
-    let raft = Raft::new(id, Arc::new(config.validate().unwrap()), router.clone(), log, sm.clone()).await.unwrap();
+    let config = Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..Config::default()
+    };
+    let raft = Raft::new(
+        id,
+        Arc::new(config.validate().unwrap()),
+        router.clone(),
+        log,
+        sm.clone(),
+    )
+    .await
+    .unwrap();
     router.nodes.lock().unwrap().insert(id, raft.clone());
     (raft, sm)
 }
@@ -100,19 +145,33 @@ async fn start(id: NodeId, fs: &SimFs, router: &Router) -> (Raft, StateMachineSt
 async fn wait_for_leader(raft: &Raft, not: Option<NodeId>) -> NodeId {
     let metrics = raft
         .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.current_leader.is_some() && m.current_leader != not, "a leader")
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != not,
+            "a leader",
+        )
         .await
         .unwrap();
     metrics.current_leader.unwrap()
 }
 
 async fn wait_applied(raft: &Raft, index: u64) {
-    raft.wait(Some(Duration::from_secs(30))).applied_index_at_least(Some(index), "applied").await.unwrap();
+    raft.wait(Some(Duration::from_secs(30)))
+        .applied_index_at_least(Some(index), "applied")
+        .await
+        .unwrap();
 }
 
 fn put_group(name: &str) -> Command {
-    let group = RuleGroup { name: name.into(), interval: None, rules: vec![] };
-    Command { who: "test".into(), at_ms: 1, action: Action::PutRuleGroup { group } }
+    let group = RuleGroup {
+        name: name.into(),
+        interval: None,
+        rules: vec![],
+    };
+    Command {
+        who: "test".into(),
+        at_ms: 1,
+        action: Action::PutRuleGroup { group },
+    }
 }
 
 #[tokio::test]
@@ -128,12 +187,23 @@ async fn three_nodes_elect_replicate_fail_over_and_recover() {
 
     // Election and a replicated write.
     let leader = wait_for_leader(&nodes[&1].0, None).await;
-    let written = nodes[&leader].0.client_write(put_group("first")).await.unwrap();
+    let written = nodes[&leader]
+        .0
+        .client_write(put_group("first"))
+        .await
+        .unwrap();
     assert_eq!(written.data.outcome, Outcome::Applied);
     for (raft, sm) in nodes.values() {
         wait_applied(raft, written.log_id.index).await;
-        assert_eq!(sm.state().rule_groups["first"].version, written.log_id.index);
-        assert_eq!(sm.state().membership.membership().nodes().count(), 3, "every node knows every address");
+        assert_eq!(
+            sm.state().rule_groups["first"].version,
+            written.log_id.index
+        );
+        assert_eq!(
+            sm.state().membership.membership().nodes().count(),
+            3,
+            "every node knows every address"
+        );
     }
 
     // The leader goes away; the other two elect a new one and keep accepting writes.
@@ -144,7 +214,11 @@ async fn three_nodes_elect_replicate_fail_over_and_recover() {
     let survivor = *nodes.keys().next().unwrap();
     let new_leader = wait_for_leader(&nodes[&survivor].0, Some(leader)).await;
     assert_ne!(new_leader, leader);
-    let second = nodes[&new_leader].0.client_write(put_group("second")).await.unwrap();
+    let second = nodes[&new_leader]
+        .0
+        .client_write(put_group("second"))
+        .await
+        .unwrap();
     assert!(second.log_id.index > written.log_id.index);
     for (raft, _) in nodes.values() {
         wait_applied(raft, second.log_id.index).await;
@@ -155,10 +229,22 @@ async fn three_nodes_elect_replicate_fail_over_and_recover() {
     disks[&leader].crash();
     {
         let disk: Arc<dyn FileSystem> = Arc::new(disks[&leader].clone());
-        let recovered = LogStore::open(disk, "raft", LogStoreConfig::default()).await.unwrap();
-        assert!(recovered.vote().is_some(), "the vote survives the power cut");
-        let indexes: Vec<u64> = recovered.entries(..).iter().map(|e| e.log_id.index).collect();
-        assert!(indexes.contains(&written.log_id.index), "the acknowledged write survives: {indexes:?}");
+        let recovered = LogStore::open(disk, "raft", LogStoreConfig::default())
+            .await
+            .unwrap();
+        assert!(
+            recovered.vote().is_some(),
+            "the vote survives the power cut"
+        );
+        let indexes: Vec<u64> = recovered
+            .entries(..)
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert!(
+            indexes.contains(&written.log_id.index),
+            "the acknowledged write survives: {indexes:?}"
+        );
     }
     let (raft, sm) = start(leader, &disks[&leader], &router).await;
     wait_applied(&raft, second.log_id.index).await;
@@ -168,16 +254,30 @@ async fn three_nodes_elect_replicate_fail_over_and_recover() {
     nodes.insert(leader, (raft, sm));
 
     // A no-op answer comes back to the proposer with its reason, the same everywhere.
-    let delete = Command { who: "test".into(), at_ms: 2, action: Action::DeleteRuleGroup { name: "missing".into() } };
+    let delete = Command {
+        who: "test".into(),
+        at_ms: 2,
+        action: Action::DeleteRuleGroup {
+            name: "missing".into(),
+        },
+    };
     let leader_now = wait_for_leader(&nodes[&leader].0, None).await;
     let answer = nodes[&leader_now].0.client_write(delete).await.unwrap();
-    assert_eq!(answer.data.outcome, Outcome::NoOp { reason: "rule group \"missing\" does not exist".into() });
+    assert_eq!(
+        answer.data.outcome,
+        Outcome::NoOp {
+            reason: "rule group \"missing\" does not exist".into()
+        }
+    );
     let mut snapshots = Vec::new();
     for (raft, sm) in nodes.values() {
         wait_applied(raft, answer.log_id.index).await;
         snapshots.push(serde_json::to_vec(&sm.state().rule_groups).unwrap());
     }
-    assert!(snapshots.windows(2).all(|pair| pair[0] == pair[1]), "all nodes hold the same rule groups");
+    assert!(
+        snapshots.windows(2).all(|pair| pair[0] == pair[1]),
+        "all nodes hold the same rule groups"
+    );
     for (raft, _) in nodes.values() {
         raft.shutdown().await.unwrap();
     }

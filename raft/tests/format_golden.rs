@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use openraft::{CommittedLeaderId, EntryPayload, LeaderId};
 use sextant_raft::log_store::format::{
-    decode_entry, decode_log_id, decode_vote, encode_entry, encode_log_id, encode_vote, segment_header, segment_name,
-    META_KIND_COMMITTED, META_KIND_PURGED,
+    decode_entry, decode_log_id, decode_vote, encode_entry, encode_log_id, encode_vote,
+    segment_header, segment_name, META_KIND_COMMITTED, META_KIND_PURGED,
 };
 use sextant_raft::types::{Entry, LogId, Vote};
 use sextant_raft::{LogStore, LogStoreConfig};
@@ -38,7 +38,10 @@ fn segment_header_bytes() {
 // docs/design/raft.md § Record payload: a blank entry and a command entry.
 #[test]
 fn record_payload_bytes() {
-    let blank = Entry { log_id: LogId::new(CommittedLeaderId::new(2, 3), 300), payload: EntryPayload::Blank };
+    let blank = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(2, 3), 300),
+        payload: EntryPayload::Blank,
+    };
     // index 300 = uvarint ac 02; term 2; leader node 3; kind 0 (blank); no body.
     let expected = vec![0xac, 0x02, 0x02, 0x03, 0x00];
     assert_eq!(encode_entry(&blank), expected);
@@ -48,7 +51,11 @@ fn record_payload_bytes() {
     let mut expected = vec![0x01, 0x01, 0x01, 0x01]; // index 1, term 1, node 1, kind 1 (normal)
     expected.extend_from_slice(body);
     let entry = decode_entry(&expected).unwrap();
-    assert_eq!(encode_entry(&entry), expected, "the command's JSON re-encodes byte for byte");
+    assert_eq!(
+        encode_entry(&entry),
+        expected,
+        "the command's JSON re-encodes byte for byte"
+    );
 }
 
 // docs/design/raft.md § Segment files: one record framed after the header, as a WAL FULL
@@ -56,12 +63,26 @@ fn record_payload_bytes() {
 #[tokio::test]
 async fn a_segment_with_one_record() {
     let fs = SimFs::new(1);
-    let mut store = LogStore::open(Arc::new(fs.clone()) as Arc<dyn FileSystem>, "raft", LogStoreConfig::default()).await.unwrap();
-    let entry = Entry { log_id: LogId::new(CommittedLeaderId::new(2, 3), 1), payload: EntryPayload::Blank };
+    let mut store = LogStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        "raft",
+        LogStoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(2, 3), 1),
+        payload: EntryPayload::Blank,
+    };
     store.append_entries(vec![entry]).await.unwrap();
-    let bytes = fs.read(Path::new("raft/log/00000000000000000001.seg")).await.unwrap();
+    let bytes = fs
+        .read(Path::new("raft/log/00000000000000000001.seg"))
+        .await
+        .unwrap();
 
-    let mut expected = with_crc(vec![b'S', b'X', b'R', b'L', 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    let mut expected = with_crc(vec![
+        b'S', b'X', b'R', b'L', 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+    ]);
     let fragment_head = [0x01, 0x04, 0x00]; // FULL, len 4
     let data = [0x01, 0x02, 0x03, 0x00]; // index 1, term 2, node 3, blank
     let crc = crc32fast::hash(&[&fragment_head[..], &data[..]].concat());
@@ -74,14 +95,20 @@ async fn a_segment_with_one_record() {
 // docs/design/raft.md § Meta files: vote.
 #[test]
 fn vote_file_bytes() {
-    let vote = Vote { leader_id: LeaderId { term: 5, node_id: 2 }, committed: true };
+    let vote = Vote {
+        leader_id: LeaderId {
+            term: 5,
+            node_id: 2,
+        },
+        committed: true,
+    };
     let expected = with_crc(vec![
         b'S', b'X', b'R', b'M', // magic
         0x01, // version
         0x01, // kind: vote
         0x11, 0x00, // body length 17
         0x05, 0, 0, 0, 0, 0, 0, 0, // term
-        0x02, 0, 0, 0, 0, 0, 0, 0, // node id
+        0x02, 0, 0, 0, 0, 0, 0, 0,    // node id
         0x01, // committed
     ]);
     assert_eq!(encode_vote(&vote), expected);
@@ -101,8 +128,14 @@ fn log_id_file_bytes() {
         0x02, 0x01, 0, 0, 0, 0, 0, 0, // index 258
     ]);
     assert_eq!(encode_log_id(META_KIND_COMMITTED, Some(&log_id)), expected);
-    assert_eq!(decode_log_id(&expected, META_KIND_COMMITTED).unwrap(), Some(log_id));
-    assert!(decode_log_id(&expected, META_KIND_PURGED).is_err(), "the kind byte is checked");
+    assert_eq!(
+        decode_log_id(&expected, META_KIND_COMMITTED).unwrap(),
+        Some(log_id)
+    );
+    assert!(
+        decode_log_id(&expected, META_KIND_PURGED).is_err(),
+        "the kind byte is checked"
+    );
 
     let mut absent = vec![b'S', b'X', b'R', b'M', 0x01, 0x03, 0x19, 0x00];
     absent.extend_from_slice(&[0u8; 25]);
@@ -115,25 +148,56 @@ fn log_id_file_bytes() {
 #[test]
 fn decoders_refuse_garbage() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("empty payload", vec![], "index: uvarint runs past the end at byte 0"),
+        (
+            "empty payload",
+            vec![],
+            "index: uvarint runs past the end at byte 0",
+        ),
         ("no kind", vec![1, 1, 1], "entry kind missing at byte 3"),
-        ("unknown kind", vec![1, 1, 1, 9], "unknown entry kind 9 at byte 3"),
-        ("blank with body", vec![1, 1, 1, 0, 5], "blank entry with a 1-byte body at byte 4"),
+        (
+            "unknown kind",
+            vec![1, 1, 1, 9],
+            "unknown entry kind 9 at byte 3",
+        ),
+        (
+            "blank with body",
+            vec![1, 1, 1, 0, 5],
+            "blank entry with a 1-byte body at byte 4",
+        ),
         ("bad command json", vec![1, 1, 1, 1, b'{'], "command body:"),
-        ("overlong varint", vec![0xff; 11], "index: uvarint overflows 64 bits at byte 0"),
+        (
+            "overlong varint",
+            vec![0xff; 11],
+            "index: uvarint overflows 64 bits at byte 0",
+        ),
     ];
     for (name, bytes, message) in cases {
         let error = decode_entry(&bytes).unwrap_err().to_string();
-        assert!(error.starts_with(message), "{name}: {error:?} should start with {message:?}");
+        assert!(
+            error.starts_with(message),
+            "{name}: {error:?} should start with {message:?}"
+        );
     }
-    let vote = encode_vote(&Vote { leader_id: LeaderId { term: 1, node_id: 1 }, committed: false });
+    let vote = encode_vote(&Vote {
+        leader_id: LeaderId {
+            term: 1,
+            node_id: 1,
+        },
+        committed: false,
+    });
     for cut in 0..vote.len() {
-        assert!(decode_vote(&vote[..cut]).is_err(), "vote cut to {cut} bytes");
+        assert!(
+            decode_vote(&vote[..cut]).is_err(),
+            "vote cut to {cut} bytes"
+        );
     }
     let mut bad_flag = vote.clone();
     bad_flag[24] = 2;
     let crc_at = bad_flag.len() - 4;
     let crc = crc32fast::hash(&bad_flag[..crc_at]);
     bad_flag[crc_at..].copy_from_slice(&crc.to_le_bytes());
-    assert_eq!(decode_vote(&bad_flag).unwrap_err().to_string(), "committed flag is 2, not 0 or 1 at byte 24");
+    assert_eq!(
+        decode_vote(&bad_flag).unwrap_err().to_string(),
+        "committed flag is 2, not 0 or 1 at byte 24"
+    );
 }

@@ -26,22 +26,40 @@ fn entry(term: u64, index: u64) -> Entry {
     let command = Command {
         who: "test".into(),
         at_ms: index as i64,
-        action: Action::PutDashboard { uid: format!("d{index}"), title: "t".into(), json: format!("{{\"term\":{term}}}") },
+        action: Action::PutDashboard {
+            uid: format!("d{index}"),
+            title: "t".into(),
+            json: format!("{{\"term\":{term}}}"),
+        },
     };
-    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(command) }
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(command),
+    }
 }
 
 fn vote(term: u64) -> Vote {
-    Vote { leader_id: LeaderId { term, node_id: 2 }, committed: false }
+    Vote {
+        leader_id: LeaderId { term, node_id: 2 },
+        committed: false,
+    }
 }
 
 /// Small segments (about 8 entries of ~57 bytes each) so cases cross segment boundaries.
 fn config() -> LogStoreConfig {
-    LogStoreConfig { segment_bytes_max: 500, entry_bytes_max: 300 }
+    LogStoreConfig {
+        segment_bytes_max: 500,
+        entry_bytes_max: 300,
+    }
 }
 
 async fn open(fs: &SimFs) -> Result<LogStore, LogStoreError> {
-    LogStore::open(Arc::new(fs.clone()) as Arc<dyn FileSystem>, PathBuf::from("raft"), config()).await
+    LogStore::open(
+        Arc::new(fs.clone()) as Arc<dyn FileSystem>,
+        PathBuf::from("raft"),
+        config(),
+    )
+    .await
 }
 
 fn segment_path(first: u64) -> PathBuf {
@@ -51,7 +69,10 @@ fn segment_path(first: u64) -> PathBuf {
 /// The segments on disk, by first index.
 async fn segments(fs: &SimFs) -> Vec<u64> {
     let names = fs.read_dir(Path::new("raft/log")).await.unwrap();
-    names.iter().filter_map(|n| sextant_raft::log_store::format::parse_segment_name(n)).collect()
+    names
+        .iter()
+        .filter_map(|n| sextant_raft::log_store::format::parse_segment_name(n))
+        .collect()
 }
 
 /// How the disk is damaged after entries 1..=20 (term 1) were appended and acknowledged, vote
@@ -97,7 +118,11 @@ enum Damage {
 #[derive(Clone, Debug)]
 enum Expect {
     /// Exactly these entries (term, index), this vote term, this purged index.
-    Log { entries: Vec<(u64, u64)>, vote_term: u64, purged: Option<u64> },
+    Log {
+        entries: Vec<(u64, u64)>,
+        vote_term: u64,
+        purged: Option<u64>,
+    },
     /// At least entries 1..=20 of term 1; any entries after them are ones that were appended.
     AtLeastAcknowledged,
     /// Open fails with a `Corrupt` error whose message contains this.
@@ -119,7 +144,10 @@ async fn apply_damage(fs: &SimFs, store: LogStore, damage: &Damage) {
     match damage {
         Damage::CrashDropUnsynced => {
             drop(store);
-            fs.set_faults(FaultConfig { crash_mode: CrashMode::DropUnsynced, ..FaultConfig::default() });
+            fs.set_faults(FaultConfig {
+                crash_mode: CrashMode::DropUnsynced,
+                ..FaultConfig::default()
+            });
             fs.crash();
         }
         Damage::CrashTorn(_) => {
@@ -127,11 +155,22 @@ async fn apply_damage(fs: &SimFs, store: LogStore, damage: &Damage) {
             fs.crash();
         }
         Damage::FailedAppendThenCrash => {
-            fs.set_faults(FaultConfig { sync_eio_probability: 1.0, ..FaultConfig::default() });
-            let result = store.append_entries((21..=25).map(|i| entry(1, i)).collect()).await;
-            assert!(result.is_err(), "an append whose fsync fails is not acknowledged");
+            fs.set_faults(FaultConfig {
+                sync_eio_probability: 1.0,
+                ..FaultConfig::default()
+            });
+            let result = store
+                .append_entries((21..=25).map(|i| entry(1, i)).collect())
+                .await;
+            assert!(
+                result.is_err(),
+                "an append whose fsync fails is not acknowledged"
+            );
             let again = store.append_entries(vec![entry(1, 26)]).await;
-            assert!(matches!(again, Err(LogStoreError::Poisoned(_))), "a failed fsync poisons the store: {again:?}");
+            assert!(
+                matches!(again, Err(LogStoreError::Poisoned(_))),
+                "a failed fsync poisons the store: {again:?}"
+            );
             drop(store);
             fs.set_faults(FaultConfig::default());
             fs.crash();
@@ -159,12 +198,14 @@ async fn apply_damage(fs: &SimFs, store: LogStore, damage: &Damage) {
                 _ => segment_path(segments(fs).await[0]),
             };
             let bytes = fs.read(&path).await.unwrap();
-            fs.corrupt(&path, *offset, &[bytes[*offset] ^ 0x40]).unwrap();
+            fs.corrupt(&path, *offset, &[bytes[*offset] ^ 0x40])
+                .unwrap();
         }
         Damage::FlipVote => {
             drop(store);
             let bytes = fs.read(Path::new("raft/vote")).await.unwrap();
-            fs.corrupt(Path::new("raft/vote"), 10, &[bytes[10] ^ 1]).unwrap();
+            fs.corrupt(Path::new("raft/vote"), 10, &[bytes[10] ^ 1])
+                .unwrap();
         }
         Damage::LoseAcknowledgedTail => {
             // Entry 11's record starts where entries 1..=10 end: truncate there by hand.
@@ -172,7 +213,12 @@ async fn apply_damage(fs: &SimFs, store: LogStore, damage: &Damage) {
             let reopened = open(fs).await.unwrap();
             let segments_now = segments(fs).await;
             drop(reopened);
-            let first = segments_now.iter().copied().filter(|first| *first <= 11).max().unwrap();
+            let first = segments_now
+                .iter()
+                .copied()
+                .filter(|first| *first <= 11)
+                .max()
+                .unwrap();
             for later in segments_now.iter().filter(|s| **s > first) {
                 fs.remove_file(&segment_path(*later)).await.unwrap();
             }
@@ -201,12 +247,27 @@ async fn apply_damage(fs: &SimFs, store: LogStore, damage: &Damage) {
         }
         Damage::TruncateThenAppend => {
             let error = store.truncate_from(20).await.unwrap_err();
-            assert!(matches!(error, LogStoreError::TruncateCommitted { index: 20, committed: 20 }), "{error:?}");
+            assert!(
+                matches!(
+                    error,
+                    LogStoreError::TruncateCommitted {
+                        index: 20,
+                        committed: 20
+                    }
+                ),
+                "{error:?}"
+            );
             // Only uncommitted entries are ever truncated: pretend 15..=20 were never committed
             // (the committed id may go backwards only in this test).
-            store.save_committed_durably(Some(log_id(1, 14))).await.unwrap();
+            store
+                .save_committed_durably(Some(log_id(1, 14)))
+                .await
+                .unwrap();
             store.truncate_from(15).await.unwrap();
-            store.append_entries((15..=17).map(|i| entry(2, i)).collect()).await.unwrap();
+            store
+                .append_entries((15..=17).map(|i| entry(2, i)).collect())
+                .await
+                .unwrap();
             drop(store);
             fs.crash();
         }
@@ -216,7 +277,11 @@ async fn apply_damage(fs: &SimFs, store: LogStore, damage: &Damage) {
             fs.crash();
         }
         Damage::FailedVoteSave => {
-            fs.set_faults(FaultConfig { sync_eio_probability: 1.0, sync_dir_eio_probability: 1.0, ..FaultConfig::default() });
+            fs.set_faults(FaultConfig {
+                sync_eio_probability: 1.0,
+                sync_dir_eio_probability: 1.0,
+                ..FaultConfig::default()
+            });
             assert!(store.save_vote_durably(&vote(4)).await.is_err());
             drop(store);
             fs.set_faults(FaultConfig::default());
@@ -234,28 +299,55 @@ async fn check(name: &str, damage: Damage, expect: Expect) {
     let mut store = open(&fs).await.unwrap();
     // Appended in batches of 1, 3 and 16 so that batches and segment rolls interleave.
     store.append_entries(vec![entry(1, 1)]).await.unwrap();
-    store.append_entries((2..=4).map(|i| entry(1, i)).collect()).await.unwrap();
-    store.append_entries((5..=20).map(|i| entry(1, i)).collect()).await.unwrap();
+    store
+        .append_entries((2..=4).map(|i| entry(1, i)).collect())
+        .await
+        .unwrap();
+    store
+        .append_entries((5..=20).map(|i| entry(1, i)).collect())
+        .await
+        .unwrap();
     store.save_vote_durably(&vote(3)).await.unwrap();
-    store.save_committed_durably(Some(log_id(1, 20))).await.unwrap();
+    store
+        .save_committed_durably(Some(log_id(1, 20)))
+        .await
+        .unwrap();
     let listed = segments(&fs).await;
-    assert!(listed.len() >= 3, "{name}: the setup crosses segments: {listed:?}");
+    assert!(
+        listed.len() >= 3,
+        "{name}: the setup crosses segments: {listed:?}"
+    );
     apply_damage(&fs, store, &damage).await;
 
     let reopened = open(&fs).await;
     match expect {
         Expect::Corrupt(needle) => match reopened {
             Err(LogStoreError::Corrupt { what, .. }) => {
-                assert!(what.contains(needle), "{name}: corrupt error {what:?} should mention {needle:?}")
+                assert!(
+                    what.contains(needle),
+                    "{name}: corrupt error {what:?} should mention {needle:?}"
+                )
             }
             other => panic!("{name}: expected a Corrupt error, got {other:?}"),
         },
-        Expect::Log { entries, vote_term, purged } => {
+        Expect::Log {
+            entries,
+            vote_term,
+            purged,
+        } => {
             let store = reopened.unwrap_or_else(|e| panic!("{name}: open failed: {e}"));
-            let got: Vec<(u64, u64)> = store.entries(..).iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect();
+            let got: Vec<(u64, u64)> = store
+                .entries(..)
+                .iter()
+                .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+                .collect();
             assert_eq!(got, entries, "{name}: entries");
             for e in store.entries(..) {
-                assert_eq!(e, entry(e.log_id.leader_id.term, e.log_id.index), "{name}: entry contents");
+                assert_eq!(
+                    e,
+                    entry(e.log_id.leader_id.term, e.log_id.index),
+                    "{name}: entry contents"
+                );
             }
             assert_eq!(store.vote(), Some(vote(vote_term)), "{name}: vote");
             assert_eq!(store.purged().map(|id| id.index), purged, "{name}: purged");
@@ -263,15 +355,35 @@ async fn check(name: &str, damage: Damage, expect: Expect) {
         Expect::AtLeastAcknowledged | Expect::VoteOldOrNew => {
             let store = reopened.unwrap_or_else(|e| panic!("{name}: open failed: {e}"));
             let got = store.entries(..);
-            assert!(got.len() >= 20, "{name}: only {} entries survived", got.len());
+            assert!(
+                got.len() >= 20,
+                "{name}: only {} entries survived",
+                got.len()
+            );
             for (position, e) in got.iter().enumerate() {
-                assert_eq!(e.log_id.index, position as u64 + 1, "{name}: indexes are dense from 1");
-                assert_eq!(*e, entry(1, e.log_id.index), "{name}: entry {} is one that was appended", e.log_id.index);
+                assert_eq!(
+                    e.log_id.index,
+                    position as u64 + 1,
+                    "{name}: indexes are dense from 1"
+                );
+                assert_eq!(
+                    *e,
+                    entry(1, e.log_id.index),
+                    "{name}: entry {} is one that was appended",
+                    e.log_id.index
+                );
             }
-            assert!(got.len() <= 25, "{name}: {} entries, more than were ever appended", got.len());
+            assert!(
+                got.len() <= 25,
+                "{name}: {} entries, more than were ever appended",
+                got.len()
+            );
             if matches!(expect, Expect::VoteOldOrNew) {
                 let term = store.vote().map(|v| v.leader_id.term);
-                assert!(term == Some(3) || term == Some(4), "{name}: vote term {term:?}");
+                assert!(
+                    term == Some(3) || term == Some(4),
+                    "{name}: vote term {term:?}"
+                );
             } else {
                 assert_eq!(store.vote(), Some(vote(3)), "{name}: vote");
             }
@@ -283,42 +395,117 @@ async fn check(name: &str, damage: Damage, expect: Expect) {
             drop(store);
             fs.crash();
             let again = open(&fs).await.unwrap();
-            assert_eq!(again.entries(next..).len(), 1, "{name}: appending after recovery works and lasts");
+            assert_eq!(
+                again.entries(next..).len(),
+                1,
+                "{name}: appending after recovery works and lasts"
+            );
         }
     }
 }
 
 #[tokio::test]
 async fn crash_and_damage_table() {
-    let all = || Expect::Log { entries: term1(1..=20), vote_term: 3, purged: None };
+    let all = || Expect::Log {
+        entries: term1(1..=20),
+        vote_term: 3,
+        purged: None,
+    };
     let cases: Vec<(&str, Damage, Expect)> = vec![
-        ("power cut, unsynced bytes dropped", Damage::CrashDropUnsynced, all()),
+        (
+            "power cut, unsynced bytes dropped",
+            Damage::CrashDropUnsynced,
+            all(),
+        ),
         ("power cut, torn (seed 1)", Damage::CrashTorn(1), all()),
         ("power cut, torn (seed 2)", Damage::CrashTorn(2), all()),
-        ("failed fsync poisons; unacknowledged entries may or may not survive", Damage::FailedAppendThenCrash, Expect::AtLeastAcknowledged),
-        ("torn last record (3 bytes cut)", Damage::CutUncommittedTail(3), all()),
-        ("torn last record (header and 1 byte left)", Damage::CutUncommittedTail(100), all()),
-        ("committed last record cut", Damage::CutTail(3), Expect::Corrupt("acknowledged entries are missing")),
-        ("garbage after the last record", Damage::AppendGarbage(vec![0xde, 0xad, 0xbe, 0xef, 0x01]), all()),
-        ("zeros after the last record", Damage::AppendGarbage(vec![0; 100]), all()),
-        ("rot in a record of the last segment, records after it", Damage::FlipInLastSegment(30), Expect::Corrupt("intact record after it")),
-        ("rot in a sealed segment", Damage::FlipInFirstSegment(40), Expect::Corrupt("intact records after it")),
-        ("rot in the first segment's header", Damage::FlipInFirstSegment(9), Expect::Corrupt("header")),
-        ("rot in the vote file", Damage::FlipVote, Expect::Corrupt("crc32")),
-        ("acknowledged entries lost behind the committed id", Damage::LoseAcknowledgedTail, Expect::Corrupt("acknowledged entries are missing")),
+        (
+            "failed fsync poisons; unacknowledged entries may or may not survive",
+            Damage::FailedAppendThenCrash,
+            Expect::AtLeastAcknowledged,
+        ),
+        (
+            "torn last record (3 bytes cut)",
+            Damage::CutUncommittedTail(3),
+            all(),
+        ),
+        (
+            "torn last record (header and 1 byte left)",
+            Damage::CutUncommittedTail(100),
+            all(),
+        ),
+        (
+            "committed last record cut",
+            Damage::CutTail(3),
+            Expect::Corrupt("acknowledged entries are missing"),
+        ),
+        (
+            "garbage after the last record",
+            Damage::AppendGarbage(vec![0xde, 0xad, 0xbe, 0xef, 0x01]),
+            all(),
+        ),
+        (
+            "zeros after the last record",
+            Damage::AppendGarbage(vec![0; 100]),
+            all(),
+        ),
+        (
+            "rot in a record of the last segment, records after it",
+            Damage::FlipInLastSegment(30),
+            Expect::Corrupt("intact record after it"),
+        ),
+        (
+            "rot in a sealed segment",
+            Damage::FlipInFirstSegment(40),
+            Expect::Corrupt("intact records after it"),
+        ),
+        (
+            "rot in the first segment's header",
+            Damage::FlipInFirstSegment(9),
+            Expect::Corrupt("header"),
+        ),
+        (
+            "rot in the vote file",
+            Damage::FlipVote,
+            Expect::Corrupt("crc32"),
+        ),
+        (
+            "acknowledged entries lost behind the committed id",
+            Damage::LoseAcknowledgedTail,
+            Expect::Corrupt("acknowledged entries are missing"),
+        ),
         ("leftover vote.tmp", Damage::VoteTmpLeftover, all()),
-        ("half-created segment after the last", Damage::HalfCreatedSegment, all()),
+        (
+            "half-created segment after the last",
+            Damage::HalfCreatedSegment,
+            all(),
+        ),
         (
             "truncate then append survive a crash",
             Damage::TruncateThenAppend,
             Expect::Log {
-                entries: term1(1..=14).into_iter().chain((15..=17).map(|i| (2, i))).collect(),
+                entries: term1(1..=14)
+                    .into_iter()
+                    .chain((15..=17).map(|i| (2, i)))
+                    .collect(),
                 vote_term: 3,
                 purged: None,
             },
         ),
-        ("purge survives a crash", Damage::Purge, Expect::Log { entries: term1(13..=20), vote_term: 3, purged: Some(12) }),
-        ("failed vote save", Damage::FailedVoteSave, Expect::VoteOldOrNew),
+        (
+            "purge survives a crash",
+            Damage::Purge,
+            Expect::Log {
+                entries: term1(13..=20),
+                vote_term: 3,
+                purged: Some(12),
+            },
+        ),
+        (
+            "failed vote save",
+            Damage::FailedVoteSave,
+            Expect::VoteOldOrNew,
+        ),
     ];
     for (name, damage, expect) in cases {
         check(name, damage, expect).await;
@@ -335,11 +522,20 @@ async fn torn_crashes_keep_every_acknowledged_entry() {
         let mut acknowledged = 0u64;
         let mut vote_term = 0u64;
         for round in 0..3u64 {
-            let mut store = open(&fs).await.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+            let mut store = open(&fs)
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
             let entries = store.entries(..);
-            assert!(entries.len() as u64 >= acknowledged, "seed {seed}: lost acknowledged entries");
+            assert!(
+                entries.len() as u64 >= acknowledged,
+                "seed {seed}: lost acknowledged entries"
+            );
             for (position, e) in entries.iter().enumerate() {
-                assert_eq!(*e, entry(1, position as u64 + 1), "seed {seed}: invented or misplaced entry");
+                assert_eq!(
+                    *e,
+                    entry(1, position as u64 + 1),
+                    "seed {seed}: invented or misplaced entry"
+                );
             }
             if vote_term > 0 {
                 assert_eq!(store.vote(), Some(vote(vote_term)), "seed {seed}: vote");
@@ -348,7 +544,10 @@ async fn torn_crashes_keep_every_acknowledged_entry() {
             let batches = (seed + round) % 5 + 1;
             for batch in 0..batches {
                 let count = (seed * 7 + batch * 3) % 6 + 1;
-                store.append_entries((next..next + count).map(|i| entry(1, i)).collect()).await.unwrap();
+                store
+                    .append_entries((next..next + count).map(|i| entry(1, i)).collect())
+                    .await
+                    .unwrap();
                 next += count;
                 acknowledged = next - 1;
             }
@@ -372,14 +571,26 @@ async fn refusals_are_typed_and_harmless() {
         command.who = "x".repeat(400);
     }
     let error = store.append_entries(vec![big]).await.unwrap_err();
-    assert!(matches!(error, LogStoreError::EntryTooLarge { index: 2, .. }), "{error:?}");
+    assert!(
+        matches!(error, LogStoreError::EntryTooLarge { index: 2, .. }),
+        "{error:?}"
+    );
     let error = store.append_entries(vec![entry(1, 1)]).await.unwrap_err();
-    assert!(matches!(error, LogStoreError::NotContiguous { index: 1, last: 1 }), "{error:?}");
+    assert!(
+        matches!(error, LogStoreError::NotContiguous { index: 1, last: 1 }),
+        "{error:?}"
+    );
     store.append_entries(vec![entry(1, 2)]).await.unwrap();
     assert_eq!(store.entries(..).len(), 2);
-    let error = LogStore::open(Arc::new(fs.clone()), "other", LogStoreConfig { segment_bytes_max: 100, entry_bytes_max: 300 })
-        .await
-        .unwrap_err();
+    let error = LogStore::open(
+        Arc::new(fs.clone()),
+        "other",
+        LogStoreConfig {
+            segment_bytes_max: 100,
+            entry_bytes_max: 300,
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(error, LogStoreError::Config(_)), "{error:?}");
 }
-

@@ -19,7 +19,11 @@ use sextant_storage::fs::sim::SimFs;
 use sextant_storage::fs::FileSystem;
 
 fn command(action: Action) -> Command {
-    Command { who: "alice".into(), at_ms: 1_700_000_000_000, action }
+    Command {
+        who: "alice".into(),
+        at_ms: 1_700_000_000_000,
+        action,
+    }
 }
 
 fn entries(actions: Vec<Action>) -> Vec<Entry> {
@@ -35,7 +39,10 @@ fn entries(actions: Vec<Action>) -> Vec<Entry> {
 
 fn apply_all(actions: Vec<Action>) -> (MetadataState, Vec<Outcome>) {
     let mut state = MetadataState::default();
-    let outcomes = entries(actions).iter().map(|e| state.apply(e).outcome).collect();
+    let outcomes = entries(actions)
+        .iter()
+        .map(|e| state.apply(e).outcome)
+        .collect();
     (state, outcomes)
 }
 
@@ -43,7 +50,11 @@ fn rule_group(name: &str, expr: &str) -> RuleGroup {
     RuleGroup {
         name: name.into(),
         interval: Some("1m".into()),
-        rules: vec![Rule { record: Some("job:up:sum".into()), expr: expr.into(), ..Rule::default() }],
+        rules: vec![Rule {
+            record: Some("job:up:sum".into()),
+            expr: expr.into(),
+            ..Rule::default()
+        }],
     }
 }
 
@@ -52,17 +63,28 @@ fn assign(primary: Option<u64>, secondary: Option<u64>) -> ShardAssignment {
 }
 
 fn no_op(reason: &str) -> Outcome {
-    Outcome::NoOp { reason: reason.into() }
+    Outcome::NoOp {
+        reason: reason.into(),
+    }
 }
 
 /// One case: the actions applied at indexes 1.., the outcomes expected, and a check of the state.
-fn check(name: &str, actions: Vec<Action>, expected: Vec<Outcome>, state_check: impl Fn(&MetadataState)) {
+fn check(
+    name: &str,
+    actions: Vec<Action>,
+    expected: Vec<Outcome>,
+    state_check: impl Fn(&MetadataState),
+) {
     let (state, outcomes) = apply_all(actions.clone());
     assert_eq!(outcomes, expected, "{name}: outcomes");
     state_check(&state);
     // Determinism: a second node applying the same entries reaches the same bytes.
     let (again, _) = apply_all(actions);
-    assert_eq!(serde_json::to_vec(&state).unwrap(), serde_json::to_vec(&again).unwrap(), "{name}: deterministic");
+    assert_eq!(
+        serde_json::to_vec(&state).unwrap(),
+        serde_json::to_vec(&again).unwrap(),
+        "{name}: deterministic"
+    );
 }
 
 #[test]
@@ -70,14 +92,24 @@ fn apply_table() {
     check(
         "versions are the index of the last change",
         vec![
-            Action::PutRuleGroup { group: rule_group("g", "sum(up)") },
-            Action::SetRetention { tenant: "t".into(), retention_ms: 1_000 },
-            Action::PutRuleGroup { group: rule_group("g", "sum(up) by (job)") },
+            Action::PutRuleGroup {
+                group: rule_group("g", "sum(up)"),
+            },
+            Action::SetRetention {
+                tenant: "t".into(),
+                retention_ms: 1_000,
+            },
+            Action::PutRuleGroup {
+                group: rule_group("g", "sum(up) by (job)"),
+            },
         ],
         vec![Outcome::Applied; 3],
         |state| {
             assert_eq!(state.rule_groups["g"].version, 3);
-            assert_eq!(state.rule_groups["g"].group.rules[0].expr, "sum(up) by (job)");
+            assert_eq!(
+                state.rule_groups["g"].group.rules[0].expr,
+                "sum(up) by (job)"
+            );
             assert_eq!(state.retention["t"].version, 2);
             assert_eq!(state.last_applied.map(|id| id.index), Some(3));
         },
@@ -85,12 +117,30 @@ fn apply_table() {
     check(
         "epoch rises exactly when the primary changes",
         vec![
-            Action::CreateShardMap { shard_count: 16, assignments: BTreeMap::from([(0, assign(Some(1), None))]) },
-            Action::AssignShard { shard: 0, assignment: assign(Some(1), Some(2)) },
-            Action::AssignShard { shard: 0, assignment: assign(Some(2), Some(1)) },
-            Action::AssignShard { shard: 0, assignment: assign(Some(2), Some(1)) },
-            Action::AssignShard { shard: 16, assignment: assign(Some(2), None) },
-            Action::CreateShardMap { shard_count: 8, assignments: BTreeMap::new() },
+            Action::CreateShardMap {
+                shard_count: 16,
+                assignments: BTreeMap::from([(0, assign(Some(1), None))]),
+            },
+            Action::AssignShard {
+                shard: 0,
+                assignment: assign(Some(1), Some(2)),
+            },
+            Action::AssignShard {
+                shard: 0,
+                assignment: assign(Some(2), Some(1)),
+            },
+            Action::AssignShard {
+                shard: 0,
+                assignment: assign(Some(2), Some(1)),
+            },
+            Action::AssignShard {
+                shard: 16,
+                assignment: assign(Some(2), None),
+            },
+            Action::CreateShardMap {
+                shard_count: 8,
+                assignments: BTreeMap::new(),
+            },
         ],
         vec![
             Outcome::Applied,
@@ -103,22 +153,39 @@ fn apply_table() {
         |state| {
             let map = state.shard_map.as_ref().unwrap();
             assert_eq!(map.shard_count(), 16);
-            assert_eq!((map.shards[&0].primary, map.shards[&0].secondary), (Some(2), Some(1)));
-            assert_eq!(map.shards[&0].epoch, 2, "1 at creation with a primary, +1 on the change to node 2");
+            assert_eq!(
+                (map.shards[&0].primary, map.shards[&0].secondary),
+                (Some(2), Some(1))
+            );
+            assert_eq!(
+                map.shards[&0].epoch, 2,
+                "1 at creation with a primary, +1 on the change to node 2"
+            );
             assert_eq!(map.shards[&0].version, 3);
-            assert_eq!(map.shards[&1].epoch, 0, "unassigned shards start at epoch 0");
+            assert_eq!(
+                map.shards[&1].epoch, 0,
+                "unassigned shards start at epoch 0"
+            );
             assert_eq!(map.version, 3);
         },
     );
     check(
         "invalid commands apply as no-ops with a reason and leave no audit entry",
         vec![
-            Action::DeleteRuleGroup { name: "missing".into() },
+            Action::DeleteRuleGroup {
+                name: "missing".into(),
+            },
             Action::DeleteDashboard { uid: "nope".into() },
             Action::DeleteTenant { tenant: "t".into() },
-            Action::BlockLabel { tenant: "t".into(), label: "pod".into() },
+            Action::BlockLabel {
+                tenant: "t".into(),
+                label: "pod".into(),
+            },
             Action::DeleteRetention { tenant: "t".into() },
-            Action::AssignShard { shard: 0, assignment: assign(Some(1), None) },
+            Action::AssignShard {
+                shard: 0,
+                assignment: assign(Some(1), None),
+            },
         ],
         vec![
             no_op("rule group \"missing\" does not exist"),
@@ -130,17 +197,42 @@ fn apply_table() {
         ],
         |state| {
             assert!(state.audit.is_empty());
-            assert_eq!(state.last_applied.map(|id| id.index), Some(6), "no-ops still advance last_applied");
+            assert_eq!(
+                state.last_applied.map(|id| id.index),
+                Some(6),
+                "no-ops still advance last_applied"
+            );
         },
     );
     check(
         "tenants: limits, blocked labels, versions",
         vec![
-            Action::PutTenantLimits { tenant: "t".into(), limits: TenantLimits { series_per_metric_max: 10, ..TenantLimits::default() } },
-            Action::BlockLabel { tenant: "t".into(), label: "pod".into() },
-            Action::BlockLabel { tenant: "t".into(), label: "pod".into() },
-            Action::PutTenantLimits { tenant: "t".into(), limits: TenantLimits { series_per_metric_max: 20, ..TenantLimits::default() } },
-            Action::UnblockLabel { tenant: "t".into(), label: "container".into() },
+            Action::PutTenantLimits {
+                tenant: "t".into(),
+                limits: TenantLimits {
+                    series_per_metric_max: 10,
+                    ..TenantLimits::default()
+                },
+            },
+            Action::BlockLabel {
+                tenant: "t".into(),
+                label: "pod".into(),
+            },
+            Action::BlockLabel {
+                tenant: "t".into(),
+                label: "pod".into(),
+            },
+            Action::PutTenantLimits {
+                tenant: "t".into(),
+                limits: TenantLimits {
+                    series_per_metric_max: 20,
+                    ..TenantLimits::default()
+                },
+            },
+            Action::UnblockLabel {
+                tenant: "t".into(),
+                label: "container".into(),
+            },
         ],
         vec![
             Outcome::Applied,
@@ -152,9 +244,16 @@ fn apply_table() {
         |state| {
             let tenant = &state.tenants["t"];
             assert_eq!(tenant.limits.series_per_metric_max, 20);
-            assert!(tenant.blocked_labels.contains("pod"), "replacing limits keeps blocked labels");
+            assert!(
+                tenant.blocked_labels.contains("pod"),
+                "replacing limits keeps blocked labels"
+            );
             assert_eq!(tenant.version, 4);
-            let audit: Vec<(u64, &str)> = state.audit.iter().map(|a| (a.index, a.what.as_str())).collect();
+            let audit: Vec<(u64, &str)> = state
+                .audit
+                .iter()
+                .map(|a| (a.index, a.what.as_str()))
+                .collect();
             assert_eq!(
                 audit,
                 vec![
@@ -163,7 +262,10 @@ fn apply_table() {
                     (4, "set limits of tenant \"t\"")
                 ]
             );
-            assert!(state.audit.iter().all(|a| a.who == "alice" && a.at_ms == Some(1_700_000_000_000)));
+            assert!(state
+                .audit
+                .iter()
+                .all(|a| a.who == "alice" && a.at_ms == Some(1_700_000_000_000)));
         },
     );
 }
@@ -172,7 +274,12 @@ fn apply_table() {
 #[test]
 fn audit_is_bounded() {
     let count = AUDIT_ENTRIES_MAX + 5;
-    let actions = (0..count).map(|i| Action::SetRetention { tenant: "t".into(), retention_ms: i as i64 + 1 }).collect();
+    let actions = (0..count)
+        .map(|i| Action::SetRetention {
+            tenant: "t".into(),
+            retention_ms: i as i64 + 1,
+        })
+        .collect();
     let (state, _) = apply_all(actions);
     assert_eq!(state.audit.len(), AUDIT_ENTRIES_MAX);
     assert_eq!(state.audit.front().unwrap().index, 6);
@@ -183,15 +290,27 @@ fn audit_is_bounded() {
 #[test]
 fn dashboard_history_is_bounded() {
     let count = DASHBOARD_VERSIONS_MAX + 5;
-    let mut actions: Vec<Action> =
-        (0..count).map(|i| Action::PutDashboard { uid: "d".into(), title: format!("v{i}"), json: format!("{{\"v\":{i}}}") }).collect();
-    actions.push(Action::PutDashboard { uid: "other".into(), title: "o".into(), json: "{}".into() });
+    let mut actions: Vec<Action> = (0..count)
+        .map(|i| Action::PutDashboard {
+            uid: "d".into(),
+            title: format!("v{i}"),
+            json: format!("{{\"v\":{i}}}"),
+        })
+        .collect();
+    actions.push(Action::PutDashboard {
+        uid: "other".into(),
+        title: "o".into(),
+        json: "{}".into(),
+    });
     let (state, _) = apply_all(actions);
     let versions = &state.dashboards["d"].versions;
     assert_eq!(versions.len(), DASHBOARD_VERSIONS_MAX);
     assert_eq!(versions.front().unwrap().version, 6);
     assert_eq!(versions.front().unwrap().title, "v5");
-    assert_eq!(state.dashboards["d"].latest().unwrap().json, format!("{{\"v\":{}}}", count - 1));
+    assert_eq!(
+        state.dashboards["d"].latest().unwrap().json,
+        format!("{{\"v\":{}}}", count - 1)
+    );
     assert_eq!(state.dashboards["other"].versions.len(), 1);
 }
 
@@ -200,7 +319,10 @@ fn check_validate(name: &str, action: Action, expected: Result<(), &str>) {
     let got = validate(&command(action)).map_err(|e| e.to_string());
     match (got, expected) {
         (Ok(()), Ok(())) => {}
-        (Err(got), Err(want)) => assert!(got.starts_with(want), "{name}: {got:?} should start with {want:?}"),
+        (Err(got), Err(want)) => assert!(
+            got.starts_with(want),
+            "{name}: {got:?} should start with {want:?}"
+        ),
         (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
     }
 }
@@ -219,17 +341,70 @@ fn validate_table() {
         }],
     };
     let cases: Vec<(&str, Action, Result<(), &str>)> = vec![
-        ("good recording rule", Action::PutRuleGroup { group: rule_group("g", "sum(rate(x[5m]))") }, Ok(())),
-        ("good alert", Action::PutRuleGroup { group: alert("up == 0", Some("5m")) }, Ok(())),
-        ("for 0s is allowed", Action::PutRuleGroup { group: alert("up == 0", Some("0s")) }, Ok(())),
-        ("bad promql", Action::PutRuleGroup { group: rule_group("g", "sum(") }, Err("invalid group.rules[0].expr:")),
-        ("bad for", Action::PutRuleGroup { group: alert("up", Some("5 minutes")) }, Err("invalid group.rules[0].for: duration")),
-        ("negative for", Action::PutRuleGroup { group: alert("up", Some("-1m")) }, Err("invalid group.rules[0].for: duration")),
-        ("units out of order", Action::PutRuleGroup { group: alert("up", Some("1m1h")) }, Err("invalid group.rules[0].for: duration")),
-        ("empty group name", Action::PutRuleGroup { group: rule_group("", "up") }, Err("invalid group.name: must not be empty")),
+        (
+            "good recording rule",
+            Action::PutRuleGroup {
+                group: rule_group("g", "sum(rate(x[5m]))"),
+            },
+            Ok(()),
+        ),
+        (
+            "good alert",
+            Action::PutRuleGroup {
+                group: alert("up == 0", Some("5m")),
+            },
+            Ok(()),
+        ),
+        (
+            "for 0s is allowed",
+            Action::PutRuleGroup {
+                group: alert("up == 0", Some("0s")),
+            },
+            Ok(()),
+        ),
+        (
+            "bad promql",
+            Action::PutRuleGroup {
+                group: rule_group("g", "sum("),
+            },
+            Err("invalid group.rules[0].expr:"),
+        ),
+        (
+            "bad for",
+            Action::PutRuleGroup {
+                group: alert("up", Some("5 minutes")),
+            },
+            Err("invalid group.rules[0].for: duration"),
+        ),
+        (
+            "negative for",
+            Action::PutRuleGroup {
+                group: alert("up", Some("-1m")),
+            },
+            Err("invalid group.rules[0].for: duration"),
+        ),
+        (
+            "units out of order",
+            Action::PutRuleGroup {
+                group: alert("up", Some("1m1h")),
+            },
+            Err("invalid group.rules[0].for: duration"),
+        ),
+        (
+            "empty group name",
+            Action::PutRuleGroup {
+                group: rule_group("", "up"),
+            },
+            Err("invalid group.name: must not be empty"),
+        ),
         (
             "zero interval",
-            Action::PutRuleGroup { group: RuleGroup { interval: Some("0s".into()), ..rule_group("g", "up") } },
+            Action::PutRuleGroup {
+                group: RuleGroup {
+                    interval: Some("0s".into()),
+                    ..rule_group("g", "up")
+                },
+            },
             Err("invalid group.interval: \"0s\" must be positive"),
         ),
         (
@@ -238,60 +413,152 @@ fn validate_table() {
                 group: RuleGroup {
                     name: "g".into(),
                     interval: None,
-                    rules: vec![Rule { record: Some("a".into()), alert: Some("b".into()), expr: "up".into(), ..Rule::default() }],
+                    rules: vec![Rule {
+                        record: Some("a".into()),
+                        alert: Some("b".into()),
+                        expr: "up".into(),
+                        ..Rule::default()
+                    }],
                 },
             },
             Err("invalid group.rules[0]: has both"),
         ),
-        ("long name", Action::DeleteRuleGroup { name: "x".repeat(300) }, Err("invalid name: 300 bytes")),
-        ("dashboard json", Action::PutDashboard { uid: "d".into(), title: "t".into(), json: "{\"panels\":[]}".into() }, Ok(())),
-        ("dashboard bad json", Action::PutDashboard { uid: "d".into(), title: "t".into(), json: "{".into() }, Err("invalid json:")),
+        (
+            "long name",
+            Action::DeleteRuleGroup {
+                name: "x".repeat(300),
+            },
+            Err("invalid name: 300 bytes"),
+        ),
+        (
+            "dashboard json",
+            Action::PutDashboard {
+                uid: "d".into(),
+                title: "t".into(),
+                json: "{\"panels\":[]}".into(),
+            },
+            Ok(()),
+        ),
+        (
+            "dashboard bad json",
+            Action::PutDashboard {
+                uid: "d".into(),
+                title: "t".into(),
+                json: "{".into(),
+            },
+            Err("invalid json:"),
+        ),
         (
             "dashboard not an object",
-            Action::PutDashboard { uid: "d".into(), title: "t".into(), json: "[1]".into() },
+            Action::PutDashboard {
+                uid: "d".into(),
+                title: "t".into(),
+                json: "[1]".into(),
+            },
             Err("invalid json: a Grafana dashboard is a JSON object"),
         ),
-        ("zero shards", Action::CreateShardMap { shard_count: 0, assignments: BTreeMap::new() }, Err("invalid shard_count")),
+        (
+            "zero shards",
+            Action::CreateShardMap {
+                shard_count: 0,
+                assignments: BTreeMap::new(),
+            },
+            Err("invalid shard_count"),
+        ),
         (
             "assignment out of range",
-            Action::CreateShardMap { shard_count: 4, assignments: BTreeMap::from([(4, assign(Some(1), None))]) },
+            Action::CreateShardMap {
+                shard_count: 4,
+                assignments: BTreeMap::from([(4, assign(Some(1), None))]),
+            },
             Err("invalid assignments[4]: only 4 shards"),
         ),
         (
             "primary equals secondary",
-            Action::AssignShard { shard: 0, assignment: assign(Some(1), Some(1)) },
+            Action::AssignShard {
+                shard: 0,
+                assignment: assign(Some(1), Some(1)),
+            },
             Err("invalid assignment: primary and secondary must be different nodes"),
         ),
-        ("negative retention", Action::SetRetention { tenant: "t".into(), retention_ms: -1 }, Err("invalid retention_ms")),
-        ("control character", Action::DeleteTenant { tenant: "a\nb".into() }, Err("invalid tenant:")),
+        (
+            "negative retention",
+            Action::SetRetention {
+                tenant: "t".into(),
+                retention_ms: -1,
+            },
+            Err("invalid retention_ms"),
+        ),
+        (
+            "control character",
+            Action::DeleteTenant {
+                tenant: "a\nb".into(),
+            },
+            Err("invalid tenant:"),
+        ),
     ];
     for (name, action, expected) in cases {
         check_validate(name, action, expected);
     }
     let mut nobody = command(Action::DeleteTenant { tenant: "t".into() });
     nobody.who = String::new();
-    assert_eq!(validate(&nobody).unwrap_err().to_string(), "invalid who: must not be empty");
+    assert_eq!(
+        validate(&nobody).unwrap_err().to_string(),
+        "invalid who: must not be empty"
+    );
 }
 
 fn membership_entry(index: u64) -> Entry {
     let nodes = BTreeMap::from([
-        (1, Node { http_addr: "127.0.0.1:9090".into(), grpc_addr: "127.0.0.1:9481".into() }),
-        (2, Node { http_addr: "127.0.0.1:9091".into(), grpc_addr: "127.0.0.1:9482".into() }),
+        (
+            1,
+            Node {
+                http_addr: "127.0.0.1:9090".into(),
+                grpc_addr: "127.0.0.1:9481".into(),
+            },
+        ),
+        (
+            2,
+            Node {
+                http_addr: "127.0.0.1:9091".into(),
+                grpc_addr: "127.0.0.1:9482".into(),
+            },
+        ),
     ]);
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Membership(Membership::new(vec![nodes.keys().copied().collect()], nodes)),
+        payload: EntryPayload::Membership(Membership::new(
+            vec![nodes.keys().copied().collect()],
+            nodes,
+        )),
     }
 }
 
 /// A log mixing membership, blank and command entries.
 fn mixed_log() -> Vec<Entry> {
-    let mut log = vec![membership_entry(1), Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), 2), payload: EntryPayload::Blank }];
+    let mut log = vec![
+        membership_entry(1),
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 2),
+            payload: EntryPayload::Blank,
+        },
+    ];
     for (i, mut entry) in entries(vec![
-        Action::CreateShardMap { shard_count: 16, assignments: BTreeMap::from([(3, assign(Some(1), Some(2)))]) },
-        Action::PutRuleGroup { group: rule_group("g", "sum(up)") },
-        Action::PutDashboard { uid: "d".into(), title: "t".into(), json: "{}".into() },
-        Action::DeleteRuleGroup { name: "missing".into() },
+        Action::CreateShardMap {
+            shard_count: 16,
+            assignments: BTreeMap::from([(3, assign(Some(1), Some(2)))]),
+        },
+        Action::PutRuleGroup {
+            group: rule_group("g", "sum(up)"),
+        },
+        Action::PutDashboard {
+            uid: "d".into(),
+            title: "t".into(),
+            json: "{}".into(),
+        },
+        Action::DeleteRuleGroup {
+            name: "missing".into(),
+        },
     ])
     .into_iter()
     .enumerate()
@@ -303,7 +570,9 @@ fn mixed_log() -> Vec<Entry> {
 }
 
 async fn open_sm(fs: &SimFs) -> StateMachineStore {
-    StateMachineStore::open(Arc::new(fs.clone()) as Arc<dyn FileSystem>, "raft/sm").await.unwrap()
+    StateMachineStore::open(Arc::new(fs.clone()) as Arc<dyn FileSystem>, "raft/sm")
+        .await
+        .unwrap()
 }
 
 // Goal: two nodes applying the same log build byte-identical snapshot files; a restart restores
@@ -315,12 +584,28 @@ async fn snapshots_are_deterministic_and_restore() {
     let responses = a.apply(mixed_log()).await.unwrap();
     b.apply(mixed_log()).await.unwrap();
     assert_eq!(responses.len(), 6);
-    assert_eq!(responses[5].outcome, no_op("rule group \"missing\" does not exist"));
-    let snapshot = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    b.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(
+        responses[5].outcome,
+        no_op("rule group \"missing\" does not exist")
+    );
+    let snapshot = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    b.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let path = Path::new("raft/sm/snapshot");
     let bytes_a = fs_a.read(path).await.unwrap();
-    assert_eq!(bytes_a, fs_b.read(path).await.unwrap(), "same log, same snapshot bytes");
+    assert_eq!(
+        bytes_a,
+        fs_b.read(path).await.unwrap(),
+        "same log, same snapshot bytes"
+    );
     assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(6));
     assert_eq!(snapshot.meta.snapshot_id, "1-1-6");
 
@@ -338,11 +623,20 @@ async fn snapshots_are_deterministic_and_restore() {
     // Install on a fresh follower.
     let fs_c = SimFs::new(3);
     let mut c = open_sm(&fs_c).await;
-    c.install_snapshot(&snapshot.meta, Box::new(Cursor::new(snapshot.snapshot.into_inner()))).await.unwrap();
+    c.install_snapshot(
+        &snapshot.meta,
+        Box::new(Cursor::new(snapshot.snapshot.into_inner())),
+    )
+    .await
+    .unwrap();
     assert_eq!(c.state(), before);
     drop(c);
     fs_c.crash();
-    assert_eq!(open_sm(&fs_c).await.state(), before, "an installed snapshot survives a power cut");
+    assert_eq!(
+        open_sm(&fs_c).await.state(),
+        before,
+        "an installed snapshot survives a power cut"
+    );
 }
 
 // Goal: damaged snapshots are refused with a typed error, never half-loaded or panicking.
@@ -351,17 +645,31 @@ async fn damaged_snapshots_are_refused() {
     let fs = SimFs::new(4);
     let mut sm = open_sm(&fs).await;
     sm.apply(mixed_log()).await.unwrap();
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     drop(sm);
     let path = Path::new("raft/sm/snapshot");
     let bytes = fs.read(path).await.unwrap();
     fs.corrupt(path, 30, &[bytes[30] ^ 1]).unwrap();
-    let error = StateMachineStore::open(Arc::new(fs.clone()) as Arc<dyn FileSystem>, "raft/sm").await.unwrap_err();
+    let error = StateMachineStore::open(Arc::new(fs.clone()) as Arc<dyn FileSystem>, "raft/sm")
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("crc32 mismatch"), "{error}");
 
     let mut fresh = open_sm(&SimFs::new(5)).await;
     let garbage = Box::new(Cursor::new(b"{\"not\":\"a state\"}".to_vec()));
-    let error = fresh.install_snapshot(&snapshot.meta, garbage).await.unwrap_err();
+    let error = fresh
+        .install_snapshot(&snapshot.meta, garbage)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("received snapshot"), "{error}");
-    assert_eq!(fresh.state(), MetadataState::default(), "a refused install changes nothing");
+    assert_eq!(
+        fresh.state(),
+        MetadataState::default(),
+        "a refused install changes nothing"
+    );
 }

@@ -21,9 +21,16 @@ fn to_storage_error(error: impl std::error::Error + 'static) -> StorageError {
     openraft::StorageIOError::<u64>::write(openraft::AnyError::new(&error)).into()
 }
 
-async fn open_stores(fs: Arc<dyn FileSystem>, config: LogStoreConfig) -> Result<(LogStore, StateMachineStore), StorageError> {
-    let log = LogStore::open(fs.clone(), PathBuf::from("raft"), config).await.map_err(to_storage_error)?;
-    let sm = StateMachineStore::open(fs, PathBuf::from("raft/sm")).await.map_err(to_storage_error)?;
+async fn open_stores(
+    fs: Arc<dyn FileSystem>,
+    config: LogStoreConfig,
+) -> Result<(LogStore, StateMachineStore), StorageError> {
+    let log = LogStore::open(fs.clone(), PathBuf::from("raft"), config)
+        .await
+        .map_err(to_storage_error)?;
+    let sm = StateMachineStore::open(fs, PathBuf::from("raft/sm"))
+        .await
+        .map_err(to_storage_error)?;
     Ok((log, sm))
 }
 
@@ -43,15 +50,26 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, SimFs> for SimBuilder
 
 #[test]
 fn openraft_suite_on_simfs() {
-    Suite::test_all(SimBuilder { seed: AtomicU64::new(1), config: LogStoreConfig::default() }).unwrap();
+    Suite::test_all(SimBuilder {
+        seed: AtomicU64::new(1),
+        config: LogStoreConfig::default(),
+    })
+    .unwrap();
 }
 
 // Goal: the same suite with segments so small that almost every entry rolls a segment, so
 // truncate and purge cross segment boundaries.
 #[test]
 fn openraft_suite_on_simfs_with_tiny_segments() {
-    let config = LogStoreConfig { segment_bytes_max: 600, entry_bytes_max: 200 };
-    Suite::test_all(SimBuilder { seed: AtomicU64::new(100), config }).unwrap();
+    let config = LogStoreConfig {
+        segment_bytes_max: 600,
+        entry_bytes_max: 200,
+    };
+    Suite::test_all(SimBuilder {
+        seed: AtomicU64::new(100),
+        config,
+    })
+    .unwrap();
 }
 
 #[cfg(not(madsim))]
@@ -63,9 +81,12 @@ mod real {
     struct RealBuilder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RealBuilder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
             let dir = tempfile::tempdir().map_err(to_storage_error)?;
-            let (log, sm) = open_stores(Arc::new(RealFs::new(dir.path())), LogStoreConfig::default()).await?;
+            let (log, sm) =
+                open_stores(Arc::new(RealFs::new(dir.path())), LogStoreConfig::default()).await?;
             Ok((dir, log, sm))
         }
     }

@@ -32,11 +32,14 @@ pub const ENTRY_KIND_MEMBERSHIP: u8 = 2;
 /// Three uvarints of at most 10 bytes and the kind byte.
 pub const RECORD_PREFIX_BYTES_MAX: usize = 31;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES + storage_page::FRAGMENT_HEADER_BYTES < storage_page::PAGE_BYTES);
+const _: () =
+    assert!(SEGMENT_HEADER_BYTES + storage_page::FRAGMENT_HEADER_BYTES < storage_page::PAGE_BYTES);
 
 /// The WAL's page framing, reused for the raft log's records.
 pub(crate) mod storage_page {
-    pub use sextant_storage::wal::format::{frame_record, framed_len, SegmentScan, FRAGMENT_HEADER_BYTES, PAGE_BYTES};
+    pub use sextant_storage::wal::format::{
+        frame_record, framed_len, SegmentScan, FRAGMENT_HEADER_BYTES, PAGE_BYTES,
+    };
 }
 
 /// A decoding failure: what was wrong and where in the bytes.
@@ -48,7 +51,10 @@ pub struct DecodeError {
 }
 
 fn decode_error(what: impl Into<String>, offset: usize) -> DecodeError {
-    DecodeError { what: what.into(), offset }
+    DecodeError {
+        what: what.into(),
+        offset,
+    }
 }
 
 /// The 20-byte header of the segment whose first record has index `first_index`.
@@ -65,7 +71,9 @@ pub fn segment_header(first_index: u64) -> [u8; SEGMENT_HEADER_BYTES] {
 /// What a segment header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderCheck {
-    Valid { first_index: u64 },
+    Valid {
+        first_index: u64,
+    },
     /// Fewer than 20 bytes.
     Short,
     /// Magic or crc wrong.
@@ -85,7 +93,9 @@ pub fn check_segment_header(bytes: &[u8]) -> HeaderCheck {
     if bytes[4] != SEGMENT_VERSION {
         return HeaderCheck::UnknownVersion(bytes[4]);
     }
-    HeaderCheck::Valid { first_index: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) }
+    HeaderCheck::Valid {
+        first_index: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+    }
 }
 
 /// The file name of the segment starting at `first_index`: 20 zero-padded digits, so that
@@ -108,18 +118,27 @@ fn get_uvarint(bytes: &[u8], offset: &mut usize, field: &str) -> Result<u64, Dec
     let mut value: u64 = 0;
     for shift in 0..10 {
         let Some(&byte) = bytes.get(*offset) else {
-            return Err(decode_error(format!("{field}: uvarint runs past the end"), start));
+            return Err(decode_error(
+                format!("{field}: uvarint runs past the end"),
+                start,
+            ));
         };
         *offset += 1;
         if shift == 9 && byte > 1 {
-            return Err(decode_error(format!("{field}: uvarint overflows 64 bits"), start));
+            return Err(decode_error(
+                format!("{field}: uvarint overflows 64 bits"),
+                start,
+            ));
         }
         value |= u64::from(byte & 0x7f) << (7 * shift);
         if byte < 0x80 {
             return Ok(value);
         }
     }
-    Err(decode_error(format!("{field}: uvarint longer than 10 bytes"), start))
+    Err(decode_error(
+        format!("{field}: uvarint longer than 10 bytes"),
+        start,
+    ))
 }
 
 /// The payload of one log record.
@@ -156,16 +175,31 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, DecodeError> {
     let body = &bytes[offset..];
     let payload = match kind {
         ENTRY_KIND_BLANK if body.is_empty() => EntryPayload::Blank,
-        ENTRY_KIND_BLANK => return Err(decode_error(format!("blank entry with a {}-byte body", body.len()), offset)),
+        ENTRY_KIND_BLANK => {
+            return Err(decode_error(
+                format!("blank entry with a {}-byte body", body.len()),
+                offset,
+            ))
+        }
         ENTRY_KIND_NORMAL => EntryPayload::Normal(
-            serde_json::from_slice(body).map_err(|e| decode_error(format!("command body: {e}"), offset))?,
+            serde_json::from_slice(body)
+                .map_err(|e| decode_error(format!("command body: {e}"), offset))?,
         ),
         ENTRY_KIND_MEMBERSHIP => EntryPayload::Membership(
-            serde_json::from_slice(body).map_err(|e| decode_error(format!("membership body: {e}"), offset))?,
+            serde_json::from_slice(body)
+                .map_err(|e| decode_error(format!("membership body: {e}"), offset))?,
         ),
-        other => return Err(decode_error(format!("unknown entry kind {other}"), offset - 1)),
+        other => {
+            return Err(decode_error(
+                format!("unknown entry kind {other}"),
+                offset - 1,
+            ))
+        }
     };
-    Ok(Entry { log_id: LogId::new(CommittedLeaderId::new(term, node_id), index), payload })
+    Ok(Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, node_id), index),
+        payload,
+    })
 }
 
 fn meta_file(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -184,7 +218,13 @@ fn meta_file(kind: u8, body: &[u8]) -> Vec<u8> {
 /// Checks a meta file's frame and returns its body.
 fn meta_body(bytes: &[u8], kind: u8) -> Result<&[u8], DecodeError> {
     if bytes.len() < META_HEADER_BYTES + META_CRC_BYTES {
-        return Err(decode_error(format!("meta file of {} bytes is shorter than its frame", bytes.len()), 0));
+        return Err(decode_error(
+            format!(
+                "meta file of {} bytes is shorter than its frame",
+                bytes.len()
+            ),
+            0,
+        ));
     }
     if bytes[0..4] != META_MAGIC {
         return Err(decode_error("bad magic (expected \"SXRM\")", 0));
@@ -192,7 +232,10 @@ fn meta_body(bytes: &[u8], kind: u8) -> Result<&[u8], DecodeError> {
     let body_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
     let total = META_HEADER_BYTES + body_len + META_CRC_BYTES;
     if bytes.len() != total {
-        return Err(decode_error(format!("file is {} bytes, its header says {total}", bytes.len()), 6));
+        return Err(decode_error(
+            format!("file is {} bytes, its header says {total}", bytes.len()),
+            6,
+        ));
     }
     let crc_at = META_HEADER_BYTES + body_len;
     let crc = u32::from_le_bytes(bytes[crc_at..total].try_into().expect("4 bytes"));
@@ -203,20 +246,30 @@ fn meta_body(bytes: &[u8], kind: u8) -> Result<&[u8], DecodeError> {
         return Err(decode_error(format!("unknown version {}", bytes[4]), 4));
     }
     if bytes[5] != kind {
-        return Err(decode_error(format!("kind {} where {kind} was expected", bytes[5]), 5));
+        return Err(decode_error(
+            format!("kind {} where {kind} was expected", bytes[5]),
+            5,
+        ));
     }
     Ok(&bytes[META_HEADER_BYTES..crc_at])
 }
 
 fn u64_at(body: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(body[at..at + 8].try_into().expect("length checked by the caller"))
+    u64::from_le_bytes(
+        body[at..at + 8]
+            .try_into()
+            .expect("length checked by the caller"),
+    )
 }
 
 fn flag_at(body: &[u8], at: usize, field: &str) -> Result<bool, DecodeError> {
     match body[at] {
         0 => Ok(false),
         1 => Ok(true),
-        other => Err(decode_error(format!("{field} flag is {other}, not 0 or 1"), META_HEADER_BYTES + at)),
+        other => Err(decode_error(
+            format!("{field} flag is {other}, not 0 or 1"),
+            META_HEADER_BYTES + at,
+        )),
     }
 }
 
@@ -232,18 +285,29 @@ pub fn encode_vote(vote: &Vote) -> Vec<u8> {
 pub fn decode_vote(bytes: &[u8]) -> Result<Vote, DecodeError> {
     let body = meta_body(bytes, META_KIND_VOTE)?;
     if body.len() != 17 {
-        return Err(decode_error(format!("vote body of {} bytes, expected 17", body.len()), META_HEADER_BYTES));
+        return Err(decode_error(
+            format!("vote body of {} bytes, expected 17", body.len()),
+            META_HEADER_BYTES,
+        ));
     }
-    let leader_id = LeaderId { term: u64_at(body, 0), node_id: u64_at(body, 8) };
+    let leader_id = LeaderId {
+        term: u64_at(body, 0),
+        node_id: u64_at(body, 8),
+    };
     let committed = flag_at(body, 16, "committed")?;
-    Ok(Vote { leader_id, committed })
+    Ok(Vote {
+        leader_id,
+        committed,
+    })
 }
 
 /// Log id body <25b>: │ present u8 │ term u64 LE │ leader node u64 LE │ index u64 LE │
 pub fn encode_log_id(kind: u8, log_id: Option<&LogId>) -> Vec<u8> {
     let mut body = Vec::with_capacity(25);
     body.push(u8::from(log_id.is_some()));
-    let (term, node, index) = log_id.map_or((0, 0, 0), |id| (id.leader_id.term, id.leader_id.node_id, id.index));
+    let (term, node, index) = log_id.map_or((0, 0, 0), |id| {
+        (id.leader_id.term, id.leader_id.node_id, id.index)
+    });
     body.extend_from_slice(&term.to_le_bytes());
     body.extend_from_slice(&node.to_le_bytes());
     body.extend_from_slice(&index.to_le_bytes());
@@ -253,10 +317,16 @@ pub fn encode_log_id(kind: u8, log_id: Option<&LogId>) -> Vec<u8> {
 pub fn decode_log_id(bytes: &[u8], kind: u8) -> Result<Option<LogId>, DecodeError> {
     let body = meta_body(bytes, kind)?;
     if body.len() != 25 {
-        return Err(decode_error(format!("log id body of {} bytes, expected 25", body.len()), META_HEADER_BYTES));
+        return Err(decode_error(
+            format!("log id body of {} bytes, expected 25", body.len()),
+            META_HEADER_BYTES,
+        ));
     }
     if !flag_at(body, 0, "present")? {
         return Ok(None);
     }
-    Ok(Some(LogId::new(CommittedLeaderId::new(u64_at(body, 1), u64_at(body, 9)), u64_at(body, 17))))
+    Ok(Some(LogId::new(
+        CommittedLeaderId::new(u64_at(body, 1), u64_at(body, 9)),
+        u64_at(body, 17),
+    )))
 }

@@ -47,7 +47,10 @@ pub struct LogStoreConfig {
 
 impl Default for LogStoreConfig {
     fn default() -> Self {
-        LogStoreConfig { segment_bytes_max: 8 * 1024 * 1024, entry_bytes_max: 2 * 1024 * 1024 }
+        LogStoreConfig {
+            segment_bytes_max: 8 * 1024 * 1024,
+            entry_bytes_max: 2 * 1024 * 1024,
+        }
     }
 }
 
@@ -57,11 +60,19 @@ pub enum LogStoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: corrupt at byte {offset}: {what}")]
-    Corrupt { path: PathBuf, offset: u64, what: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
     #[error("log store is poisoned by an earlier failed write or fsync ({0}); restart the node")]
     Poisoned(String),
     #[error("entry {index} is {bytes} bytes encoded, more than entry_bytes_max {max}")]
-    EntryTooLarge { index: u64, bytes: usize, max: usize },
+    EntryTooLarge {
+        index: u64,
+        bytes: usize,
+        max: usize,
+    },
     #[error("append of entry {index} does not come after the last entry {last}")]
     NotContiguous { index: u64, last: u64 },
     #[error("truncating from entry {index} would drop committed entry {committed}")]
@@ -71,14 +82,25 @@ pub enum LogStoreError {
 }
 
 fn io_error(path: &Path, source: io::Error) -> LogStoreError {
-    LogStoreError::Io { path: path.to_path_buf(), source }
+    LogStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn corrupt(path: &Path, offset: u64, what: impl Into<String>) -> LogStoreError {
-    LogStoreError::Corrupt { path: path.to_path_buf(), offset, what: what.into() }
+    LogStoreError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        what: what.into(),
+    }
 }
 
-fn storage_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: LogStoreError) -> StorageError {
+fn storage_error(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    error: LogStoreError,
+) -> StorageError {
     StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
 }
 
@@ -150,10 +172,15 @@ pub struct LogReader {
 
 fn lock(entries: &Mutex<BTreeMap<u64, Entry>>) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
     // Nothing panics while holding this lock except on programmer errors; recover the map.
-    entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    entries
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn read_range<RB: RangeBounds<u64>>(entries: &Mutex<BTreeMap<u64, Entry>>, range: RB) -> Vec<Entry> {
+fn read_range<RB: RangeBounds<u64>>(
+    entries: &Mutex<BTreeMap<u64, Entry>>,
+    range: RB,
+) -> Vec<Entry> {
     let start = match range.start_bound() {
         Bound::Included(i) => Bound::Included(*i),
         Bound::Excluded(i) => Bound::Excluded(*i),
@@ -167,14 +194,19 @@ fn read_range<RB: RangeBounds<u64>>(entries: &Mutex<BTreeMap<u64, Entry>>, range
     // An empty or inverted range is no entries, not a panic in BTreeMap::range.
     let empty = match (start, end) {
         (Bound::Included(s), Bound::Included(e)) => s > e,
-        (Bound::Included(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+        (Bound::Included(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => {
+            s >= e
+        }
         (Bound::Excluded(s), Bound::Excluded(e)) => s >= e || s + 1 == e,
         _ => false,
     };
     if empty {
         return Vec::new();
     }
-    lock(entries).range((start, end)).map(|(_, entry)| entry.clone()).collect()
+    lock(entries)
+        .range((start, end))
+        .map(|(_, entry)| entry.clone())
+        .collect()
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -193,14 +225,23 @@ const LOG_DIR: &str = "log";
 
 impl LogStore {
     /// Opens (creating if needed) the log store in `dir`, recovering as the module says.
-    pub async fn open(fs: Arc<dyn FileSystem>, dir: impl Into<PathBuf>, config: LogStoreConfig) -> Result<LogStore, LogStoreError> {
+    pub async fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: impl Into<PathBuf>,
+        config: LogStoreConfig,
+    ) -> Result<LogStore, LogStoreError> {
         let dir = dir.into();
         let log_dir = dir.join(LOG_DIR);
         let record_bytes_max = format::RECORD_PREFIX_BYTES_MAX + config.entry_bytes_max;
         if config.entry_bytes_max == 0 {
-            return Err(LogStoreError::Config("entry_bytes_max must be positive".into()));
+            return Err(LogStoreError::Config(
+                "entry_bytes_max must be positive".into(),
+            ));
         }
-        if (SEGMENT_HEADER_BYTES as u64) + storage_page::framed_len(SEGMENT_HEADER_BYTES as u64, record_bytes_max) > config.segment_bytes_max {
+        if (SEGMENT_HEADER_BYTES as u64)
+            + storage_page::framed_len(SEGMENT_HEADER_BYTES as u64, record_bytes_max)
+            > config.segment_bytes_max
+        {
             return Err(LogStoreError::Config(format!(
                 "segment_bytes_max {} cannot hold one entry of entry_bytes_max {}",
                 config.segment_bytes_max, config.entry_bytes_max
@@ -223,8 +264,18 @@ impl LogStore {
         };
         store.create_dirs().await?;
         store.vote = store.read_meta(VOTE_FILE, format::decode_vote).await?;
-        store.committed = store.read_meta(COMMITTED_FILE, |b| format::decode_log_id(b, format::META_KIND_COMMITTED)).await?.flatten();
-        store.purged = store.read_meta(PURGED_FILE, |b| format::decode_log_id(b, format::META_KIND_PURGED)).await?.flatten();
+        store.committed = store
+            .read_meta(COMMITTED_FILE, |b| {
+                format::decode_log_id(b, format::META_KIND_COMMITTED)
+            })
+            .await?
+            .flatten();
+        store.purged = store
+            .read_meta(PURGED_FILE, |b| {
+                format::decode_log_id(b, format::META_KIND_PURGED)
+            })
+            .await?
+            .flatten();
         store.load_segments().await?;
         store.check_committed()?;
         Ok(store)
@@ -242,17 +293,30 @@ impl LogStore {
     /// Makes `dir` and `dir/log` exist durably (each new entry's parent fsynced), and removes
     /// leftover temp files of interrupted meta writes.
     async fn create_dirs(&mut self) -> Result<(), LogStoreError> {
-        create_dir_durably(self.fs.as_ref(), &self.log_dir).await.map_err(|(path, e)| io_error(&path, e))?;
+        create_dir_durably(self.fs.as_ref(), &self.log_dir)
+            .await
+            .map_err(|(path, e)| io_error(&path, e))?;
         let mut removed = false;
-        for name in self.fs.read_dir(&self.dir).await.map_err(|e| io_error(&self.dir, e))? {
+        for name in self
+            .fs
+            .read_dir(&self.dir)
+            .await
+            .map_err(|e| io_error(&self.dir, e))?
+        {
             if name.ends_with(".tmp") {
                 let path = self.dir.join(&name);
-                self.fs.remove_file(&path).await.map_err(|e| io_error(&path, e))?;
+                self.fs
+                    .remove_file(&path)
+                    .await
+                    .map_err(|e| io_error(&path, e))?;
                 removed = true;
             }
         }
         if removed {
-            self.fs.sync_dir(&self.dir).await.map_err(|e| io_error(&self.dir, e))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| io_error(&self.dir, e))?;
         }
         Ok(())
     }
@@ -263,13 +327,20 @@ impl LogStore {
         decode: impl Fn(&[u8]) -> Result<T, format::DecodeError>,
     ) -> Result<Option<T>, LogStoreError> {
         let path = self.dir.join(name);
-        if !self.fs.exists(&path).await.map_err(|e| io_error(&path, e))? {
+        if !self
+            .fs
+            .exists(&path)
+            .await
+            .map_err(|e| io_error(&path, e))?
+        {
             return Ok(None);
         }
         let bytes = self.fs.read(&path).await.map_err(|e| io_error(&path, e))?;
         // Meta files are replaced by rename, so a damaged one is rot, not a torn write: a vote
         // must never be silently forgotten (that could let this node vote twice in a term).
-        decode(&bytes).map(Some).map_err(|e| corrupt(&path, e.offset as u64, e.what))
+        decode(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(&path, e.offset as u64, e.what))
     }
 
     /// Writes a meta file atomically and durably: temp file, fsync, rename, directory fsync.
@@ -289,8 +360,14 @@ impl LogStore {
         file.write_all(bytes).await.map_err(|e| io_error(&tmp, e))?;
         file.sync().await.map_err(|e| io_error(&tmp, e))?;
         drop(file);
-        self.fs.rename(&tmp, &path).await.map_err(|e| io_error(&path, e))?;
-        self.fs.sync_dir(&self.dir).await.map_err(|e| io_error(&self.dir, e))
+        self.fs
+            .rename(&tmp, &path)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| io_error(&self.dir, e))
     }
 
     fn check_poisoned(&self) -> Result<(), LogStoreError> {
@@ -305,12 +382,18 @@ impl LogStore {
     }
 
     async fn load_segments(&mut self) -> Result<(), LogStoreError> {
-        let names = self.fs.read_dir(&self.log_dir).await.map_err(|e| io_error(&self.log_dir, e))?;
+        let names = self
+            .fs
+            .read_dir(&self.log_dir)
+            .await
+            .map_err(|e| io_error(&self.log_dir, e))?;
         let mut firsts = Vec::new();
         for name in names {
             match format::parse_segment_name(&name) {
                 Some(first) => firsts.push(first),
-                None => tracing::warn!(dir = ?self.log_dir, name, "ignoring a file that is not a raft log segment"),
+                None => {
+                    tracing::warn!(dir = ?self.log_dir, name, "ignoring a file that is not a raft log segment")
+                }
             }
         }
         firsts.sort_unstable();
@@ -324,22 +407,39 @@ impl LogStore {
             match format::check_segment_header(&bytes) {
                 HeaderCheck::Valid { first_index } if first_index == first => {}
                 HeaderCheck::Valid { first_index } => {
-                    return Err(corrupt(&path, 8, format!("header says first index {first_index}, the name says {first}")))
+                    return Err(corrupt(
+                        &path,
+                        8,
+                        format!("header says first index {first_index}, the name says {first}"),
+                    ))
                 }
                 // A segment is created, its header written and fsynced, and its directory entry
                 // fsynced before any record goes in: a last segment with no complete header
                 // never held a durable record.
-                HeaderCheck::Short | HeaderCheck::Damaged if is_last && bytes.len() <= SEGMENT_HEADER_BYTES => {
+                HeaderCheck::Short | HeaderCheck::Damaged
+                    if is_last && bytes.len() <= SEGMENT_HEADER_BYTES =>
+                {
                     tracing::warn!(?path, "removing a segment whose creation never completed");
-                    self.fs.remove_file(&path).await.map_err(|e| io_error(&path, e))?;
+                    self.fs
+                        .remove_file(&path)
+                        .await
+                        .map_err(|e| io_error(&path, e))?;
                     self.report.segments_removed += 1;
                     removed_any = true;
                     continue;
                 }
-                HeaderCheck::Short => return Err(corrupt(&path, 0, "segment shorter than its header")),
-                HeaderCheck::Damaged => return Err(corrupt(&path, 0, "segment header damaged (magic or crc32)")),
+                HeaderCheck::Short => {
+                    return Err(corrupt(&path, 0, "segment shorter than its header"))
+                }
+                HeaderCheck::Damaged => {
+                    return Err(corrupt(&path, 0, "segment header damaged (magic or crc32)"))
+                }
                 HeaderCheck::UnknownVersion(version) => {
-                    return Err(corrupt(&path, 4, format!("segment version {version} is not one this code reads")))
+                    return Err(corrupt(
+                        &path,
+                        4,
+                        format!("segment version {version} is not one this code reads"),
+                    ))
                 }
             }
             let len = bytes.len() as u64;
@@ -349,13 +449,21 @@ impl LogStore {
             let mut expected = first;
             let mut kept = 0u64;
             while let Some(record) = scan.next_record() {
-                let entry = format::decode_entry(&record.payload)
-                    .map_err(|e| corrupt(&path, record.offset, format!("record checks out but does not decode: {e}")))?;
+                let entry = format::decode_entry(&record.payload).map_err(|e| {
+                    corrupt(
+                        &path,
+                        record.offset,
+                        format!("record checks out but does not decode: {e}"),
+                    )
+                })?;
                 if entry.log_id.index < expected {
                     return Err(corrupt(
                         &path,
                         record.offset,
-                        format!("record holds index {} where {expected} or more belongs", entry.log_id.index),
+                        format!(
+                            "record holds index {} where {expected} or more belongs",
+                            entry.log_id.index
+                        ),
                     ));
                 }
                 expected = entry.log_id.index + 1;
@@ -364,10 +472,20 @@ impl LogStore {
                 }
                 if let Some(last) = self.last_index() {
                     if entry.log_id.index <= last {
-                        return Err(corrupt(&path, record.offset, format!("entry {} follows entry {last}", entry.log_id.index)));
+                        return Err(corrupt(
+                            &path,
+                            record.offset,
+                            format!("entry {} follows entry {last}", entry.log_id.index),
+                        ));
                     }
                 }
-                self.locations.insert(entry.log_id.index, Location { segment: first, offset: record.offset });
+                self.locations.insert(
+                    entry.log_id.index,
+                    Location {
+                        segment: first,
+                        offset: record.offset,
+                    },
+                );
                 lock(&self.entries).insert(entry.log_id.index, entry);
                 kept += 1;
             }
@@ -375,23 +493,44 @@ impl LogStore {
             let damaged = scan.finish();
             for range in &damaged {
                 if !is_last || range.end < len {
-                    return Err(corrupt(&path, range.start, "damaged record with intact records after it"));
+                    return Err(corrupt(
+                        &path,
+                        range.start,
+                        "damaged record with intact records after it",
+                    ));
                 }
                 // The scan resynchronises only at page ends, so damage that runs to the end of
                 // the file may still have intact records after it in its page: rot, not a torn
                 // write, and truncating would drop acknowledged entries.
                 if let Some(at) = intact_fragment_after(&last_bytes, range.start + 1) {
-                    return Err(corrupt(&path, range.start, format!("damaged record with an intact record after it at byte {at}")));
+                    return Err(corrupt(
+                        &path,
+                        range.start,
+                        format!("damaged record with an intact record after it at byte {at}"),
+                    ));
                 }
             }
             if is_last && good_end < len {
-                tracing::warn!(?path, good_end, len, "cutting the torn tail of the raft log");
-                self.fs.truncate(&path, good_end).await.map_err(|e| io_error(&path, e))?;
+                tracing::warn!(
+                    ?path,
+                    good_end,
+                    len,
+                    "cutting the torn tail of the raft log"
+                );
+                self.fs
+                    .truncate(&path, good_end)
+                    .await
+                    .map_err(|e| io_error(&path, e))?;
                 self.report.tail_bytes_truncated += len - good_end;
             }
-            let fully_purged = kept == 0 && expected > first && purged_index.is_some_and(|purged| expected - 1 <= purged);
+            let fully_purged = kept == 0
+                && expected > first
+                && purged_index.is_some_and(|purged| expected - 1 <= purged);
             if fully_purged && !is_last {
-                self.fs.remove_file(&path).await.map_err(|e| io_error(&path, e))?;
+                self.fs
+                    .remove_file(&path)
+                    .await
+                    .map_err(|e| io_error(&path, e))?;
                 self.report.segments_removed += 1;
                 removed_any = true;
                 continue;
@@ -400,11 +539,22 @@ impl LogStore {
             self.report.entries += kept;
         }
         if removed_any {
-            self.fs.sync_dir(&self.log_dir).await.map_err(|e| io_error(&self.log_dir, e))?;
+            self.fs
+                .sync_dir(&self.log_dir)
+                .await
+                .map_err(|e| io_error(&self.log_dir, e))?;
         }
         if let Some((&first, path)) = self.segments.iter().next_back() {
-            let file = self.fs.open_append(path).await.map_err(|e| io_error(path, e))?;
-            self.open = Some(OpenSegment { first_index: first, path: path.clone(), file });
+            let file = self
+                .fs
+                .open_append(path)
+                .await
+                .map_err(|e| io_error(path, e))?;
+            self.open = Some(OpenSegment {
+                first_index: first,
+                path: path.clone(),
+                file,
+            });
         }
         Ok(())
     }
@@ -412,8 +562,14 @@ impl LogStore {
     /// An entry openraft was told is committed must be in the log (or purged into a snapshot):
     /// if recovery cut it away, the disk lost data it had acknowledged.
     fn check_committed(&self) -> Result<(), LogStoreError> {
-        let Some(committed) = self.committed else { return Ok(()) };
-        let covered = self.last_index().into_iter().chain(self.purged.map(|id| id.index)).max();
+        let Some(committed) = self.committed else {
+            return Ok(());
+        };
+        let covered = self
+            .last_index()
+            .into_iter()
+            .chain(self.purged.map(|id| id.index))
+            .max();
         if covered.is_none_or(|covered| covered < committed.index) {
             return Err(corrupt(
                 &self.dir.join(COMMITTED_FILE),
@@ -428,25 +584,48 @@ impl LogStore {
     /// directory entry fsynced) before anything is written to it.
     /// `open_has_records` says whether the open segment holds records (including ones of the
     /// batch being written, not yet in `locations`).
-    async fn create_segment(&mut self, first_index: u64, open_has_records: bool) -> Result<(), LogStoreError> {
+    async fn create_segment(
+        &mut self,
+        first_index: u64,
+        open_has_records: bool,
+    ) -> Result<(), LogStoreError> {
         if let Some(mut open) = self.open.take() {
             // Only the last segment may have a torn tail: seal this one first.
-            open.file.sync().await.map_err(|e| io_error(&open.path, e))?;
+            open.file
+                .sync()
+                .await
+                .map_err(|e| io_error(&open.path, e))?;
             if !open_has_records {
                 // Nothing of this segment is kept (it was emptied by truncate or purge):
                 // replace it rather than leave an empty segment behind.
                 drop(open.file);
-                self.fs.remove_file(&open.path).await.map_err(|e| io_error(&open.path, e))?;
+                self.fs
+                    .remove_file(&open.path)
+                    .await
+                    .map_err(|e| io_error(&open.path, e))?;
                 self.segments.remove(&open.first_index);
             }
         }
         let path = self.log_dir.join(format::segment_name(first_index));
-        let mut file = self.fs.create(&path).await.map_err(|e| io_error(&path, e))?;
-        file.write_all(&format::segment_header(first_index)).await.map_err(|e| io_error(&path, e))?;
+        let mut file = self
+            .fs
+            .create(&path)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        file.write_all(&format::segment_header(first_index))
+            .await
+            .map_err(|e| io_error(&path, e))?;
         file.sync().await.map_err(|e| io_error(&path, e))?;
-        self.fs.sync_dir(&self.log_dir).await.map_err(|e| io_error(&self.log_dir, e))?;
+        self.fs
+            .sync_dir(&self.log_dir)
+            .await
+            .map_err(|e| io_error(&self.log_dir, e))?;
         self.segments.insert(first_index, path.clone());
-        self.open = Some(OpenSegment { first_index, path, file });
+        self.open = Some(OpenSegment {
+            first_index,
+            path,
+            file,
+        });
         Ok(())
     }
 
@@ -455,7 +634,10 @@ impl LogStore {
         self.check_poisoned()?;
         let result = self.append_inner(entries).await;
         if let Err(error) = &result {
-            if !matches!(error, LogStoreError::EntryTooLarge { .. } | LogStoreError::NotContiguous { .. }) {
+            if !matches!(
+                error,
+                LogStoreError::EntryTooLarge { .. } | LogStoreError::NotContiguous { .. }
+            ) {
                 self.poisoned = Some(error.to_string());
             }
         }
@@ -475,7 +657,11 @@ impl LogStore {
             last = Some(index);
             let payload = format::encode_entry(entry);
             if payload.len() > format::RECORD_PREFIX_BYTES_MAX + self.config.entry_bytes_max {
-                return Err(LogStoreError::EntryTooLarge { index, bytes: payload.len(), max: self.config.entry_bytes_max });
+                return Err(LogStoreError::EntryTooLarge {
+                    index,
+                    bytes: payload.len(),
+                    max: self.config.entry_bytes_max,
+                });
             }
             payloads.push(payload);
         }
@@ -485,7 +671,9 @@ impl LogStore {
             let index = entry.log_id.index;
             let open_has_records = self.open.as_ref().is_some_and(|open| {
                 self.locations.range(open.first_index..).next().is_some()
-                    || written.iter().any(|(_, location): &(Entry, Location)| location.segment == open.first_index)
+                    || written.iter().any(|(_, location): &(Entry, Location)| {
+                        location.segment == open.first_index
+                    })
             });
             let needs_new = match &self.open {
                 None => true,
@@ -493,7 +681,8 @@ impl LogStore {
                     let empty = !open_has_records;
                     let offset = open.file.len() + buffer.len() as u64;
                     (empty && open.first_index != index)
-                        || offset + storage_page::framed_len(offset, payload.len()) > self.config.segment_bytes_max
+                        || offset + storage_page::framed_len(offset, payload.len())
+                            > self.config.segment_bytes_max
                 }
             };
             if needs_new {
@@ -504,16 +693,32 @@ impl LogStore {
             let offset = open.file.len() + buffer.len() as u64;
             let mut framed = Vec::new();
             let end = storage_page::frame_record(offset, &payload, &mut framed);
-            assert_eq!(end, offset + framed.len() as u64, "framing ends where it said");
+            assert_eq!(
+                end,
+                offset + framed.len() as u64,
+                "framing ends where it said"
+            );
             // frame_record may pad to the page end before the record: the record starts where
             // its first fragment does.
             let start = offset + first_fragment_offset(offset, &framed);
             buffer.extend_from_slice(&framed);
-            written.push((entry, Location { segment: open.first_index, offset: start }));
+            written.push((
+                entry,
+                Location {
+                    segment: open.first_index,
+                    offset: start,
+                },
+            ));
         }
         self.flush_buffer(&mut buffer).await?;
-        let open = self.open.as_mut().expect("a segment is open after an append");
-        open.file.sync().await.map_err(|e| io_error(&open.path, e))?;
+        let open = self
+            .open
+            .as_mut()
+            .expect("a segment is open after an append");
+        open.file
+            .sync()
+            .await
+            .map_err(|e| io_error(&open.path, e))?;
         let mut map = lock(&self.entries);
         for (entry, location) in written {
             self.locations.insert(entry.log_id.index, location);
@@ -526,8 +731,14 @@ impl LogStore {
         if buffer.is_empty() {
             return Ok(());
         }
-        let open = self.open.as_mut().expect("buffered bytes belong to an open segment");
-        open.file.write_all(buffer).await.map_err(|e| io_error(&open.path, e))?;
+        let open = self
+            .open
+            .as_mut()
+            .expect("buffered bytes belong to an open segment");
+        open.file
+            .write_all(buffer)
+            .await
+            .map_err(|e| io_error(&open.path, e))?;
         buffer.clear();
         Ok(())
     }
@@ -539,7 +750,10 @@ impl LogStore {
         // Raft never truncates committed entries; refusing keeps a bug from erasing them.
         if let Some(committed) = self.committed {
             if index <= committed.index {
-                return Err(LogStoreError::TruncateCommitted { index, committed: committed.index });
+                return Err(LogStoreError::TruncateCommitted {
+                    index,
+                    committed: committed.index,
+                });
             }
         }
         let result = self.truncate_inner(index).await;
@@ -556,21 +770,46 @@ impl LogStore {
             assert!(after.is_empty(), "entries after {index} but none at it");
             return Ok(());
         };
-        let doomed: Vec<u64> = self.segments.range(location.segment + 1..).map(|(first, _)| *first).collect();
+        let doomed: Vec<u64> = self
+            .segments
+            .range(location.segment + 1..)
+            .map(|(first, _)| *first)
+            .collect();
         if !doomed.is_empty() {
             // The open segment is among them: close it before removing.
             self.open = None;
             for first in doomed.iter().rev() {
                 let path = self.segments.remove(first).expect("listed above");
-                self.fs.remove_file(&path).await.map_err(|e| io_error(&path, e))?;
+                self.fs
+                    .remove_file(&path)
+                    .await
+                    .map_err(|e| io_error(&path, e))?;
             }
-            self.fs.sync_dir(&self.log_dir).await.map_err(|e| io_error(&self.log_dir, e))?;
+            self.fs
+                .sync_dir(&self.log_dir)
+                .await
+                .map_err(|e| io_error(&self.log_dir, e))?;
         }
-        let path = self.segments.get(&location.segment).expect("a location names a live segment").clone();
+        let path = self
+            .segments
+            .get(&location.segment)
+            .expect("a location names a live segment")
+            .clone();
         self.open = None;
-        self.fs.truncate(&path, location.offset).await.map_err(|e| io_error(&path, e))?;
-        let file = self.fs.open_append(&path).await.map_err(|e| io_error(&path, e))?;
-        self.open = Some(OpenSegment { first_index: location.segment, path, file });
+        self.fs
+            .truncate(&path, location.offset)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        let file = self
+            .fs
+            .open_append(&path)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+        self.open = Some(OpenSegment {
+            first_index: location.segment,
+            path,
+            file,
+        });
         self.locations.split_off(&index);
         lock(&self.entries).split_off(&index);
         Ok(())
@@ -579,10 +818,17 @@ impl LogStore {
     /// Forgets entries up to `log_id` (included): records the purge durably first, then removes
     /// the segments that hold nothing newer.
     pub async fn purge_to(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
-        if self.purged.is_some_and(|purged| purged.index >= log_id.index) {
+        if self
+            .purged
+            .is_some_and(|purged| purged.index >= log_id.index)
+        {
             return Ok(());
         }
-        self.write_meta(PURGED_FILE, &format::encode_log_id(format::META_KIND_PURGED, Some(&log_id))).await?;
+        self.write_meta(
+            PURGED_FILE,
+            &format::encode_log_id(format::META_KIND_PURGED, Some(&log_id)),
+        )
+        .await?;
         self.purged = Some(log_id);
         {
             let mut map = lock(&self.entries);
@@ -609,13 +855,23 @@ impl LogStore {
         }
         let result: Result<(), LogStoreError> = async {
             for first in &doomed {
-                if self.open.as_ref().is_some_and(|open| open.first_index == *first) {
+                if self
+                    .open
+                    .as_ref()
+                    .is_some_and(|open| open.first_index == *first)
+                {
                     self.open = None;
                 }
                 let path = self.segments.remove(first).expect("listed above");
-                self.fs.remove_file(&path).await.map_err(|e| io_error(&path, e))?;
+                self.fs
+                    .remove_file(&path)
+                    .await
+                    .map_err(|e| io_error(&path, e))?;
             }
-            self.fs.sync_dir(&self.log_dir).await.map_err(|e| io_error(&self.log_dir, e))
+            self.fs
+                .sync_dir(&self.log_dir)
+                .await
+                .map_err(|e| io_error(&self.log_dir, e))
         }
         .await;
         if let Err(error) = &result {
@@ -642,16 +898,24 @@ impl LogStore {
     }
 
     pub async fn save_vote_durably(&mut self, vote: &Vote) -> Result<(), LogStoreError> {
-        self.write_meta(VOTE_FILE, &format::encode_vote(vote)).await?;
+        self.write_meta(VOTE_FILE, &format::encode_vote(vote))
+            .await?;
         self.vote = Some(*vote);
         Ok(())
     }
 
-    pub async fn save_committed_durably(&mut self, committed: Option<LogId>) -> Result<(), LogStoreError> {
+    pub async fn save_committed_durably(
+        &mut self,
+        committed: Option<LogId>,
+    ) -> Result<(), LogStoreError> {
         if committed == self.committed {
             return Ok(());
         }
-        self.write_meta(COMMITTED_FILE, &format::encode_log_id(format::META_KIND_COMMITTED, committed.as_ref())).await?;
+        self.write_meta(
+            COMMITTED_FILE,
+            &format::encode_log_id(format::META_KIND_COMMITTED, committed.as_ref()),
+        )
+        .await?;
         self.committed = committed;
         Ok(())
     }
@@ -659,14 +923,21 @@ impl LogStore {
 
 /// Creates `path` and every missing parent, fsyncing each new entry's parent directory, so the
 /// directory survives a power cut. Errors name the path that failed.
-pub(crate) async fn create_dir_durably(fs: &dyn FileSystem, path: &Path) -> Result<(), (PathBuf, io::Error)> {
+pub(crate) async fn create_dir_durably(
+    fs: &dyn FileSystem,
+    path: &Path,
+) -> Result<(), (PathBuf, io::Error)> {
     let mut walked = PathBuf::new();
     for component in path.components() {
         let parent = walked.clone();
         walked.push(component);
         if !fs.is_dir(&walked).await.map_err(|e| (walked.clone(), e))? {
-            fs.create_dir_all(&walked).await.map_err(|e| (walked.clone(), e))?;
-            fs.sync_dir(&parent).await.map_err(|e| (parent.clone(), e))?;
+            fs.create_dir_all(&walked)
+                .await
+                .map_err(|e| (walked.clone(), e))?;
+            fs.sync_dir(&parent)
+                .await
+                .map_err(|e| (parent.clone(), e))?;
         }
     }
     Ok(())
@@ -730,16 +1001,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last = lock(&self.entries).values().next_back().map(|entry| entry.log_id);
-        Ok(LogState { last_purged_log_id: self.purged, last_log_id: last.or(self.purged) })
+        let last = lock(&self.entries)
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id);
+        Ok(LogState {
+            last_purged_log_id: self.purged,
+            last_log_id: last.or(self.purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader { entries: self.entries.clone() }
+        LogReader {
+            entries: self.entries.clone(),
+        }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.save_vote_durably(vote).await.map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+        self.save_vote_durably(vote)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -747,14 +1028,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.save_committed_durably(committed).await.map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+        self.save_committed_durably(committed)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -774,10 +1061,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.truncate_from(log_id.index).await.map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        self.truncate_from(log_id.index)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.purge_to(log_id).await.map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        self.purge_to(log_id)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
