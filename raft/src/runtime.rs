@@ -135,3 +135,51 @@ impl AsyncRuntime for MadsimRuntime {
         (OneshotSender(sender), receiver)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Election timeouts drawn inside a fresh madsim runtime seeded with `seed`.
+    fn election_timeouts(seed: u64) -> Vec<u64> {
+        // A fresh thread per run: std caches hash keys per thread (see MADSIM-RECIPE.md).
+        std::thread::spawn(move || {
+            let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            runtime.block_on(async {
+                let config = openraft::Config::default();
+                (0..8).map(|_| config.new_rand_election_timeout::<MadsimRuntime>()).collect()
+            })
+        })
+        .join()
+        .expect("the run finishes")
+    }
+
+    // Goal: openraft's election timeouts come from madsim's seeded RNG (not rand 0.8's
+    // thread_rng), so a simulated election is a function of the seed. Method: draw timeouts
+    // the way openraft does, twice per seed, and across seeds.
+    #[test]
+    fn election_timeouts_follow_the_seed() {
+        let first = election_timeouts(7);
+        assert_eq!(first, election_timeouts(7), "same seed, same timeouts");
+        assert_ne!(first, election_timeouts(8), "another seed, other timeouts");
+        let config = openraft::Config::default();
+        assert!(first.iter().all(|t| (config.election_timeout_min..config.election_timeout_max).contains(t)));
+    }
+
+    // Goal: the hand-written timeout future answers the inner value when it is ready first and
+    // Elapsed when the deadline passes first, in simulated time.
+    #[test]
+    fn timeout_future() {
+        let runtime = madsim::runtime::Runtime::new();
+        runtime.block_on(async {
+            let quick = MadsimRuntime::timeout(Duration::from_secs(1), async { 5 }).await;
+            assert_eq!(quick, Ok(5));
+            let slow = MadsimRuntime::timeout(Duration::from_millis(10), MadsimRuntime::sleep(Duration::from_secs(5))).await;
+            assert_eq!(slow, Err(Elapsed));
+            let deadline = TokioInstant::now() + Duration::from_millis(20);
+            let at = MadsimRuntime::timeout_at(deadline, MadsimRuntime::sleep(Duration::from_secs(5))).await;
+            assert_eq!(at, Err(Elapsed));
+            assert!(TokioInstant::now() >= deadline, "the deadline passed in simulated time");
+        });
+    }
+}
