@@ -33,6 +33,12 @@ pub const SHARD_COUNT_MAX: u32 = 4_096;
 pub const SHARD_COUNT_DEFAULT: u32 = 16;
 /// The `who` of a command is at most this long.
 pub const WHO_BYTES_MAX: usize = 256;
+/// A command's JSON encoding (what the log record carries) is at most this long. Checked by
+/// `validate` because escaping can double a dashboard's size, and an entry the log store
+/// refuses (`entry_bytes_max`) would stop the node's raft instead of answering the proposer.
+pub const COMMAND_BYTES_MAX: usize = 2 * 1024 * 1024 - 4096;
+const _: () = assert!(COMMAND_BYTES_MAX <= crate::log_store::ENTRY_BYTES_MAX_DEFAULT);
+const _: () = assert!(DASHBOARD_JSON_BYTES_MAX < COMMAND_BYTES_MAX);
 
 /// One entry of the metadata log: an action, and who asked for it when. `who` and `at_ms` are
 /// stamped by the proposer (its `Clock`), so the audit trail is the same on every node.
@@ -467,6 +473,13 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
                 ));
             }
         }
+    }
+    let encoded_bytes = serde_json::to_vec(command).map_err(|e| invalid("command", e))?.len();
+    if encoded_bytes > COMMAND_BYTES_MAX {
+        return Err(invalid(
+            "command",
+            format!("{encoded_bytes} bytes encoded, at most {COMMAND_BYTES_MAX} allowed"),
+        ));
     }
     Ok(())
 }

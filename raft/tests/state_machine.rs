@@ -500,6 +500,16 @@ fn validate_table() {
     for (name, action, expected) in cases {
         check_validate(name, action, expected);
     }
+    // Escaping doubles this dashboard (each `\\` becomes four bytes in the command's JSON):
+    // under the dashboard limit, over the command limit, refused before it reaches the log.
+    // 523,900 pairs: just under 1 MiB of dashboard, just over COMMAND_BYTES_MAX encoded.
+    let escaped = format!("{{\"a\":\"{}\"}}", "\\\\".repeat(523_900));
+    assert!(escaped.len() < sextant_raft::command::DASHBOARD_JSON_BYTES_MAX);
+    check_validate(
+        "escaping pushes a dashboard over the command limit",
+        Action::PutDashboard { uid: "d".into(), title: "t".into(), json: escaped },
+        Err("invalid command: "),
+    );
     let mut nobody = command(Action::DeleteTenant { tenant: "t".into() });
     nobody.who = String::new();
     assert_eq!(

@@ -45,11 +45,14 @@ pub struct LogStoreConfig {
     pub entry_bytes_max: usize,
 }
 
+/// The default `entry_bytes_max`; commands are validated to fit (`command::COMMAND_BYTES_MAX`).
+pub const ENTRY_BYTES_MAX_DEFAULT: usize = 2 * 1024 * 1024;
+
 impl Default for LogStoreConfig {
     fn default() -> Self {
         LogStoreConfig {
             segment_bytes_max: 8 * 1024 * 1024,
-            entry_bytes_max: 2 * 1024 * 1024,
+            entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
         }
     }
 }
