@@ -1,1 +1,25 @@
-//! Placeholder; see Cargo.toml description.
+//! sextant-raft: Sextant's consensus-managed metadata on openraft.
+//!
+//! - [`types`]: the one `declare_raft_types!` ([`TypeConfig`]), [`Node`] addresses;
+//! - [`runtime`]: openraft's `AsyncRuntime` on madsim (only under `cfg(madsim)`);
+//! - [`log_store`]: the durable raft log on storage's `FileSystem`;
+//! - [`command`]: what the log carries and [`command::validate`] for proposers;
+//! - [`state`]: the metadata state and the apply function that never fails;
+//! - [`state_machine`]: openraft's state machine and snapshots over it.
+//!
+//! This crate is the only one that names openraft. The gRPC transport, the admin service and
+//! the CLI come in a later phase.
+
+pub mod command;
+pub mod log_store;
+#[cfg(madsim)]
+pub mod runtime;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+pub use command::{validate, Action, Command, Outcome, Response, ValidationError};
+pub use log_store::{LogStore, LogStoreConfig, LogStoreError};
+pub use state::MetadataState;
+pub use state_machine::StateMachineStore;
+pub use types::{Node, NodeId, TypeConfig};

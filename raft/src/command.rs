@@ -1,0 +1,485 @@
+//! What the metadata log carries: [`Command`]s in, [`Response`]s out, and the objects they
+//! change, with [`validate`] for the proposer.
+//!
+//! The split is deliberate: everything that can fail — parsing PromQL, durations, dashboard
+//! JSON, checking names and sizes, reading the clock for the audit time — happens in the
+//! proposer, once, *before* the command enters the log. Applying a command never fails and
+//! never reads a clock (see `state.rs`), so every node turns the same log into the same state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// Names (tenants, rule groups, rules, dashboard uids, labels) are at most this long.
+pub const NAME_BYTES_MAX: usize = 256;
+/// A dashboard's JSON is at most this long.
+pub const DASHBOARD_JSON_BYTES_MAX: usize = 1024 * 1024;
+/// A rule group holds at most this many rules.
+pub const RULES_PER_GROUP_MAX: usize = 1_000;
+/// A PromQL expression in a rule is at most this long.
+pub const RULE_EXPR_BYTES_MAX: usize = 64 * 1024;
+/// Labels or annotations on a rule, each.
+pub const RULE_LABELS_MAX: usize = 64;
+/// A label or annotation value is at most this long.
+pub const LABEL_VALUE_BYTES_MAX: usize = 16 * 1024;
+/// Blocked label names per tenant.
+pub const BLOCKED_LABELS_MAX: usize = 1_000;
+/// Shards in a shard map (the count is fixed at creation).
+pub const SHARD_COUNT_MAX: u32 = 4_096;
+/// The shard count a cluster is created with when nobody says otherwise.
+pub const SHARD_COUNT_DEFAULT: u32 = 16;
+/// The `who` of a command is at most this long.
+pub const WHO_BYTES_MAX: usize = 256;
+/// A command's JSON encoding (what the log record carries) is at most this long. Checked by
+/// `validate` because escaping can double a dashboard's size, and an entry the log store
+/// refuses (`entry_bytes_max`) would stop the node's raft instead of answering the proposer.
+pub const COMMAND_BYTES_MAX: usize = 2 * 1024 * 1024 - 4096;
+const _: () = assert!(COMMAND_BYTES_MAX <= crate::log_store::ENTRY_BYTES_MAX_DEFAULT);
+const _: () = assert!(DASHBOARD_JSON_BYTES_MAX < COMMAND_BYTES_MAX);
+
+/// One entry of the metadata log: an action, and who asked for it when. `who` and `at_ms` are
+/// stamped by the proposer (its `Clock`), so the audit trail is the same on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The principal (admin token name, `node-3`, `bootstrap`), for the audit trail.
+    pub who: String,
+    /// Wall-clock time at the proposer, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    pub action: Action,
+}
+
+/// What a command changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Creates the shard map with `shard_count` shards, each assigned as given (shards not
+    /// listed start unassigned). Applies once: a second creation is a no-op with a reason.
+    CreateShardMap {
+        shard_count: u32,
+        assignments: BTreeMap<u32, ShardAssignment>,
+    },
+    /// Sets a shard's primary and secondary. The epoch increases iff the primary changes.
+    AssignShard {
+        shard: u32,
+        assignment: ShardAssignment,
+    },
+    /// Creates or replaces a tenant's limits (blocked labels are kept).
+    PutTenantLimits {
+        tenant: String,
+        limits: TenantLimits,
+    },
+    DeleteTenant {
+        tenant: String,
+    },
+    BlockLabel {
+        tenant: String,
+        label: String,
+    },
+    UnblockLabel {
+        tenant: String,
+        label: String,
+    },
+    /// Creates or replaces a rule group (keyed by its name).
+    PutRuleGroup {
+        group: RuleGroup,
+    },
+    DeleteRuleGroup {
+        name: String,
+    },
+    /// Saves a new version of a dashboard.
+    PutDashboard {
+        uid: String,
+        title: String,
+        json: String,
+    },
+    DeleteDashboard {
+        uid: String,
+    },
+    SetRetention {
+        tenant: String,
+        retention_ms: i64,
+    },
+    DeleteRetention {
+        tenant: String,
+    },
+}
+
+/// A shard's replicas. `None` means unassigned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardAssignment {
+    pub primary: Option<NodeId>,
+    pub secondary: Option<NodeId>,
+}
+
+/// Per-tenant limits, applied live by every node's ingest and query paths.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantLimits {
+    pub series_per_metric_max: u64,
+    pub series_per_tenant_max: u64,
+    pub ingest_rate_samples_per_s_max: u64,
+    pub query_samples_max: u64,
+    pub query_series_max: u64,
+    pub query_range_ms_max: i64,
+    pub query_timeout_ms: i64,
+}
+
+/// A Prometheus rule group (the shape of one entry of a rule file's `groups:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleGroup {
+    pub name: String,
+    /// Evaluation interval as a Prometheus duration (`1m`); `None` means the global default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// One rule: exactly one of `record` and `alert` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
+    pub expr: String,
+    /// Alerting rules only: how long the condition must hold (`5m`).
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_duration: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What applying one log entry did. Identical on every node for the same entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The log index of the entry.
+    pub index: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The state changed (or, for blank and membership entries, the entry was recorded).
+    Applied,
+    /// The command was valid when proposed but does not fit the state it met (deleting a
+    /// missing rule group, creating the shard map twice): nothing changed.
+    NoOp { reason: String },
+}
+
+/// Why a command may not be proposed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct ValidationError {
+    /// Where in the command the problem is, e.g. `group.rules[2].expr`.
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl fmt::Display) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        message: message.to_string(),
+    }
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(invalid(
+            field,
+            format!("{} bytes, at most {NAME_BYTES_MAX} allowed", name.len()),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{name:?} contains a control character"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a Prometheus duration (`0s`, `30s`, `1h30m`, `1y`; integer terms, units `y w d h m s
+/// ms` from largest to smallest, each once) into milliseconds. Written here rather than taken
+/// from promql-parser, whose `parse_duration` panics on `-1` and `1e300` and refuses `0s`.
+pub fn parse_duration_ms(field: &str, text: &str) -> Result<i64, ValidationError> {
+    const UNITS: [(&str, i64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("ms", 1),
+        ("m", 60_000),
+        ("s", 1_000),
+    ];
+    if text.is_empty() {
+        return Err(invalid(field, "empty duration"));
+    }
+    let mut total: i64 = 0;
+    let mut rest = text;
+    let mut previous_unit_ms = i64::MAX;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(invalid(
+                field,
+                format!("duration {text:?}: expected a number at {rest:?}"),
+            ));
+        }
+        let number: i64 = rest[..digits]
+            .parse()
+            .map_err(|_| invalid(field, format!("duration {text:?}: number too large")))?;
+        rest = &rest[digits..];
+        let Some((unit, unit_ms)) = UNITS.iter().find(|(unit, _)| rest.starts_with(unit)) else {
+            return Err(invalid(
+                field,
+                format!("duration {text:?}: expected a unit (y, w, d, h, m, s, ms) at {rest:?}"),
+            ));
+        };
+        rest = &rest[unit.len()..];
+        if *unit_ms >= previous_unit_ms {
+            return Err(invalid(
+                field,
+                format!("duration {text:?}: units must go from largest to smallest, each once"),
+            ));
+        }
+        previous_unit_ms = *unit_ms;
+        total = number
+            .checked_mul(*unit_ms)
+            .and_then(|term| total.checked_add(term))
+            .ok_or_else(|| invalid(field, format!("duration {text:?} is too long")))?;
+    }
+    Ok(total)
+}
+
+fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    if labels.len() > RULE_LABELS_MAX {
+        return Err(invalid(
+            field,
+            format!(
+                "{} entries, at most {RULE_LABELS_MAX} allowed",
+                labels.len()
+            ),
+        ));
+    }
+    for (name, value) in labels {
+        check_name(&format!("{field}.{name}"), name)?;
+        if value.len() > LABEL_VALUE_BYTES_MAX {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                format!(
+                    "value of {} bytes, at most {LABEL_VALUE_BYTES_MAX} allowed",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
+    check_name("group.name", &group.name)?;
+    if let Some(interval) = &group.interval {
+        let ms = parse_duration_ms("group.interval", interval)?;
+        if ms <= 0 {
+            return Err(invalid(
+                "group.interval",
+                format!("{interval:?} must be positive"),
+            ));
+        }
+    }
+    if group.rules.len() > RULES_PER_GROUP_MAX {
+        return Err(invalid(
+            "group.rules",
+            format!(
+                "{} rules, at most {RULES_PER_GROUP_MAX} allowed",
+                group.rules.len()
+            ),
+        ));
+    }
+    for (i, rule) in group.rules.iter().enumerate() {
+        let field = format!("group.rules[{i}]");
+        match (&rule.record, &rule.alert) {
+            (Some(record), None) => {
+                check_name(&format!("{field}.record"), record)?;
+                if rule.for_duration.is_some() {
+                    return Err(invalid(
+                        format!("{field}.for"),
+                        "only alerting rules take `for`",
+                    ));
+                }
+            }
+            (None, Some(alert)) => check_name(&format!("{field}.alert"), alert)?,
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    &field,
+                    "has both `record` and `alert`; set exactly one",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    &field,
+                    "has neither `record` nor `alert`; set exactly one",
+                ))
+            }
+        }
+        if rule.expr.is_empty() {
+            return Err(invalid(format!("{field}.expr"), "must not be empty"));
+        }
+        if rule.expr.len() > RULE_EXPR_BYTES_MAX {
+            return Err(invalid(
+                format!("{field}.expr"),
+                format!(
+                    "{} bytes, at most {RULE_EXPR_BYTES_MAX} allowed",
+                    rule.expr.len()
+                ),
+            ));
+        }
+        sextant_core::promql::parse(&rule.expr).map_err(|e| invalid(format!("{field}.expr"), e))?;
+        if let Some(for_duration) = &rule.for_duration {
+            parse_duration_ms(&format!("{field}.for"), for_duration)?;
+        }
+        check_labels(&format!("{field}.labels"), &rule.labels)?;
+        check_labels(&format!("{field}.annotations"), &rule.annotations)?;
+    }
+    Ok(())
+}
+
+fn check_limits(limits: &TenantLimits) -> Result<(), ValidationError> {
+    if limits.query_range_ms_max < 0 {
+        return Err(invalid("limits.query_range_ms_max", "must not be negative"));
+    }
+    if limits.query_timeout_ms < 0 {
+        return Err(invalid("limits.query_timeout_ms", "must not be negative"));
+    }
+    Ok(())
+}
+
+fn check_shard(field: &str, assignment: &ShardAssignment) -> Result<(), ValidationError> {
+    if assignment.primary.is_some() && assignment.primary == assignment.secondary {
+        return Err(invalid(
+            field,
+            "primary and secondary must be different nodes",
+        ));
+    }
+    if assignment.primary.is_none() && assignment.secondary.is_some() {
+        return Err(invalid(field, "a secondary needs a primary"));
+    }
+    Ok(())
+}
+
+/// Checks a command before it is proposed. A command that passes may still apply as a no-op
+/// (the state may have changed meanwhile), but it never makes apply fail.
+pub fn validate(command: &Command) -> Result<(), ValidationError> {
+    if command.who.is_empty() {
+        return Err(invalid("who", "must not be empty"));
+    }
+    if command.who.len() > WHO_BYTES_MAX {
+        return Err(invalid(
+            "who",
+            format!(
+                "{} bytes, at most {WHO_BYTES_MAX} allowed",
+                command.who.len()
+            ),
+        ));
+    }
+    if command.at_ms < 0 {
+        return Err(invalid(
+            "at_ms",
+            format!("{} is before 1970", command.at_ms),
+        ));
+    }
+    match &command.action {
+        Action::CreateShardMap {
+            shard_count,
+            assignments,
+        } => {
+            if *shard_count == 0 || *shard_count > SHARD_COUNT_MAX {
+                return Err(invalid(
+                    "shard_count",
+                    format!("{shard_count} is not in 1..={SHARD_COUNT_MAX}"),
+                ));
+            }
+            for (shard, assignment) in assignments {
+                if shard >= shard_count {
+                    return Err(invalid(
+                        format!("assignments[{shard}]"),
+                        format!("only {shard_count} shards"),
+                    ));
+                }
+                check_shard(&format!("assignments[{shard}]"), assignment)?;
+            }
+        }
+        Action::AssignShard { shard, assignment } => {
+            if *shard >= SHARD_COUNT_MAX {
+                return Err(invalid(
+                    "shard",
+                    format!("{shard} is not below {SHARD_COUNT_MAX}"),
+                ));
+            }
+            check_shard("assignment", assignment)?;
+        }
+        Action::PutTenantLimits { tenant, limits } => {
+            check_name("tenant", tenant)?;
+            check_limits(limits)?;
+        }
+        Action::DeleteTenant { tenant } | Action::DeleteRetention { tenant } => {
+            check_name("tenant", tenant)?
+        }
+        Action::BlockLabel { tenant, label } | Action::UnblockLabel { tenant, label } => {
+            check_name("tenant", tenant)?;
+            check_name("label", label)?;
+        }
+        Action::PutRuleGroup { group } => check_rule_group(group)?,
+        Action::DeleteRuleGroup { name } => check_name("name", name)?,
+        Action::PutDashboard { uid, title, json } => {
+            check_name("uid", uid)?;
+            if title.len() > NAME_BYTES_MAX {
+                return Err(invalid(
+                    "title",
+                    format!("{} bytes, at most {NAME_BYTES_MAX} allowed", title.len()),
+                ));
+            }
+            if json.len() > DASHBOARD_JSON_BYTES_MAX {
+                return Err(invalid(
+                    "json",
+                    format!(
+                        "{} bytes, at most {DASHBOARD_JSON_BYTES_MAX} allowed",
+                        json.len()
+                    ),
+                ));
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(json).map_err(|e| invalid("json", e))?;
+            if !value.is_object() {
+                return Err(invalid("json", "a Grafana dashboard is a JSON object"));
+            }
+        }
+        Action::DeleteDashboard { uid } => check_name("uid", uid)?,
+        Action::SetRetention {
+            tenant,
+            retention_ms,
+        } => {
+            check_name("tenant", tenant)?;
+            if *retention_ms <= 0 {
+                return Err(invalid(
+                    "retention_ms",
+                    format!("{retention_ms} must be positive"),
+                ));
+            }
+        }
+    }
+    let encoded_bytes = serde_json::to_vec(command).map_err(|e| invalid("command", e))?.len();
+    if encoded_bytes > COMMAND_BYTES_MAX {
+        return Err(invalid(
+            "command",
+            format!("{encoded_bytes} bytes encoded, at most {COMMAND_BYTES_MAX} allowed"),
+        ));
+    }
+    Ok(())
+}
