@@ -71,6 +71,9 @@ pub fn serve_config(config: &SimConfig, addr: SocketAddr) -> ServeConfig {
     serve.acceptance = AcceptanceConfig { future_skew_ms_max: config.future_skew_ms_max, ..AcceptanceConfig::default() };
     serve.limits.series_per_metric_max = config.series_per_metric_max;
     serve.limits.series_per_tenant_max = config.series_per_tenant_max;
+    if config.planted_bug == Some(crate::config::PlantedBug::AckBeforeFsync) {
+        serve.fsync = FsyncPolicy::Interval { interval_ms: 10_000 };
+    }
     serve
 }
 

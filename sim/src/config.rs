@@ -60,6 +60,41 @@ impl FromStr for Scenario {
     }
 }
 
+/// A bug planted in the node's configuration to prove the oracles catch it. Sim-only: it is a
+/// flag of `sextant-sim`, never a setting of `sextant serve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PlantedBug {
+    /// Acknowledge writes once written, fsync only every 10 s (the WAL's `interval` policy
+    /// run where `always` is promised): acked samples die with the power.
+    AckBeforeFsync,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 1] = [PlantedBug::AckBeforeFsync];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::AckBeforeFsync => "ack-before-fsync",
+        }
+    }
+}
+
+impl fmt::Display for PlantedBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PlantedBug {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        PlantedBug::ALL
+            .into_iter()
+            .find(|b| b.name() == text)
+            .ok_or_else(|| format!("unknown planted bug {text:?}; known: {}", PlantedBug::ALL.map(|b| b.name()).join(", ")))
+    }
+}
+
 /// The configuration of one simulated run.
 ///
 /// Sizes are scaled down from production so that a few simulated minutes exercise the paths
@@ -115,6 +150,8 @@ pub struct SimConfig {
     pub bomb: bool,
     /// Period of the reader that checks acked ⊆ answer ⊆ attempted during the run.
     pub read_interval_ms: u64,
+    /// A bug planted on purpose (`--plant`), to test the oracles.
+    pub planted_bug: Option<PlantedBug>,
 }
 
 impl SimConfig {
@@ -145,6 +182,7 @@ impl SimConfig {
             clock_drift_ppm_max: if skewed { 500 } else { 50 },
             bomb: matches!(scenario, Scenario::Bomb | Scenario::Mixed),
             read_interval_ms: 5_000,
+            planted_bug: None,
         }
     }
 }

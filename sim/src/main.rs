@@ -34,9 +34,13 @@ mod real {
         /// jump, clog) or `none`. Default: the scenario's.
         #[arg(long, value_parser = FaultKind::parse_list)]
         faults: Option<std::collections::BTreeSet<FaultKind>>,
-        /// Fail when a node does not report its clock skew (a known gap today).
+        /// Fail on known gaps too (a skewed node that does not report it; series limits that
+        /// reset on restart) instead of reporting them.
+        #[arg(long = "strict")]
+        strict_gaps: bool,
+        /// Plant a bug on purpose to test the oracles: ack-before-fsync.
         #[arg(long)]
-        strict_skew: bool,
+        plant: Option<sextant_sim::config::PlantedBug>,
     }
 
     #[derive(Subcommand)]
@@ -92,7 +96,8 @@ mod real {
                 }
                 let mut options = RunOptions::new(seed, scenario.unwrap_or_else(|| Scenario::for_seed(seed)));
                 options.faults = common.faults;
-                options.strict_skew = common.strict_skew;
+                options.strict_gaps = common.strict_gaps;
+                options.planted_bug = common.plant;
                 options.verbose = trace;
                 if let Some(path) = schedule {
                     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("--schedule {path:?}: {e}")));
@@ -109,7 +114,8 @@ mod real {
                 let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
                 let mut template = RunOptions::new(0, Scenario::Steady);
                 template.faults = common.faults;
-                template.strict_skew = common.strict_skew;
+                template.strict_gaps = common.strict_gaps;
+                template.planted_bug = common.plant;
                 let count = range.clone().count();
                 let started = Instant::now();
                 let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true);

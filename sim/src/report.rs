@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use crate::config::{Scenario, SimConfig};
+use crate::config::{PlantedBug, Scenario, SimConfig};
 use crate::schedule::{FaultKind, Schedule};
 
 /// The inputs of one run: everything a replay needs.
@@ -16,18 +16,20 @@ pub struct RunOptions {
     /// A pinned schedule (replaces the one drawn from the seed).
     pub schedule: Option<Schedule>,
     /// Treat the known clock-skew gap as a failure.
-    pub strict_skew: bool,
+    pub strict_gaps: bool,
     /// Print every trace event to stderr.
     pub verbose: bool,
+    /// A bug planted on purpose, to test the oracles.
+    pub planted_bug: Option<PlantedBug>,
 }
 
 impl RunOptions {
     pub fn new(seed: u64, scenario: Scenario) -> RunOptions {
-        RunOptions { seed, scenario, faults: None, schedule: None, strict_skew: false, verbose: false }
+        RunOptions { seed, scenario, faults: None, schedule: None, strict_gaps: false, verbose: false, planted_bug: None }
     }
 
     pub fn config(&self) -> SimConfig {
-        SimConfig::new(self.seed, self.scenario)
+        SimConfig { planted_bug: self.planted_bug, ..SimConfig::new(self.seed, self.scenario) }
     }
 
     pub fn fault_kinds(&self) -> BTreeSet<FaultKind> {
@@ -41,8 +43,11 @@ impl RunOptions {
             let list: Vec<&str> = faults.iter().map(|k| k.name()).collect();
             command.push_str(&format!(" --faults {}", if list.is_empty() { "none".to_string() } else { list.join(",") }));
         }
-        if self.strict_skew {
-            command.push_str(" --strict-skew");
+        if let Some(bug) = self.planted_bug {
+            command.push_str(&format!(" --plant {bug}"));
+        }
+        if self.strict_gaps {
+            command.push_str(" --strict");
         }
         command.push_str(" --trace");
         command
