@@ -68,5 +68,8 @@ pub fn remote_write(addr: SocketAddr, request: &WriteRequest) -> http::Request<F
 
 /// A GET of `path`.
 pub fn get(addr: SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
-    http::Request::get(format!("http://{addr}{path}")).header("host", addr.to_string()).body(Full::new(Bytes::new())).expect("a well-formed request")
+    http::Request::get(format!("http://{addr}{path}"))
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .expect("a well-formed request")
 }

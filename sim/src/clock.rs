@@ -30,7 +30,10 @@ pub struct SimClock {
 impl SimClock {
     /// Must be called inside the madsim runtime.
     pub fn new(skew_ms: i64, drift_ppm: i64) -> SimClock {
-        SimClock { origin: Instant::now(), state: Mutex::new(State { skew_ms, jumps_ms: 0, drift_ppm }) }
+        SimClock {
+            origin: Instant::now(),
+            state: Mutex::new(State { skew_ms, jumps_ms: 0, drift_ppm }),
+        }
     }
 
     /// Steps the wall clock by `delta_ms` (either way).

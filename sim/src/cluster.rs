@@ -67,8 +67,18 @@ pub struct Cluster {
 
 /// The node configuration the simulation runs (see `SimConfig`'s table).
 pub fn serve_config(config: &SimConfig, addr: SocketAddr) -> ServeConfig {
-    let mut serve = ServeConfig { http_listen: addr, retention_ms: None, fsync: FsyncPolicy::Always, memory_bytes_max: config.memory_bytes_max, maintain_interval_ms: config.maintain_interval_ms, ..ServeConfig::default() };
-    serve.acceptance = AcceptanceConfig { future_skew_ms_max: config.future_skew_ms_max, ..AcceptanceConfig::default() };
+    let mut serve = ServeConfig {
+        http_listen: addr,
+        retention_ms: None,
+        fsync: FsyncPolicy::Always,
+        memory_bytes_max: config.memory_bytes_max,
+        maintain_interval_ms: config.maintain_interval_ms,
+        ..ServeConfig::default()
+    };
+    serve.acceptance = AcceptanceConfig {
+        future_skew_ms_max: config.future_skew_ms_max,
+        ..AcceptanceConfig::default()
+    };
     serve.limits.series_per_metric_max = config.series_per_metric_max;
     serve.limits.series_per_tenant_max = config.series_per_tenant_max;
     if config.planted_bug == Some(crate::config::PlantedBug::AckBeforeFsync) {
@@ -80,7 +90,11 @@ pub fn serve_config(config: &SimConfig, addr: SocketAddr) -> ServeConfig {
 pub fn engine_config(config: &SimConfig, serve: &ServeConfig) -> EngineConfig {
     EngineConfig {
         shard_ids: (0..config.shards).collect(),
-        wal: WalConfig { segment_bytes: config.wal_segment_bytes, fsync: serve.fsync, ..WalConfig::default() },
+        wal: WalConfig {
+            segment_bytes: config.wal_segment_bytes,
+            fsync: serve.fsync,
+            ..WalConfig::default()
+        },
         acceptance: serve.acceptance,
         block_span_ms: config.block_span_ms,
         retention_ms: serve.retention_ms,
@@ -94,7 +108,9 @@ pub fn engine_config(config: &SimConfig, serve: &ServeConfig) -> EngineConfig {
 async fn run_node(serve: ServeConfig, engine_config: EngineConfig, fs: SimFs, clock: Arc<SimClock>, live: Arc<Mutex<Option<Arc<Node>>>>) {
     let node = Node::new(serve.clone(), clock.clone(), None);
     *live.lock().expect("live lock") = Some(node.clone());
-    let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), serve.http_listen.port())).await.expect("bind the node's HTTP port");
+    let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), serve.http_listen.port()))
+        .await
+        .expect("bind the node's HTTP port");
     // The sender lives as long as this task: the server stops only when the machine dies.
     let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(sextant::server::serve_http(listener, sextant::http::router(node.clone()), shutdown_rx, CONNECTIONS_MAX));
@@ -140,13 +156,28 @@ impl Cluster {
                     .init(move || run_node(serve.clone(), engine.clone(), fs.clone(), clock.clone(), live.clone()))
                     .build()
             };
-            nodes.push(SimNode { index, handle: node_handle, addr, fs, clock, live });
+            nodes.push(SimNode {
+                index,
+                handle: node_handle,
+                addr,
+                fs,
+                clock,
+                live,
+            });
         }
         let writers = (0..config.writers).map(|w| machine(&handle, format!("writer-{w}"), Ipv4Addr::new(10, 0, 1, w as u8 + 1))).collect();
         let bomb = machine(&handle, "bomb".into(), Ipv4Addr::new(10, 0, 2, 1));
         let reader = machine(&handle, "reader".into(), Ipv4Addr::new(10, 0, 3, 1));
         let probe = machine(&handle, "probe".into(), Ipv4Addr::new(10, 0, 4, 1));
-        Cluster { handle, nodes, writers, bomb, reader, probe, config }
+        Cluster {
+            handle,
+            nodes,
+            writers,
+            bomb,
+            reader,
+            probe,
+            config,
+        }
     }
 
     /// The node a writer sends to.
@@ -160,8 +191,9 @@ impl Cluster {
         self.nodes[index].live.lock().expect("live lock").take();
     }
 
-    /// Cuts the power of node `index`'s disk: unsynced bytes are dropped or torn; transient
-    /// disk faults end (a rebooted machine). Returns (bytes lost, bytes of garbage) it caused.
+    /// Cuts the power of node `index`'s disk: unsynced bytes are dropped or torn; read
+    /// corruption (transient) ends, other disk faults go on. Returns (bytes lost, bytes of
+    /// garbage) it caused.
     pub fn power_cut(&self, index: usize, kind: CrashKind) -> (u64, u64) {
         let fs = &self.nodes[index].fs;
         let before = fs.stats();
@@ -169,7 +201,11 @@ impl Cluster {
             CrashKind::Torn => CrashMode::Torn,
             CrashKind::DropUnsynced => CrashMode::DropUnsynced,
         };
-        fs.set_faults(FaultConfig { crash_mode, ..FaultConfig::default() });
+        fs.set_faults(FaultConfig {
+            crash_mode,
+            read_corruption_probability: 0.0,
+            ..fs.faults()
+        });
         fs.crash();
         let after = fs.stats();
         (after.bytes_lost_on_crash - before.bytes_lost_on_crash, after.bytes_garbage_on_crash - before.bytes_garbage_on_crash)

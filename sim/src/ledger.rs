@@ -140,7 +140,14 @@ pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_bef
         for &(t, bits) in samples {
             if !sent.and_then(|s| s.get(&t)).is_some_and(|values| values.contains(&bits)) {
                 let sent_values: Vec<f64> = sent.and_then(|s| s.get(&t)).map(|v| v.iter().map(|b| f64::from_bits(*b)).collect()).unwrap_or_default();
-                push("3-no-phantoms", format!("node {node} series {series} t={t}: returned value {} (bits {bits:#x}) was never written (written there: {sent_values:?})", f64::from_bits(bits)), &mut phantoms);
+                push(
+                    "3-no-phantoms",
+                    format!(
+                        "node {node} series {series} t={t}: returned value {} (bits {bits:#x}) was never written (written there: {sent_values:?})",
+                        f64::from_bits(bits)
+                    ),
+                    &mut phantoms,
+                );
             }
         }
     }
@@ -152,14 +159,25 @@ pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_bef
             }
             match returned.get(&t) {
                 Some(&got) if got == bits => {}
-                Some(&got) => push("1-acked-durability", format!("node {node} series {series} t={t}: acked value bits {bits:#x} at {acked_ms} ms, answer has {got:#x}"), &mut missing),
-                None => push("1-acked-durability", format!("node {node} series {series} t={t}: acked at {acked_ms} ms, missing from the answer"), &mut missing),
+                Some(&got) => push(
+                    "1-acked-durability",
+                    format!("node {node} series {series} t={t}: acked value bits {bits:#x} at {acked_ms} ms, answer has {got:#x}"),
+                    &mut missing,
+                ),
+                None => push(
+                    "1-acked-durability",
+                    format!("node {node} series {series} t={t}: acked at {acked_ms} ms, missing from the answer"),
+                    &mut missing,
+                ),
             }
         }
     }
     for (oracle, count) in [("1-acked-durability", missing), ("3-no-phantoms", phantoms), ("4-no-duplicates", unordered)] {
         if count > EVIDENCE_MAX {
-            out.push(Violation { oracle, evidence: format!("node {node}: {} more like this", count - EVIDENCE_MAX) });
+            out.push(Violation {
+                oracle,
+                evidence: format!("node {node}: {} more like this", count - EVIDENCE_MAX),
+            });
         }
     }
     out
@@ -170,7 +188,11 @@ mod tests {
     use super::*;
 
     fn sample(series: &str, t: i64, v: f64) -> WrittenSample {
-        WrittenSample { series: series.into(), t, bits: v.to_bits() }
+        WrittenSample {
+            series: series.into(),
+            t,
+            bits: v.to_bits(),
+        }
     }
 
     // Goal: the answer oracles flag exactly the violations planted in the answer. Method: one

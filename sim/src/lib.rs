@@ -31,3 +31,5 @@ pub mod cluster;
 pub mod run;
 #[cfg(madsim)]
 pub mod sweep;
+#[cfg(madsim)]
+pub mod walcheck;

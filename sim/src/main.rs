@@ -89,10 +89,19 @@ mod real {
     pub fn main() {
         let cli = Cli::parse();
         match cli.command {
-            Command::Run { seed, scenario, common, schedule, trace } => {
+            Command::Run {
+                seed,
+                scenario,
+                common,
+                schedule,
+                trace,
+            } => {
                 println!("seed = {seed}");
                 if trace {
-                    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).with_writer(std::io::stderr).try_init();
+                    let _ = tracing_subscriber::fmt()
+                        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                        .with_writer(std::io::stderr)
+                        .try_init();
                 }
                 let mut options = RunOptions::new(seed, scenario.unwrap_or_else(|| Scenario::for_seed(seed)));
                 options.faults = common.faults;
@@ -121,7 +130,11 @@ mod real {
                 let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true);
                 print!("{}", summary.text);
                 let minutes = started.elapsed().as_secs_f64() / 60.0;
-                println!("{count} seeds in {:.1} s wall ({:.0} seeds/minute on {jobs} jobs)", started.elapsed().as_secs_f64(), count as f64 / minutes.max(1e-9));
+                println!(
+                    "{count} seeds in {:.1} s wall ({:.0} seeds/minute on {jobs} jobs)",
+                    started.elapsed().as_secs_f64(),
+                    count as f64 / minutes.max(1e-9)
+                );
                 std::process::exit(if summary.failed() == 0 { 0 } else { 1 });
             }
         }

@@ -25,11 +25,22 @@ pub struct RunOptions {
 
 impl RunOptions {
     pub fn new(seed: u64, scenario: Scenario) -> RunOptions {
-        RunOptions { seed, scenario, faults: None, schedule: None, strict_gaps: false, verbose: false, planted_bug: None }
+        RunOptions {
+            seed,
+            scenario,
+            faults: None,
+            schedule: None,
+            strict_gaps: false,
+            verbose: false,
+            planted_bug: None,
+        }
     }
 
     pub fn config(&self) -> SimConfig {
-        SimConfig { planted_bug: self.planted_bug, ..SimConfig::new(self.seed, self.scenario) }
+        SimConfig {
+            planted_bug: self.planted_bug,
+            ..SimConfig::new(self.seed, self.scenario)
+        }
     }
 
     pub fn fault_kinds(&self) -> BTreeSet<FaultKind> {
@@ -38,7 +49,10 @@ impl RunOptions {
 
     /// The one command that replays this run with full tracing.
     pub fn replay_command(&self) -> String {
-        let mut command = format!("RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim cargo run --profile ci -p sextant-sim -- run --seed {} --scenario {}", self.seed, self.scenario);
+        let mut command = format!(
+            "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim cargo run --profile ci -p sextant-sim -- run --seed {} --scenario {}",
+            self.seed, self.scenario
+        );
         if let Some(faults) = &self.faults {
             let list: Vec<&str> = faults.iter().map(|k| k.name()).collect();
             command.push_str(&format!(" --faults {}", if list.is_empty() { "none".to_string() } else { list.join(",") }));
@@ -96,7 +110,13 @@ impl RunReport {
         let _ = writeln!(out, "seed = {seed}");
         let _ = writeln!(out, "scenario = {}", self.options.scenario);
         let _ = writeln!(out, "schedule = {}", self.schedule.to_json());
-        let _ = writeln!(out, "simulated = {:.1} s, wall = {:.2} s, samples acked = {}", self.sim_ms as f64 / 1000.0, self.wall_ms as f64 / 1000.0, self.samples_acked);
+        let _ = writeln!(
+            out,
+            "simulated = {:.1} s, wall = {:.2} s, samples acked = {}",
+            self.sim_ms as f64 / 1000.0,
+            self.wall_ms as f64 / 1000.0,
+            self.samples_acked
+        );
         let _ = writeln!(out, "buggify = {}", if self.buggify_on { "on" } else { "off" });
         for (site, (reached, fired)) in &self.buggify {
             let _ = writeln!(out, "  buggify {site}: reached {reached}, fired {fired}");

@@ -77,7 +77,11 @@ impl Shared {
 
     fn violate(&self, violation: Violation) {
         self.event(format!("VIOLATION {}: {}", violation.oracle, violation.evidence));
-        self.violations.lock().expect("violations").push(TimedViolation { at_ms: now_ms(), oracle: violation.oracle.to_string(), evidence: violation.evidence });
+        self.violations.lock().expect("violations").push(TimedViolation {
+            at_ms: now_ms(),
+            oracle: violation.oracle.to_string(),
+            evidence: violation.evidence,
+        });
     }
 }
 
@@ -88,7 +92,15 @@ async fn read_all(node: &Node) -> Result<Answer, String> {
     let engine = node.engine()?;
     let all = Matcher::new(MatchOp::RegexMatch, "__name__", ".+").map_err(|e| e.to_string())?;
     let series = engine.select(TENANT, &[all], i64::MIN, i64::MAX).await.map_err(|e| e.to_string())?;
-    Ok(series.into_iter().map(|s| (series_key(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))), s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect())).collect())
+    Ok(series
+        .into_iter()
+        .map(|s| {
+            (
+                series_key(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))),
+                s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect(),
+            )
+        })
+        .collect())
 }
 
 async fn read_with_timeout(node: &Node) -> Result<Answer, String> {
@@ -99,7 +111,16 @@ async fn read_with_timeout(node: &Node) -> Result<Answer, String> {
 }
 
 /// Sends one batch to `node`, retrying retryable answers and timeouts like Prometheus does.
-async fn send_batch(shared: &Shared, addr: std::net::SocketAddr, who: &str, writer: Option<usize>, node: usize, request: &sextant::remote_write::WriteRequest, samples: &[WrittenSample], retries_max: u32) -> Outcome {
+async fn send_batch(
+    shared: &Shared,
+    addr: std::net::SocketAddr,
+    who: &str,
+    writer: Option<usize>,
+    node: usize,
+    request: &sextant::remote_write::WriteRequest,
+    samples: &[WrittenSample],
+    retries_max: u32,
+) -> Outcome {
     let mut attempt = 0u32;
     loop {
         shared.ledger.lock().expect("ledger").attempt(node, samples);
@@ -207,13 +228,58 @@ async fn reader_loop(shared: Arc<Shared>, nodes: Vec<Arc<Mutex<Option<Arc<Node>>
                     };
                     shared.event(format!("reader: node-{index} answered {} series", answer.len()));
                     for v in violations {
-                        shared.violate(Violation { oracle: v.oracle, evidence: format!("read during the run at {started_ms} ms: {}", v.evidence) });
+                        shared.violate(Violation {
+                            oracle: v.oracle,
+                            evidence: format!("read during the run at {started_ms} ms: {}", v.evidence),
+                        });
                     }
                 }
                 Err(reason) => shared.event(format!("reader: node-{index} read failed: {reason}")),
             }
         }
     }
+}
+
+/// Kills node `node`, cuts its disk's power, and runs oracle 5 on its WAL (sim/src/walcheck.rs).
+/// Returns (bytes lost, bytes of garbage).
+async fn crash(shared: &Arc<Shared>, cluster: &Arc<Cluster>, node: usize, mode: crate::schedule::CrashKind) -> (u64, u64) {
+    let fs = cluster.nodes[node].fs.clone();
+    cluster.kill(node);
+    let wal_config = crate::cluster::engine_config(&shared.config, &crate::cluster::serve_config(&shared.config, cluster.nodes[node].addr)).wal;
+    let appended = crate::walcheck::current_wal_files(&fs).await;
+    let fsynced = crate::walcheck::durable_wal_files(&fs);
+    let (lost, garbage) = cluster.power_cut(node, mode);
+    let recovered = crate::walcheck::durable_wal_files(&fs);
+    match (
+        crate::walcheck::replay(&appended, &wal_config).await,
+        crate::walcheck::replay(&fsynced, &wal_config).await,
+        crate::walcheck::replay(&recovered, &wal_config).await,
+    ) {
+        (Ok(appended), Ok(fsynced), Ok(recovered)) => {
+            shared.event(format!(
+                "wal check node-{node}: {} appended, {} fsynced, {} recovered records",
+                appended.len(),
+                fsynced.len(),
+                recovered.len()
+            ));
+            shared.count("crash: WAL records lost (appended, not recovered)", appended.len().saturating_sub(recovered.len()) as u64);
+            for evidence in crate::walcheck::check(node, &appended, &fsynced, &recovered) {
+                shared.violate(Violation {
+                    oracle: "5-wal-prefix",
+                    evidence: format!("crash ({mode:?}): {evidence}"),
+                });
+            }
+        }
+        (a, b, c) => {
+            for error in [a.err(), b.err(), c.err()].into_iter().flatten() {
+                shared.violate(Violation {
+                    oracle: "5-wal-prefix",
+                    evidence: format!("node {node}: a copy of its WAL does not replay: {error}"),
+                });
+            }
+        }
+    }
+    (lost, garbage)
 }
 
 /// Applies one fault and, for faults with a duration, undoes it when it ends.
@@ -224,8 +290,7 @@ async fn apply(shared: Arc<Shared>, cluster: Arc<Cluster>, event: FaultEvent) {
     let fs = cluster.nodes[node].fs.clone();
     match fault {
         Fault::Crash { mode, down_ms, .. } => {
-            cluster.kill(node);
-            let (lost, garbage) = cluster.power_cut(node, mode);
+            let (lost, garbage) = crash(&shared, &cluster, node, mode).await;
             shared.count("crash: unsynced bytes lost", lost);
             shared.count("crash: garbage bytes after torn writes", garbage);
             shared.event(format!("node-{node} crashed ({mode:?}): {lost} bytes lost, {garbage} garbage"));
@@ -244,22 +309,42 @@ async fn apply(shared: Arc<Shared>, cluster: Arc<Cluster>, event: FaultEvent) {
             shared.event(format!("node-{node} resumed"));
         }
         Fault::SyncEio { probability, duration_ms, .. } => {
-            fs.set_faults(sextant_storage::fs::sim::FaultConfig { sync_eio_probability: probability, sync_dir_eio_probability: probability, ..fs.faults() });
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                sync_eio_probability: probability,
+                sync_dir_eio_probability: probability,
+                ..fs.faults()
+            });
             sleep_ms(duration_ms).await;
-            fs.set_faults(sextant_storage::fs::sim::FaultConfig { sync_eio_probability: 0.0, sync_dir_eio_probability: 0.0, ..fs.faults() });
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                sync_eio_probability: 0.0,
+                sync_dir_eio_probability: 0.0,
+                ..fs.faults()
+            });
         }
         Fault::NoSpace { headroom_bytes, duration_ms, .. } => {
-            fs.set_faults(sextant_storage::fs::sim::FaultConfig { capacity_bytes: Some(fs.used_bytes() + headroom_bytes), ..fs.faults() });
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                capacity_bytes: Some(fs.used_bytes() + headroom_bytes),
+                ..fs.faults()
+            });
             sleep_ms(duration_ms).await;
             fs.set_faults(sextant_storage::fs::sim::FaultConfig { capacity_bytes: None, ..fs.faults() });
         }
         Fault::CorruptReads { probability, duration_ms, .. } => {
-            fs.set_faults(sextant_storage::fs::sim::FaultConfig { read_corruption_probability: probability, ..fs.faults() });
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                read_corruption_probability: probability,
+                ..fs.faults()
+            });
             sleep_ms(duration_ms).await;
-            fs.set_faults(sextant_storage::fs::sim::FaultConfig { read_corruption_probability: 0.0, ..fs.faults() });
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                read_corruption_probability: 0.0,
+                ..fs.faults()
+            });
         }
         Fault::SlowDisk { delay_ms_max, duration_ms, .. } => {
-            fs.set_faults(sextant_storage::fs::sim::FaultConfig { io_delay_ms_max: delay_ms_max, ..fs.faults() });
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                io_delay_ms_max: delay_ms_max,
+                ..fs.faults()
+            });
             sleep_ms(duration_ms).await;
             fs.set_faults(sextant_storage::fs::sim::FaultConfig { io_delay_ms_max: 0, ..fs.faults() });
         }
@@ -295,7 +380,13 @@ async fn probe(shared: Arc<Shared>, cluster: Arc<Cluster>, node: usize, deadline
                 let sample = WrittenSample { series: key, t, bits: 1f64.to_bits() };
                 let request = sextant::remote_write::WriteRequest {
                     timeseries: vec![sextant::remote_write::TimeSeries {
-                        labels: labels.iter().map(|(n, v)| sextant::remote_write::Label { name: n.to_string(), value: v.clone() }).collect(),
+                        labels: labels
+                            .iter()
+                            .map(|(n, v)| sextant::remote_write::Label {
+                                name: n.to_string(),
+                                value: v.clone(),
+                            })
+                            .collect(),
                         samples: vec![sextant::remote_write::Sample { value: 1.0, timestamp: t }],
                         exemplars: vec![],
                         histograms: vec![],
@@ -331,7 +422,10 @@ async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gap
             if status != 200 || outcome != Some(Outcome::Acked) {
                 shared.violate(Violation {
                     oracle: "11-liveness",
-                    evidence: format!("node-{node} (clock offset {offset_ms} ms): {} ms after the quiet phase, /-/ready answered {status} {body:?} and the probe write came to {outcome:?}", config.liveness_ms_max),
+                    evidence: format!(
+                        "node-{node} (clock offset {offset_ms} ms): {} ms after the quiet phase, /-/ready answered {status} {body:?} and the probe write came to {outcome:?}",
+                        config.liveness_ms_max
+                    ),
                 });
             }
             continue;
@@ -340,7 +434,13 @@ async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gap
         // as being from the future. Designed behaviour (SIMULATION.md): notice, report not
         // ready with the reason, let writers route around it. It must never store them.
         if outcome == Some(Outcome::Acked) {
-            shared.violate(Violation { oracle: "skew-judgement", evidence: format!("node-{node} clock {offset_ms} ms off (limit {} ms) acked a current sample it must judge as from the future", config.future_skew_ms_max) });
+            shared.violate(Violation {
+                oracle: "skew-judgement",
+                evidence: format!(
+                    "node-{node} clock {offset_ms} ms off (limit {} ms) acked a current sample it must judge as from the future",
+                    config.future_skew_ms_max
+                ),
+            });
         }
         let time_refused = matches!(&outcome, Some(Outcome::Refused { status: 400, message }) if message.contains("ahead of the node's clock"));
         if status == 200 {
@@ -350,14 +450,20 @@ async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gap
                 if time_refused { "are refused 400 \"ahead of the node's clock\"" } else { "came to something else" }
             );
             if strict_gaps {
-                shared.violate(Violation { oracle: "skew-reported", evidence: gap });
+                shared.violate(Violation {
+                    oracle: "skew-reported",
+                    evidence: gap,
+                });
             } else {
                 shared.event(format!("known gap: {gap}"));
                 known_gaps.push(gap);
             }
         }
         if !time_refused && outcome != Some(Outcome::Acked) {
-            shared.violate(Violation { oracle: "skew-judgement", evidence: format!("node-{node} clock {offset_ms} ms off: a current sample came to {outcome:?}, expected a 400 naming the node's clock") });
+            shared.violate(Violation {
+                oracle: "skew-judgement",
+                evidence: format!("node-{node} clock {offset_ms} ms off: a current sample came to {outcome:?}, expected a 400 naming the node's clock"),
+            });
         }
     }
 }
@@ -366,7 +472,10 @@ async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gap
 async fn check_limits(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gaps: bool, known_gaps: &mut Vec<String>) {
     let config = &shared.config;
     let Some(node) = cluster.nodes[0].node() else {
-        shared.violate(Violation { oracle: "9-limits", evidence: "node-0 is down at the end of the run".into() });
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: "node-0 is down at the end of the run".into(),
+        });
         return;
     };
     let Ok(engine) = node.engine() else { return };
@@ -374,13 +483,26 @@ async fn check_limits(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gaps:
     let tracked = node.active_series(TENANT, Some(BOMB_METRIC));
     let tenant_series = engine.head_series_count(TENANT, None).await;
     let status = engine.status().await;
-    shared.event(format!("limits: bomb series in head {bomb_series}, tracked {tracked}, tenant {tenant_series}, memory {} / {}", status.memory_bytes, status.memory_bytes_max));
-    let bomb_acked = shared.ledger.lock().expect("ledger").nodes.get(&0).map(|l| l.acked.keys().filter(|k| k.contains(BOMB_METRIC)).count()).unwrap_or(0);
+    shared.event(format!(
+        "limits: bomb series in head {bomb_series}, tracked {tracked}, tenant {tenant_series}, memory {} / {}",
+        status.memory_bytes, status.memory_bytes_max
+    ));
+    let bomb_acked = shared
+        .ledger
+        .lock()
+        .expect("ledger")
+        .nodes
+        .get(&0)
+        .map(|l| l.acked.keys().filter(|k| k.contains(BOMB_METRIC)).count())
+        .unwrap_or(0);
     let restarts = shared.restarts.lock().expect("restarts").get(&0).copied().unwrap_or(0);
     if tracked > config.series_per_metric_max || (bomb_series > config.series_per_metric_max && restarts == 0) {
         shared.violate(Violation {
             oracle: "9-limits",
-            evidence: format!("node-0: {bomb_series} {BOMB_METRIC} series in the head and {tracked} tracked as active, limit series_per_metric_max = {} ({bomb_acked} bomb series were acked to the client)", config.series_per_metric_max),
+            evidence: format!(
+                "node-0: {bomb_series} {BOMB_METRIC} series in the head and {tracked} tracked as active, limit series_per_metric_max = {} ({bomb_acked} bomb series were acked to the client)",
+                config.series_per_metric_max
+            ),
         });
     } else if bomb_series > config.series_per_metric_max {
         // The active-series tracker starts empty at every start: the series replayed from the
@@ -397,15 +519,27 @@ async fn check_limits(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gaps:
         }
     }
     if tenant_series > config.series_per_tenant_max {
-        shared.violate(Violation { oracle: "9-limits", evidence: format!("node-0: tenant holds {tenant_series} series, limit {}", config.series_per_tenant_max) });
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: format!("node-0: tenant holds {tenant_series} series, limit {}", config.series_per_tenant_max),
+        });
     }
     if status.memory_bytes > status.memory_bytes_max {
-        shared.violate(Violation { oracle: "9-limits", evidence: format!("node-0: engine memory {} bytes over its budget {} (the engine's own accounting)", status.memory_bytes, status.memory_bytes_max) });
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: format!(
+                "node-0: engine memory {} bytes over its budget {} (the engine's own accounting)",
+                status.memory_bytes, status.memory_bytes_max
+            ),
+        });
     }
     let quiet_acks = shared.quiet_acks.lock().expect("quiet").get(&0).copied().unwrap_or(0);
     let node0_skewed = cluster.nodes[0].clock.offset_ms() < -config.future_skew_ms_max;
     if quiet_acks == 0 && !node0_skewed {
-        shared.violate(Violation { oracle: "9-limits", evidence: "node-0: no normal writer request was acked during the quiet phase while the bomb ran (other metrics must keep ingesting)".into() });
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: "node-0: no normal writer request was acked during the quiet phase while the bomb ran (other metrics must keep ingesting)".into(),
+        });
     }
 }
 
@@ -414,7 +548,10 @@ async fn check_all_nodes(shared: &Arc<Shared>, cluster: &Arc<Cluster>, phase: &s
     for sim_node in &cluster.nodes {
         let index = sim_node.index;
         let Some(node) = sim_node.node() else {
-            shared.violate(Violation { oracle: "11-liveness", evidence: format!("{phase}: node-{index} is down") });
+            shared.violate(Violation {
+                oracle: "11-liveness",
+                evidence: format!("{phase}: node-{index} is down"),
+            });
             continue;
         };
         let started_ms = now_ms();
@@ -427,10 +564,16 @@ async fn check_all_nodes(shared: &Arc<Shared>, cluster: &Arc<Cluster>, phase: &s
                 let samples: usize = answer.values().map(Vec::len).sum();
                 shared.event(format!("{phase}: node-{index} holds {} series, {samples} samples", answer.len()));
                 for v in violations {
-                    shared.violate(Violation { oracle: v.oracle, evidence: format!("{phase}: {}", v.evidence) });
+                    shared.violate(Violation {
+                        oracle: v.oracle,
+                        evidence: format!("{phase}: {}", v.evidence),
+                    });
                 }
             }
-            Err(reason) => shared.violate(Violation { oracle: "10-query", evidence: format!("{phase}: node-{index} could not be read: {reason}") }),
+            Err(reason) => shared.violate(Violation {
+                oracle: "10-query",
+                evidence: format!("{phase}: node-{index} could not be read: {reason}"),
+            }),
         }
     }
 }
@@ -526,8 +669,7 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
 
     // Oracle 1 with fsync-before-ack: everything acked survives every node losing power at once.
     for index in 0..cluster.nodes.len() {
-        cluster.kill(index);
-        let (lost, garbage) = cluster.power_cut(index, crate::schedule::CrashKind::Torn);
+        let (lost, garbage) = crash(&shared, &cluster, index, crate::schedule::CrashKind::Torn).await;
         shared.event(format!("final power cut node-{index}: {lost} bytes lost, {garbage} garbage"));
         cluster.restart(index);
     }
@@ -582,7 +724,10 @@ pub fn run(options: &RunOptions) -> RunReport {
                 let result = simulate(thread_options, thread_config, thread_schedule).await;
                 (result, now_ms())
             });
-            let buggify: BTreeMap<String, (u64, u64)> = sextant_core::determinism::buggify_counts().into_iter().map(|(site, c)| (site.to_string(), (c.reached_count, c.fired_count))).collect();
+            let buggify: BTreeMap<String, (u64, u64)> = sextant_core::determinism::buggify_counts()
+                .into_iter()
+                .map(|(site, c)| (site.to_string(), (c.reached_count, c.fired_count)))
+                .collect();
             (result, buggify, buggify_on)
         })
         .expect("spawn a simulation thread")
@@ -605,8 +750,26 @@ pub fn run(options: &RunOptions) -> RunReport {
             samples_acked,
         },
         Err(payload) => {
-            let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "non-string panic".into());
-            RunReport { options: options.clone(), config, schedule, violations: vec![], known_gaps: vec![], effective: BTreeMap::new(), buggify_on: false, buggify: BTreeMap::new(), panic: Some(message), trace_hash: 0, sim_ms: 0, wall_ms, samples_acked: 0 }
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            RunReport {
+                options: options.clone(),
+                config,
+                schedule,
+                violations: vec![],
+                known_gaps: vec![],
+                effective: BTreeMap::new(),
+                buggify_on: false,
+                buggify: BTreeMap::new(),
+                panic: Some(message),
+                trace_hash: 0,
+                sim_ms: 0,
+                wall_ms,
+                samples_acked: 0,
+            }
         }
     }
 }

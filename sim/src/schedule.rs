@@ -28,7 +28,16 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [FaultKind::Crash, FaultKind::Pause, FaultKind::Eio, FaultKind::Enospc, FaultKind::Corrupt, FaultKind::Slow, FaultKind::Jump, FaultKind::Clog];
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Crash,
+        FaultKind::Pause,
+        FaultKind::Eio,
+        FaultKind::Enospc,
+        FaultKind::Corrupt,
+        FaultKind::Slow,
+        FaultKind::Jump,
+        FaultKind::Clog,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -177,7 +186,7 @@ impl Schedule {
     /// Draws the schedule of `config` from its seed, using only `kinds`.
     ///
     /// Rules that keep every injected fault inside the fault model (docs/design/simulation.md):
-    /// a node is not crashed while one of its disk faults is active (so corrupt reads never
+    /// a node is not crashed while its reads are being corrupted (so corrupt reads never
     /// meet WAL replay, where a flipped bit is indistinguishable from rot of acknowledged
     /// data, which a single node cannot survive); every fault ends before the quiet phase.
     pub fn draw(config: &SimConfig, kinds: &BTreeSet<FaultKind>) -> Schedule {
@@ -202,17 +211,40 @@ impl Schedule {
                         mode: if rng.gen_bool(0.5) { CrashKind::Torn } else { CrashKind::DropUnsynced },
                         down_ms: rng.gen_range(10..=room_ms.clamp(11, 5_000)),
                     },
-                    FaultKind::Pause => Fault::Pause { node, duration_ms: duration_ms.min(10_000) },
-                    FaultKind::Eio => Fault::SyncEio { node, probability: [0.05, 0.3, 1.0][rng.gen_range(0..3)], duration_ms },
-                    FaultKind::Enospc => Fault::NoSpace { node, headroom_bytes: rng.gen_range(0..=64 * 1024), duration_ms },
-                    FaultKind::Corrupt => Fault::CorruptReads { node, probability: [0.01, 0.1, 0.5][rng.gen_range(0..3)], duration_ms },
-                    FaultKind::Slow => Fault::SlowDisk { node, delay_ms_max: rng.gen_range(1..=2_000), duration_ms },
+                    FaultKind::Pause => Fault::Pause {
+                        node,
+                        duration_ms: duration_ms.min(10_000),
+                    },
+                    FaultKind::Eio => Fault::SyncEio {
+                        node,
+                        probability: [0.05, 0.3, 1.0][rng.gen_range(0..3)],
+                        duration_ms,
+                    },
+                    FaultKind::Enospc => Fault::NoSpace {
+                        node,
+                        headroom_bytes: rng.gen_range(0..=64 * 1024),
+                        duration_ms,
+                    },
+                    FaultKind::Corrupt => Fault::CorruptReads {
+                        node,
+                        probability: [0.01, 0.1, 0.5][rng.gen_range(0..3)],
+                        duration_ms,
+                    },
+                    FaultKind::Slow => Fault::SlowDisk {
+                        node,
+                        delay_ms_max: rng.gen_range(1..=2_000),
+                        duration_ms,
+                    },
                     FaultKind::Jump => {
                         // Steps within the acceptance bounds' order of magnitude, both ways.
                         let delta_ms = rng.gen_range(-15 * 60_000..=15 * 60_000);
                         Fault::ClockJump { node, delta_ms }
                     }
-                    FaultKind::Clog => Fault::Clog { writer: rng.gen_range(0..config.writers.max(1)), node, duration_ms },
+                    FaultKind::Clog => Fault::Clog {
+                        writer: rng.gen_range(0..config.writers.max(1)),
+                        node,
+                        duration_ms,
+                    },
                 };
                 events.push(FaultEvent { at_ms, fault });
             }
@@ -236,10 +268,6 @@ impl Schedule {
     }
 }
 
-fn is_disk_fault(fault: &Fault) -> bool {
-    matches!(fault, Fault::SyncEio { .. } | Fault::NoSpace { .. } | Fault::CorruptReads { .. } | Fault::SlowDisk { .. })
-}
-
 fn is_process_fault(fault: &Fault) -> bool {
     matches!(fault, Fault::Crash { .. } | Fault::Pause { .. })
 }
@@ -248,7 +276,7 @@ fn overlaps(a: &FaultEvent, b: &FaultEvent) -> bool {
     a.at_ms <= b.at_ms + b.fault.duration_ms() && b.at_ms <= a.at_ms + a.fault.duration_ms()
 }
 
-/// Removes crashes that would overlap a disk fault of the same node, and process faults
+/// Removes crashes that would overlap corrupt reads on the same node, and process faults
 /// (crash, pause) that would overlap an earlier process fault of the same node: a node is
 /// never paused while down, nor crashed while paused.
 fn drop_clashing_faults(events: Vec<FaultEvent>) -> Vec<FaultEvent> {
@@ -257,9 +285,9 @@ fn drop_clashing_faults(events: Vec<FaultEvent>) -> Vec<FaultEvent> {
         let node = event.fault.node();
         let same_node = |e: &&FaultEvent| e.fault.node() == node && overlaps(e, &event);
         let clash = match event.fault {
-            Fault::Crash { .. } => kept.iter().filter(same_node).any(|e| is_disk_fault(&e.fault) || is_process_fault(&e.fault)),
+            Fault::Crash { .. } => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::CorruptReads { .. }) || is_process_fault(&e.fault)),
             Fault::Pause { .. } => kept.iter().filter(same_node).any(|e| is_process_fault(&e.fault)),
-            _ if is_disk_fault(&event.fault) => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::Crash { .. })),
+            Fault::CorruptReads { .. } => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::Crash { .. })),
             _ => false,
         };
         if !clash {
@@ -274,7 +302,7 @@ mod tests {
     use super::*;
 
     // Goal: a schedule is a function of the seed, round-trips through JSON, ends before the
-    // quiet phase, and never crashes a node during one of its disk faults.
+    // quiet phase, and never crashes a node while its reads are corrupted.
     #[test]
     fn schedules_are_reproducible_and_well_formed() {
         for seed in 0..200u64 {
@@ -285,7 +313,7 @@ mod tests {
             assert_eq!(Schedule::from_json(&a.to_json()).unwrap(), a, "seed {seed}");
             assert!(a.faults_end_ms() <= config.fault_phase_ms, "seed {seed}: faults end at {}", a.faults_end_ms());
             for crash in a.events.iter().filter(|e| e.fault.kind() == FaultKind::Crash) {
-                for disk in a.events.iter().filter(|e| is_disk_fault(&e.fault) && e.fault.node() == crash.fault.node()) {
+                for disk in a.events.iter().filter(|e| e.fault.kind() == FaultKind::Corrupt && e.fault.node() == crash.fault.node()) {
                     let overlap = crash.at_ms <= disk.at_ms + disk.fault.duration_ms() && disk.at_ms <= crash.at_ms + crash.fault.duration_ms();
                     assert!(!overlap, "seed {seed}: {crash:?} overlaps {disk:?}");
                 }

@@ -26,7 +26,11 @@ impl SweepSummary {
 pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, template: &RunOptions, jobs: usize, progress: bool) -> SweepSummary {
     let all: Vec<u64> = seeds.collect();
     let bar = if progress { ProgressBar::new(all.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {msg}").expect("a valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
     let queue = Mutex::new(all.clone().into_iter());
     let reports = Mutex::new(Vec::new());
     let failed = Mutex::new(0usize);
@@ -93,7 +97,12 @@ pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, t
     for (gap, n) in &gaps {
         text.push_str(&format!("known gap {gap}: in {n} seeds\n"));
     }
-    text.push_str(&format!("simulated {:.0} s in {:.1} s of seed wall time ({:.0}x)\n", sim_ms as f64 / 1000.0, wall_ms as f64 / 1000.0, sim_ms as f64 / wall_ms.max(1) as f64));
+    text.push_str(&format!(
+        "simulated {:.0} s in {:.1} s of seed wall time ({:.0}x)\n",
+        sim_ms as f64 / 1000.0,
+        wall_ms as f64 / 1000.0,
+        sim_ms as f64 / wall_ms.max(1) as f64
+    ));
     let failed = reports.iter().filter(|r| !r.passed()).count();
     text.push_str(&format!("{} passed, {} failed\n", reports.len() - failed, failed));
     SweepSummary { reports, text }

@@ -43,7 +43,11 @@ pub struct SeriesSet {
 }
 
 fn make(name: &str, writer: usize, extra: &[(&str, String)], kind: Kind) -> SeriesGen {
-    let mut labels = vec![("__name__".to_string(), name.to_string()), ("job".to_string(), "sim".to_string()), ("writer".to_string(), format!("w{writer}"))];
+    let mut labels = vec![
+        ("__name__".to_string(), name.to_string()),
+        ("job".to_string(), "sim".to_string()),
+        ("writer".to_string(), format!("w{writer}")),
+    ];
     labels.extend(extra.iter().map(|(n, v)| (n.to_string(), v.clone())));
     let key = series_key(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     SeriesGen { labels, key, kind, value: 0.0 }
@@ -68,7 +72,13 @@ impl SeriesSet {
                 series.push(make("sim_temperature_celsius", writer, &[("sensor", format!("s{i}"))], Kind::Gauge));
             }
         }
-        SeriesSet { series, rng, buckets: [0.0; 4], sum: 0.0, count: 0.0 }
+        SeriesSet {
+            series,
+            rng,
+            buckets: [0.0; 4],
+            sum: 0.0,
+            count: 0.0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -125,7 +135,14 @@ impl SeriesSet {
                     Kind::Count => self.count.to_bits(),
                 }
             };
-            out.push((index, WrittenSample { series: self.series[index].key.clone(), t, bits }));
+            out.push((
+                index,
+                WrittenSample {
+                    series: self.series[index].key.clone(),
+                    t,
+                    bits,
+                },
+            ));
         }
         out
     }
@@ -137,11 +154,19 @@ impl SeriesSet {
         for (index, sample) in samples {
             if last != Some(*index) {
                 let labels = self.series[*index].labels.iter().map(|(n, v)| Label { name: n.clone(), value: v.clone() }).collect();
-                timeseries.push(TimeSeries { labels, samples: vec![], exemplars: vec![], histograms: vec![] });
+                timeseries.push(TimeSeries {
+                    labels,
+                    samples: vec![],
+                    exemplars: vec![],
+                    histograms: vec![],
+                });
                 last = Some(*index);
             }
             let series = timeseries.last_mut().expect("pushed above");
-            series.samples.push(Sample { value: f64::from_bits(sample.bits), timestamp: sample.t });
+            series.samples.push(Sample {
+                value: f64::from_bits(sample.bits),
+                timestamp: sample.t,
+            });
         }
         WriteRequest { timeseries, metadata: vec![] }
     }
@@ -155,9 +180,19 @@ pub fn bomb_request(writer: usize, first_session: u64, count: u64, t: i64) -> (W
         let labels = [("__name__", BOMB_METRIC.to_string()), ("writer", format!("w{writer}")), ("session_id", format!("{session:016x}"))];
         let key = series_key(labels.iter().map(|(n, v)| (*n, v.as_str())));
         let value = session as f64;
-        samples.push(WrittenSample { series: key, t, bits: value.to_bits() });
+        samples.push(WrittenSample {
+            series: key,
+            t,
+            bits: value.to_bits(),
+        });
         timeseries.push(TimeSeries {
-            labels: labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.clone() }).collect(),
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.clone(),
+                })
+                .collect(),
             samples: vec![Sample { value, timestamp: t }],
             exemplars: vec![],
             histograms: vec![],

@@ -12,7 +12,10 @@ use sextant_sim::run::run;
 fn ack_before_fsync_is_caught_within_100_seeds() {
     let mut caught = None;
     for seed in 1..=100u64 {
-        let options = RunOptions { planted_bug: Some(PlantedBug::AckBeforeFsync), ..RunOptions::new(seed, Scenario::for_seed(seed)) };
+        let options = RunOptions {
+            planted_bug: Some(PlantedBug::AckBeforeFsync),
+            ..RunOptions::new(seed, Scenario::for_seed(seed))
+        };
         let report = run(&options);
         if !report.passed() {
             assert!(report.violations.iter().any(|v| v.oracle == "1-acked-durability"), "caught by another oracle:\n{}", report.render());
