@@ -41,6 +41,26 @@ mod real {
         /// Plant a bug on purpose to test the oracles: ack-before-fsync.
         #[arg(long)]
         plant: Option<sextant_sim::config::PlantedBug>,
+        /// Sextant nodes (default 2; at most 200).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200))]
+        nodes: Option<u64>,
+        /// Writer clients (default 3; at most 200).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200))]
+        writers: Option<u64>,
+        /// Series per writer (default 24; at least the histogram's 6).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(6..=100_000))]
+        series_per_writer: Option<u64>,
+    }
+
+    impl Common {
+        fn apply(&self, options: &mut RunOptions) {
+            options.faults = self.faults.clone();
+            options.strict_gaps = self.strict_gaps;
+            options.planted_bug = self.plant;
+            options.nodes = self.nodes.map(|n| n as usize);
+            options.writers = self.writers.map(|n| n as usize);
+            options.series_per_writer = self.series_per_writer.map(|n| n as usize);
+        }
     }
 
     #[derive(Subcommand)]
@@ -104,9 +124,7 @@ mod real {
                         .try_init();
                 }
                 let mut options = RunOptions::new(seed, scenario.unwrap_or_else(|| Scenario::for_seed(seed)));
-                options.faults = common.faults;
-                options.strict_gaps = common.strict_gaps;
-                options.planted_bug = common.plant;
+                common.apply(&mut options);
                 options.verbose = trace;
                 if let Some(path) = schedule {
                     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("--schedule {path:?}: {e}")));
@@ -122,9 +140,7 @@ mod real {
                 let range = parse_range(&seeds).unwrap_or_else(|e| fail(&e));
                 let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
                 let mut template = RunOptions::new(0, Scenario::Steady);
-                template.faults = common.faults;
-                template.strict_gaps = common.strict_gaps;
-                template.planted_bug = common.plant;
+                common.apply(&mut template);
                 let count = range.clone().count();
                 let started = Instant::now();
                 let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true);

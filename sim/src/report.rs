@@ -21,6 +21,10 @@ pub struct RunOptions {
     pub verbose: bool,
     /// A bug planted on purpose, to test the oracles.
     pub planted_bug: Option<PlantedBug>,
+    /// Size overrides (for load measurements): nodes, writers, series per writer.
+    pub nodes: Option<usize>,
+    pub writers: Option<usize>,
+    pub series_per_writer: Option<usize>,
 }
 
 impl RunOptions {
@@ -33,6 +37,9 @@ impl RunOptions {
             strict_gaps: false,
             verbose: false,
             planted_bug: None,
+            nodes: None,
+            writers: None,
+            series_per_writer: None,
         }
     }
 
@@ -59,6 +66,11 @@ impl RunOptions {
         }
         if let Some(bug) = self.planted_bug {
             command.push_str(&format!(" --plant {bug}"));
+        }
+        for (flag, value) in [("--nodes", self.nodes), ("--writers", self.writers), ("--series-per-writer", self.series_per_writer)] {
+            if let Some(value) = value {
+                command.push_str(&format!(" {flag} {value}"));
+            }
         }
         if self.strict_gaps {
             command.push_str(" --strict");
