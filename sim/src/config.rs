@@ -106,8 +106,8 @@ impl FromStr for PlantedBug {
 /// | `block_span_ms` | 30 s: the head is cut into blocks and compacted within a run | 2 h |
 /// | `maintain_interval_ms` | 2 s: head cuts, compaction, checkpoints run often | 60 s |
 /// | `shards` | 4 | 16 |
-/// | `series_per_metric_max` | 60 (the bomb hits it in seconds) | 100,000 |
-/// | `series_per_tenant_max` | 600 | 1,000,000 |
+/// | `series_per_metric_max` | twice a node's normal series + 128 (224 at default sizes; the bomb hits it in seconds) | 100,000 |
+/// | `series_per_tenant_max` | 600, or four times a node's normal series + 256 if more | 1,000,000 |
 /// | `memory_bytes_max` | 64 MiB | 4 GiB |
 /// | retention | none: nothing is exempt from the durability oracles | 15 d |
 /// | fsync policy | `always` (the durability oracle relies on it) | `always` |
@@ -183,6 +183,19 @@ impl SimConfig {
             bomb: matches!(scenario, Scenario::Bomb | Scenario::Mixed),
             read_interval_ms: 5_000,
             planted_bug: None,
+        }
+        .with_limits_fitted()
+    }
+
+    /// Raises the series limits so the normal writers of one node never reach them (only the
+    /// bomb should): at least the defaults, at least twice the normal series per node.
+    pub fn with_limits_fitted(self) -> SimConfig {
+        let writers_per_node = self.writers.div_ceil(self.nodes.max(1)) as u64;
+        let normal_series_per_node = writers_per_node * self.series_per_writer as u64 + 64;
+        SimConfig {
+            series_per_metric_max: self.series_per_metric_max.max(2 * normal_series_per_node),
+            series_per_tenant_max: self.series_per_tenant_max.max(4 * normal_series_per_node),
+            ..self
         }
     }
 }

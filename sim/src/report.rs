@@ -44,10 +44,15 @@ impl RunOptions {
     }
 
     pub fn config(&self) -> SimConfig {
+        let base = SimConfig::new(self.seed, self.scenario);
         SimConfig {
             planted_bug: self.planted_bug,
-            ..SimConfig::new(self.seed, self.scenario)
+            nodes: self.nodes.unwrap_or(base.nodes),
+            writers: self.writers.unwrap_or(base.writers),
+            series_per_writer: self.series_per_writer.unwrap_or(base.series_per_writer),
+            ..base
         }
+        .with_limits_fitted()
     }
 
     pub fn fault_kinds(&self) -> BTreeSet<FaultKind> {
