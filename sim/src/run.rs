@@ -111,6 +111,9 @@ async fn read_with_timeout(node: &Node) -> Result<Answer, String> {
 }
 
 /// Sends one batch to `node`, retrying retryable answers and timeouts like Prometheus does.
+// Who sends, to where, what, and how persistently: each argument is one of those, and a
+// struct holding them for one call would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn send_batch(
     shared: &Shared,
     addr: std::net::SocketAddr,
