@@ -1,0 +1,163 @@
+//! `sextant-sim`: the one runner. `run` replays one seed; `sweep` runs many (what `ci/sim`
+//! calls). Only meaningful in the madsim build.
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("sextant-sim needs the simulation build: RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim cargo run --profile ci -p sextant-sim -- run --seed N --scenario S");
+    std::process::exit(2);
+}
+
+#[cfg(madsim)]
+fn main() {
+    real::main()
+}
+
+#[cfg(madsim)]
+mod real {
+    use std::time::Instant;
+
+    use clap::{Parser, Subcommand};
+    use sextant_sim::config::Scenario;
+    use sextant_sim::report::RunOptions;
+    use sextant_sim::schedule::{FaultKind, Schedule};
+
+    #[derive(Parser)]
+    #[command(name = "sextant-sim", about = "Deterministic simulation of Sextant (madsim)")]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Args, Clone)]
+    struct Common {
+        /// Fault kinds to draw from, comma-separated (crash, pause, eio, enospc, corrupt, slow,
+        /// jump, clog) or `none`. Default: the scenario's.
+        #[arg(long, value_parser = FaultKind::parse_list)]
+        faults: Option<std::collections::BTreeSet<FaultKind>>,
+        /// Fail on known gaps too (a skewed node that does not report it; series limits that
+        /// reset on restart) instead of reporting them.
+        #[arg(long = "strict")]
+        strict_gaps: bool,
+        /// Plant a bug on purpose to test the oracles: ack-before-fsync.
+        #[arg(long)]
+        plant: Option<sextant_sim::config::PlantedBug>,
+        /// Sextant nodes (default 2; at most 200).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200))]
+        nodes: Option<u64>,
+        /// Writer clients (default 3; at most 200).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200))]
+        writers: Option<u64>,
+        /// Series per writer (default 24; at least the histogram's 6).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(6..=100_000))]
+        series_per_writer: Option<u64>,
+    }
+
+    impl Common {
+        fn apply(&self, options: &mut RunOptions) {
+            options.faults = self.faults.clone();
+            options.strict_gaps = self.strict_gaps;
+            options.planted_bug = self.plant;
+            options.nodes = self.nodes.map(|n| n as usize);
+            options.writers = self.writers.map(|n| n as usize);
+            options.series_per_writer = self.series_per_writer.map(|n| n as usize);
+        }
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Runs one seed and prints its report (`seed = N` first, `trace_hash = …` last).
+        Run {
+            #[arg(long)]
+            seed: u64,
+            /// steady, crash, disk, skew, bomb or mixed. Default: the seed's rotation.
+            #[arg(long)]
+            scenario: Option<Scenario>,
+            #[command(flatten)]
+            common: Common,
+            /// A pinned fault schedule (JSON, as printed by a run) instead of the seed's.
+            #[arg(long, value_name = "FILE")]
+            schedule: Option<std::path::PathBuf>,
+            /// Print every trace event to stderr, and the node's logs.
+            #[arg(long)]
+            trace: bool,
+        },
+        /// Runs seeds A..B (inclusive) in parallel and prints failures and fault coverage.
+        Sweep {
+            /// A..B, inclusive.
+            #[arg(long)]
+            seeds: String,
+            #[arg(long)]
+            scenario: Option<Scenario>,
+            #[command(flatten)]
+            common: Common,
+            /// Seeds run at once. Default: the available cores.
+            #[arg(long)]
+            jobs: Option<usize>,
+        },
+    }
+
+    fn parse_range(text: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+        let (a, b) = text.split_once("..").ok_or_else(|| format!("--seeds {text:?}: expected A..B"))?;
+        let a: u64 = a.trim().parse().map_err(|e| format!("--seeds {text:?}: {e}"))?;
+        let b: u64 = b.trim().trim_start_matches('=').parse().map_err(|e| format!("--seeds {text:?}: {e}"))?;
+        if a > b {
+            return Err(format!("--seeds {text:?}: {a} is after {b}"));
+        }
+        Ok(a..=b)
+    }
+
+    pub fn main() {
+        let cli = Cli::parse();
+        match cli.command {
+            Command::Run {
+                seed,
+                scenario,
+                common,
+                schedule,
+                trace,
+            } => {
+                println!("seed = {seed}");
+                if trace {
+                    let _ = tracing_subscriber::fmt()
+                        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                        .with_writer(std::io::stderr)
+                        .try_init();
+                }
+                let mut options = RunOptions::new(seed, scenario.unwrap_or_else(|| Scenario::for_seed(seed)));
+                common.apply(&mut options);
+                options.verbose = trace;
+                if let Some(path) = schedule {
+                    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("--schedule {path:?}: {e}")));
+                    options.schedule = Some(Schedule::from_json(&text).unwrap_or_else(|e| fail(&format!("--schedule {path:?}: {e}"))));
+                }
+                let report = sextant_sim::run::run(&options);
+                // `seed = N` is already printed first, even if the run dies.
+                let text = report.render();
+                print!("{}", text.split_once('\n').map(|(_, rest)| rest).unwrap_or(""));
+                std::process::exit(if report.passed() { 0 } else { 1 });
+            }
+            Command::Sweep { seeds, scenario, common, jobs } => {
+                let range = parse_range(&seeds).unwrap_or_else(|e| fail(&e));
+                let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+                let mut template = RunOptions::new(0, Scenario::Steady);
+                common.apply(&mut template);
+                let count = range.clone().count();
+                let started = Instant::now();
+                let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true);
+                print!("{}", summary.text);
+                let minutes = started.elapsed().as_secs_f64() / 60.0;
+                println!(
+                    "{count} seeds in {:.1} s wall ({:.0} seeds/minute on {jobs} jobs)",
+                    started.elapsed().as_secs_f64(),
+                    count as f64 / minutes.max(1e-9)
+                );
+                std::process::exit(if summary.failed() == 0 { 0 } else { 1 });
+            }
+        }
+    }
+
+    fn fail(message: &str) -> ! {
+        eprintln!("sextant-sim: {message}");
+        std::process::exit(2);
+    }
+}

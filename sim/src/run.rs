@@ -1,0 +1,778 @@
+//! One seed, start to finish: the workload, the fault schedule, the oracles and the trace
+//! hash. `run` is the one runner that the binary, `ci/sim` and the scenario tests call.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::runtime::Runtime;
+use madsim::time::TimeHandle;
+use sextant::node::Node;
+use sextant_core::determinism::DeterministicRng;
+use sextant_core::matcher::{MatchOp, Matcher};
+use xxhash_rust::xxh64::Xxh64;
+
+use crate::client;
+use crate::clock::true_wall_ms;
+use crate::cluster::Cluster;
+use crate::config::SimConfig;
+use crate::ledger::{check_answer, series_key, Answer, Ledger, Outcome, Violation, WrittenSample};
+use crate::report::{RunOptions, RunReport, TimedViolation};
+use crate::schedule::{Fault, FaultEvent, Schedule};
+use crate::workload::{bomb_request, SeriesSet, BOMB_METRIC};
+
+/// The tenant every writer uses (no authentication in the simulation yet).
+const TENANT: &str = "default";
+/// How long one read-back may take before the reader gives up on it.
+const READ_TIMEOUT_MS: u64 = 10_000;
+/// New series per bomb request.
+const BOMB_SERIES_PER_REQUEST: u64 = 20;
+
+/// Simulated milliseconds since the run started.
+fn now_ms() -> u64 {
+    TimeHandle::current().elapsed().as_millis() as u64
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms.max(1))).await;
+}
+
+/// State shared by the tasks of one run (one thread: the locks are never contended, and
+/// never held across an await).
+struct Shared {
+    config: SimConfig,
+    ledger: Mutex<Ledger>,
+    trace: Mutex<Xxh64>,
+    trace_events: Mutex<u64>,
+    verbose: bool,
+    violations: Mutex<Vec<TimedViolation>>,
+    effective: Mutex<BTreeMap<String, u64>>,
+    stop: AtomicBool,
+    clogged: Mutex<BTreeSet<(usize, usize)>>,
+    paused: Mutex<BTreeSet<usize>>,
+    /// Set when the quiet phase starts: acks after it show that ingest recovered.
+    quiet: AtomicBool,
+    quiet_acks: Mutex<BTreeMap<usize, u64>>,
+    /// Restarts per node (crashes and operator restarts).
+    restarts: Mutex<BTreeMap<usize, u64>>,
+}
+
+impl Shared {
+    /// Appends an event to the trace (and prints it with `--trace`).
+    fn event(&self, text: String) {
+        let line = format!("{} {text}\n", now_ms());
+        self.trace.lock().expect("trace").update(line.as_bytes());
+        *self.trace_events.lock().expect("trace") += 1;
+        if self.verbose {
+            eprint!("[sim] {line}");
+        }
+    }
+
+    fn count(&self, what: &str, n: u64) {
+        if n > 0 {
+            *self.effective.lock().expect("effective").entry(what.to_string()).or_default() += n;
+        }
+    }
+
+    fn violate(&self, violation: Violation) {
+        self.event(format!("VIOLATION {}: {}", violation.oracle, violation.evidence));
+        self.violations.lock().expect("violations").push(TimedViolation {
+            at_ms: now_ms(),
+            oracle: violation.oracle.to_string(),
+            evidence: violation.evidence,
+        });
+    }
+}
+
+/// Reads everything a node holds for the tenant. The one read path of the oracles: today
+/// `Engine::select` on the node's engine; it moves to `/api/v1/query_range` over HTTP when
+/// the query API lands.
+async fn read_all(node: &Node) -> Result<Answer, String> {
+    let engine = node.engine()?;
+    let all = Matcher::new(MatchOp::RegexMatch, "__name__", ".+").map_err(|e| e.to_string())?;
+    let series = engine.select(TENANT, &[all], i64::MIN, i64::MAX).await.map_err(|e| e.to_string())?;
+    Ok(series
+        .into_iter()
+        .map(|s| {
+            (
+                series_key(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))),
+                s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect(),
+            )
+        })
+        .collect())
+}
+
+async fn read_with_timeout(node: &Node) -> Result<Answer, String> {
+    match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), read_all(node)).await {
+        Ok(result) => result,
+        Err(_) => Err("read timed out".into()),
+    }
+}
+
+/// Sends one batch to `node`, retrying retryable answers and timeouts like Prometheus does.
+// Who sends, to where, what, and how persistently: each argument is one of those, and a
+// struct holding them for one call would only rename them.
+#[allow(clippy::too_many_arguments)]
+async fn send_batch(
+    shared: &Shared,
+    addr: std::net::SocketAddr,
+    who: &str,
+    writer: Option<usize>,
+    node: usize,
+    request: &sextant::remote_write::WriteRequest,
+    samples: &[WrittenSample],
+    retries_max: u32,
+) -> Outcome {
+    let mut attempt = 0u32;
+    loop {
+        shared.ledger.lock().expect("ledger").attempt(node, samples);
+        let result = client::send(addr, client::remote_write(addr, request), shared.config.request_timeout_ms).await;
+        let outcome = match result {
+            Ok((status, message)) => Outcome::from_status(status, message),
+            Err(error) => Outcome::Unknown { reason: error.to_string() },
+        };
+        shared.ledger.lock().expect("ledger").finish(node, samples, &outcome, now_ms());
+        shared.event(format!("{who} -> node-{node} try {attempt}: {} samples {}", samples.len(), outcome.label()));
+        match &outcome {
+            Outcome::Unknown { .. } => {
+                if writer.is_some_and(|w| shared.clogged.lock().expect("clogged").contains(&(w, node))) {
+                    shared.count("clog: requests lost on a clogged link", 1);
+                }
+                if shared.paused.lock().expect("paused").contains(&node) {
+                    shared.count("pause: requests timed out on a paused node", 1);
+                }
+            }
+            Outcome::Retryable { status } => shared.count(&format!("node: requests refused {status} (retryable)"), 1),
+            Outcome::Refused { .. } => shared.count(&format!("node: requests refused 4xx ({})", if who == "bomb" { "bomb, series limits" } else { "writers" }), 1),
+            Outcome::Acked => {
+                if shared.quiet.load(Ordering::SeqCst) && writer.is_some() {
+                    *shared.quiet_acks.lock().expect("quiet").entry(node).or_default() += 1;
+                }
+            }
+        }
+        let retry = matches!(outcome, Outcome::Retryable { .. } | Outcome::Unknown { .. });
+        if !retry || attempt >= retries_max {
+            return outcome;
+        }
+        sleep_ms((200u64 << attempt.min(4)).min(3_000)).await;
+        attempt += 1;
+    }
+}
+
+/// A writer: one tick per interval, with late (out-of-order) and duplicate sends.
+async fn writer_loop(shared: Arc<Shared>, writer: usize, node: usize, addr: std::net::SocketAddr) {
+    let config = shared.config.clone();
+    let mut rng = DeterministicRng::from_seed(config.seed).fork(&format!("writer-{writer}"));
+    let mut set = SeriesSet::new(writer, config.series_per_writer, rng.fork("series"));
+    let mut held: Vec<(u64, Vec<(usize, WrittenSample)>)> = Vec::new();
+    let mut last_acked: Option<Vec<(usize, WrittenSample)>> = None;
+    let who = format!("writer-{writer}");
+    // Writers start at different phases of the interval.
+    sleep_ms(rng.gen_range(1..=config.write_interval_ms)).await;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let tick_start = now_ms();
+        let mut samples = set.tick(true_wall_ms());
+        // Late data: hold back a few series' samples and send them 2–30 s later, after newer
+        // samples of the same series (out of order, inside the 10 min window).
+        if rng.gen_bool(0.1) && samples.len() > 1 {
+            let keep = rng.gen_range(1..samples.len());
+            let late = samples.split_off(keep);
+            held.push((now_ms() + rng.gen_range(2_000..=30_000), late));
+        }
+        let request = set.request(&samples);
+        let written: Vec<WrittenSample> = samples.iter().map(|(_, s)| s.clone()).collect();
+        if send_batch(&shared, addr, &who, Some(writer), node, &request, &written, config.retries_max).await == Outcome::Acked {
+            last_acked = Some(samples);
+        }
+        let now = now_ms();
+        let due: Vec<_> = held.iter().filter(|(at, _)| *at <= now).map(|(_, s)| s.clone()).collect();
+        held.retain(|(at, _)| *at > now);
+        for late in due {
+            let written: Vec<WrittenSample> = late.iter().map(|(_, s)| s.clone()).collect();
+            send_batch(&shared, addr, &who, Some(writer), node, &set.request(&late), &written, config.retries_max).await;
+        }
+        // Duplicate data: a sender resending a batch it already got an answer for.
+        if rng.gen_bool(0.05) {
+            if let Some(again) = &last_acked {
+                let written: Vec<WrittenSample> = again.iter().map(|(_, s)| s.clone()).collect();
+                send_batch(&shared, addr, &who, Some(writer), node, &set.request(again), &written, config.retries_max).await;
+            }
+        }
+        let spent = now_ms() - tick_start;
+        sleep_ms(config.write_interval_ms.saturating_sub(spent)).await;
+    }
+}
+
+/// The cardinality bomb: a new series per sample, 20 per request, one request per interval.
+async fn bomb_loop(shared: Arc<Shared>, node: usize, addr: std::net::SocketAddr) {
+    let mut session = 0u64;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let (request, samples) = bomb_request(99, session, BOMB_SERIES_PER_REQUEST, true_wall_ms());
+        session += BOMB_SERIES_PER_REQUEST;
+        send_batch(&shared, addr, "bomb", None, node, &request, &samples, 0).await;
+        sleep_ms(shared.config.write_interval_ms).await;
+    }
+}
+
+/// Oracle 10 during the run: every sample acked before a read began is in its answer, and
+/// the answer holds only written values, in strictly increasing time.
+async fn reader_loop(shared: Arc<Shared>, nodes: Vec<Arc<Mutex<Option<Arc<Node>>>>>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        sleep_ms(shared.config.read_interval_ms).await;
+        for (index, live) in nodes.iter().enumerate() {
+            let Some(node) = live.lock().expect("live").clone() else { continue };
+            let started_ms = now_ms();
+            match read_with_timeout(&node).await {
+                Ok(answer) => {
+                    let violations = {
+                        let ledger = shared.ledger.lock().expect("ledger");
+                        ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms)).unwrap_or_default()
+                    };
+                    shared.event(format!("reader: node-{index} answered {} series", answer.len()));
+                    for v in violations {
+                        shared.violate(Violation {
+                            oracle: v.oracle,
+                            evidence: format!("read during the run at {started_ms} ms: {}", v.evidence),
+                        });
+                    }
+                }
+                Err(reason) => shared.event(format!("reader: node-{index} read failed: {reason}")),
+            }
+        }
+    }
+}
+
+/// Kills node `node`, cuts its disk's power, and runs oracle 5 on its WAL (sim/src/walcheck.rs).
+/// Returns (bytes lost, bytes of garbage).
+async fn crash(shared: &Arc<Shared>, cluster: &Arc<Cluster>, node: usize, mode: crate::schedule::CrashKind) -> (u64, u64) {
+    let fs = cluster.nodes[node].fs.clone();
+    cluster.kill(node);
+    let wal_config = crate::cluster::engine_config(&shared.config, &crate::cluster::serve_config(&shared.config, cluster.nodes[node].addr)).wal;
+    let appended = crate::walcheck::current_wal_files(&fs).await;
+    let fsynced = crate::walcheck::durable_wal_files(&fs);
+    let (lost, garbage) = cluster.power_cut(node, mode);
+    let recovered = crate::walcheck::durable_wal_files(&fs);
+    match (
+        crate::walcheck::replay(&appended, &wal_config).await,
+        crate::walcheck::replay(&fsynced, &wal_config).await,
+        crate::walcheck::replay(&recovered, &wal_config).await,
+    ) {
+        (Ok(appended), Ok(fsynced), Ok(recovered)) => {
+            shared.event(format!(
+                "wal check node-{node}: {} appended, {} fsynced, {} recovered records",
+                appended.len(),
+                fsynced.len(),
+                recovered.len()
+            ));
+            shared.count("crash: WAL records lost (appended, not recovered)", appended.len().saturating_sub(recovered.len()) as u64);
+            for evidence in crate::walcheck::check(node, &appended, &fsynced, &recovered) {
+                shared.violate(Violation {
+                    oracle: "5-wal-prefix",
+                    evidence: format!("crash ({mode:?}): {evidence}"),
+                });
+            }
+        }
+        (a, b, c) => {
+            for error in [a.err(), b.err(), c.err()].into_iter().flatten() {
+                shared.violate(Violation {
+                    oracle: "5-wal-prefix",
+                    evidence: format!("node {node}: a copy of its WAL does not replay: {error}"),
+                });
+            }
+        }
+    }
+    (lost, garbage)
+}
+
+/// Applies one fault and, for faults with a duration, undoes it when it ends.
+async fn apply(shared: Arc<Shared>, cluster: Arc<Cluster>, event: FaultEvent) {
+    let fault = event.fault.clone();
+    shared.event(format!("fault: {fault:?}"));
+    let node = fault.node();
+    let fs = cluster.nodes[node].fs.clone();
+    match fault {
+        Fault::Crash { mode, down_ms, .. } => {
+            let (lost, garbage) = crash(&shared, &cluster, node, mode).await;
+            shared.count("crash: unsynced bytes lost", lost);
+            shared.count("crash: garbage bytes after torn writes", garbage);
+            shared.event(format!("node-{node} crashed ({mode:?}): {lost} bytes lost, {garbage} garbage"));
+            sleep_ms(down_ms).await;
+            cluster.restart(node);
+            *shared.restarts.lock().expect("restarts").entry(node).or_default() += 1;
+            shared.count("crash: nodes restarted", 1);
+            shared.event(format!("node-{node} restarted"));
+        }
+        Fault::Pause { duration_ms, .. } => {
+            cluster.pause(node);
+            shared.paused.lock().expect("paused").insert(node);
+            sleep_ms(duration_ms).await;
+            shared.paused.lock().expect("paused").remove(&node);
+            cluster.resume(node);
+            shared.event(format!("node-{node} resumed"));
+        }
+        Fault::SyncEio { probability, duration_ms, .. } => {
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                sync_eio_probability: probability,
+                sync_dir_eio_probability: probability,
+                ..fs.faults()
+            });
+            sleep_ms(duration_ms).await;
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                sync_eio_probability: 0.0,
+                sync_dir_eio_probability: 0.0,
+                ..fs.faults()
+            });
+        }
+        Fault::NoSpace { headroom_bytes, duration_ms, .. } => {
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                capacity_bytes: Some(fs.used_bytes() + headroom_bytes),
+                ..fs.faults()
+            });
+            sleep_ms(duration_ms).await;
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig { capacity_bytes: None, ..fs.faults() });
+        }
+        Fault::CorruptReads { probability, duration_ms, .. } => {
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                read_corruption_probability: probability,
+                ..fs.faults()
+            });
+            sleep_ms(duration_ms).await;
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                read_corruption_probability: 0.0,
+                ..fs.faults()
+            });
+        }
+        Fault::SlowDisk { delay_ms_max, duration_ms, .. } => {
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig {
+                io_delay_ms_max: delay_ms_max,
+                ..fs.faults()
+            });
+            sleep_ms(duration_ms).await;
+            fs.set_faults(sextant_storage::fs::sim::FaultConfig { io_delay_ms_max: 0, ..fs.faults() });
+        }
+        Fault::ClockJump { delta_ms, .. } => {
+            cluster.nodes[node].clock.jump(delta_ms);
+            shared.count("jump: wall-clock steps applied", 1);
+        }
+        Fault::Clog { writer, duration_ms, .. } => {
+            cluster.clog(writer, node, true);
+            shared.clogged.lock().expect("clogged").insert((writer, node));
+            sleep_ms(duration_ms).await;
+            shared.clogged.lock().expect("clogged").remove(&(writer, node));
+            cluster.clog(writer, node, false);
+        }
+    }
+}
+
+/// Polls `/-/ready` and then a probe write until both succeed or `deadline_ms` passes.
+/// Returns the last (ready status, ready body, write outcome).
+async fn probe(shared: Arc<Shared>, cluster: Arc<Cluster>, node: usize, deadline_ms: u64) -> (u16, String, Option<Outcome>) {
+    let addr = cluster.nodes[node].addr;
+    let mut last = (0, String::from("no answer"), None);
+    let mut sequence = 0u64;
+    while now_ms() < deadline_ms {
+        match client::send(addr, client::get(addr, "/-/ready"), shared.config.request_timeout_ms).await {
+            Ok((status, body)) => {
+                last = (status, body, None);
+                // Write even when not ready: the skew oracle needs to see what the node does.
+                let t = true_wall_ms();
+                let labels = [("__name__", "sim_liveness_probe".to_string()), ("node", format!("{node}")), ("probe", format!("{sequence}"))];
+                sequence += 1;
+                let key = series_key(labels.iter().map(|(n, v)| (*n, v.as_str())));
+                let sample = WrittenSample { series: key, t, bits: 1f64.to_bits() };
+                let request = sextant::remote_write::WriteRequest {
+                    timeseries: vec![sextant::remote_write::TimeSeries {
+                        labels: labels
+                            .iter()
+                            .map(|(n, v)| sextant::remote_write::Label {
+                                name: n.to_string(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                        samples: vec![sextant::remote_write::Sample { value: 1.0, timestamp: t }],
+                        exemplars: vec![],
+                        histograms: vec![],
+                    }],
+                    metadata: vec![],
+                };
+                let outcome = send_batch(&shared, addr, "probe", None, node, &request, &[sample], 0).await;
+                let done = last.0 == 200 && outcome == Outcome::Acked;
+                last.2 = Some(outcome);
+                if done {
+                    return last;
+                }
+            }
+            Err(error) => last = (0, error.to_string(), None),
+        }
+        sleep_ms(500).await;
+    }
+    last
+}
+
+/// Oracle 11 and the clock-skew oracle, after the quiet phase.
+async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gaps: bool, known_gaps: &mut Vec<String>) {
+    let config = &shared.config;
+    for node in 0..cluster.nodes.len() {
+        let deadline_ms = now_ms() + config.liveness_ms_max;
+        let offset_ms = cluster.nodes[node].clock.offset_ms();
+        let skewed = offset_ms < -config.future_skew_ms_max;
+        // Probes run on the probe machine: the supervisor has no network address.
+        let task = cluster.probe.spawn(probe(shared.clone(), cluster.clone(), node, if skewed { now_ms() + 3_000 } else { deadline_ms }));
+        let (status, body, outcome) = task.await.expect("the probe task completes");
+        shared.event(format!("liveness node-{node}: ready {status}, write {:?}", outcome.as_ref().map(|o| o.label())));
+        if !skewed {
+            if status != 200 || outcome != Some(Outcome::Acked) {
+                shared.violate(Violation {
+                    oracle: "11-liveness",
+                    evidence: format!(
+                        "node-{node} (clock offset {offset_ms} ms): {} ms after the quiet phase, /-/ready answered {status} {body:?} and the probe write came to {outcome:?}",
+                        config.liveness_ms_max
+                    ),
+                });
+            }
+            continue;
+        }
+        // A node whose clock is behind by more than future_skew_ms_max sees current samples
+        // as being from the future. Designed behaviour (SIMULATION.md): notice, report not
+        // ready with the reason, let writers route around it. It must never store them.
+        if outcome == Some(Outcome::Acked) {
+            shared.violate(Violation {
+                oracle: "skew-judgement",
+                evidence: format!(
+                    "node-{node} clock {offset_ms} ms off (limit {} ms) acked a current sample it must judge as from the future",
+                    config.future_skew_ms_max
+                ),
+            });
+        }
+        let time_refused = matches!(&outcome, Some(Outcome::Refused { status: 400, message }) if message.contains("ahead of the node's clock"));
+        if status == 200 {
+            let gap = format!(
+                "skew-unreported: node-{node} wall clock is {offset_ms} ms off true time (past future_skew_ms_max {} ms) but /-/ready answers 200; writes of current samples {} — the node does not notice its skew yet",
+                config.future_skew_ms_max,
+                if time_refused { "are refused 400 \"ahead of the node's clock\"" } else { "came to something else" }
+            );
+            if strict_gaps {
+                shared.violate(Violation {
+                    oracle: "skew-reported",
+                    evidence: gap,
+                });
+            } else {
+                shared.event(format!("known gap: {gap}"));
+                known_gaps.push(gap);
+            }
+        }
+        if !time_refused && outcome != Some(Outcome::Acked) {
+            shared.violate(Violation {
+                oracle: "skew-judgement",
+                evidence: format!("node-{node} clock {offset_ms} ms off: a current sample came to {outcome:?}, expected a 400 naming the node's clock"),
+            });
+        }
+    }
+}
+
+/// Oracle 9: the bomb stays within the limits while other metrics keep ingesting.
+async fn check_limits(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gaps: bool, known_gaps: &mut Vec<String>) {
+    let config = &shared.config;
+    let Some(node) = cluster.nodes[0].node() else {
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: "node-0 is down at the end of the run".into(),
+        });
+        return;
+    };
+    let Ok(engine) = node.engine() else { return };
+    let bomb_series = engine.head_series_count(TENANT, Some(BOMB_METRIC)).await;
+    let tracked = node.active_series(TENANT, Some(BOMB_METRIC));
+    let tenant_series = engine.head_series_count(TENANT, None).await;
+    let status = engine.status().await;
+    shared.event(format!(
+        "limits: bomb series in head {bomb_series}, tracked {tracked}, tenant {tenant_series}, memory {} / {}",
+        status.memory_bytes, status.memory_bytes_max
+    ));
+    let bomb_acked = shared
+        .ledger
+        .lock()
+        .expect("ledger")
+        .nodes
+        .get(&0)
+        .map(|l| l.acked.keys().filter(|k| k.contains(BOMB_METRIC)).count())
+        .unwrap_or(0);
+    let restarts = shared.restarts.lock().expect("restarts").get(&0).copied().unwrap_or(0);
+    if tracked > config.series_per_metric_max || (bomb_series > config.series_per_metric_max && restarts == 0) {
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: format!(
+                "node-0: {bomb_series} {BOMB_METRIC} series in the head and {tracked} tracked as active, limit series_per_metric_max = {} ({bomb_acked} bomb series were acked to the client)",
+                config.series_per_metric_max
+            ),
+        });
+    } else if bomb_series > config.series_per_metric_max {
+        // The active-series tracker starts empty at every start: the series replayed from the
+        // WAL are not counted, so each restart admits another full limit of new series.
+        let gap = format!(
+            "limits-reset-on-restart: node-0 holds {bomb_series} {BOMB_METRIC} series in its head (limit {}) after {restarts} restarts; its tracker counts {tracked}: series replayed from the WAL do not count against the limit",
+            config.series_per_metric_max
+        );
+        if strict_gaps {
+            shared.violate(Violation { oracle: "9-limits", evidence: gap });
+        } else {
+            shared.event(format!("known gap: {gap}"));
+            known_gaps.push(gap);
+        }
+    }
+    if tenant_series > config.series_per_tenant_max {
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: format!("node-0: tenant holds {tenant_series} series, limit {}", config.series_per_tenant_max),
+        });
+    }
+    if status.memory_bytes > status.memory_bytes_max {
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: format!(
+                "node-0: engine memory {} bytes over its budget {} (the engine's own accounting)",
+                status.memory_bytes, status.memory_bytes_max
+            ),
+        });
+    }
+    let quiet_acks = shared.quiet_acks.lock().expect("quiet").get(&0).copied().unwrap_or(0);
+    let node0_skewed = cluster.nodes[0].clock.offset_ms() < -config.future_skew_ms_max;
+    if quiet_acks == 0 && !node0_skewed {
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: "node-0: no normal writer request was acked during the quiet phase while the bomb ran (other metrics must keep ingesting)".into(),
+        });
+    }
+}
+
+/// Reads every live node and runs the answer oracles against everything acked so far.
+async fn check_all_nodes(shared: &Arc<Shared>, cluster: &Arc<Cluster>, phase: &str) {
+    for sim_node in &cluster.nodes {
+        let index = sim_node.index;
+        let Some(node) = sim_node.node() else {
+            shared.violate(Violation {
+                oracle: "11-liveness",
+                evidence: format!("{phase}: node-{index} is down"),
+            });
+            continue;
+        };
+        let started_ms = now_ms();
+        match read_with_timeout(&node).await {
+            Ok(answer) => {
+                let violations = {
+                    let ledger = shared.ledger.lock().expect("ledger");
+                    ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms)).unwrap_or_default()
+                };
+                let samples: usize = answer.values().map(Vec::len).sum();
+                shared.event(format!("{phase}: node-{index} holds {} series, {samples} samples", answer.len()));
+                for v in violations {
+                    shared.violate(Violation {
+                        oracle: v.oracle,
+                        evidence: format!("{phase}: {}", v.evidence),
+                    });
+                }
+            }
+            Err(reason) => shared.violate(Violation {
+                oracle: "10-query",
+                evidence: format!("{phase}: node-{index} could not be read: {reason}"),
+            }),
+        }
+    }
+}
+
+/// Waits until every node's engine is open (after a restart), at most `timeout_ms`.
+async fn wait_open(cluster: &Cluster, timeout_ms: u64) {
+    let deadline = now_ms() + timeout_ms;
+    while now_ms() < deadline {
+        if cluster.nodes.iter().all(|n| n.node().is_some_and(|node| node.engine().is_ok())) {
+            return;
+        }
+        sleep_ms(100).await;
+    }
+}
+
+async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) -> (Vec<TimedViolation>, Vec<String>, BTreeMap<String, u64>, u64, u64) {
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        ledger: Mutex::new(Ledger::default()),
+        trace: Mutex::new(Xxh64::new(0)),
+        trace_events: Mutex::new(0),
+        verbose: options.verbose,
+        violations: Mutex::new(Vec::new()),
+        effective: Mutex::new(BTreeMap::new()),
+        stop: AtomicBool::new(false),
+        clogged: Mutex::new(BTreeSet::new()),
+        paused: Mutex::new(BTreeSet::new()),
+        quiet: AtomicBool::new(false),
+        quiet_acks: Mutex::new(BTreeMap::new()),
+        restarts: Mutex::new(BTreeMap::new()),
+    });
+    shared.event(format!("seed {} scenario {} schedule {}", config.seed, config.scenario, schedule.to_json()));
+    let cluster = Arc::new(Cluster::start(config.clone(), &schedule));
+    wait_open(&cluster, 30_000).await;
+
+    let mut tasks = Vec::new();
+    for writer in 0..config.writers {
+        let node = cluster.node_of_writer(writer);
+        tasks.push(cluster.writers[writer].spawn(writer_loop(shared.clone(), writer, node, cluster.nodes[node].addr)));
+    }
+    if config.bomb {
+        tasks.push(cluster.bomb.spawn(bomb_loop(shared.clone(), 0, cluster.nodes[0].addr)));
+    }
+    let lives = cluster.nodes.iter().map(|n| n.live.clone()).collect();
+    tasks.push(cluster.reader.spawn(reader_loop(shared.clone(), lives)));
+
+    // The fault phase.
+    let mut faults = Vec::new();
+    for event in schedule.events.clone() {
+        let wait = event.at_ms.saturating_sub(now_ms());
+        sleep_ms(wait).await;
+        faults.push(tokio::spawn(apply(shared.clone(), cluster.clone(), event)));
+    }
+    for fault in faults {
+        let _ = fault.await;
+    }
+    sleep_ms(config.fault_phase_ms.saturating_sub(now_ms())).await;
+
+    // The quiet phase: the operator restarts nodes that cannot recover alone (poisoned WAL,
+    // failed open) and NTP corrects stepped clocks; then nothing happens for a while.
+    shared.event("quiet phase".into());
+    for sim_node in &cluster.nodes {
+        let stepped = sim_node.clock.offset_ms();
+        sim_node.clock.jump(-sim_node.clock.jumps_ms());
+        if sim_node.clock.offset_ms() != stepped {
+            shared.event(format!("node-{} clock corrected", sim_node.index));
+        }
+        let stuck = match sim_node.node() {
+            Some(node) => node.readiness().err().filter(|reason| !reason.contains("opening")),
+            None => Some("down".into()),
+        };
+        if let Some(reason) = stuck {
+            shared.event(format!("operator restarts node-{}: {reason}", sim_node.index));
+            shared.count("operator: nodes restarted after faults (poisoned WAL, failed open)", 1);
+            cluster.kill(sim_node.index);
+            cluster.restart(sim_node.index);
+            *shared.restarts.lock().expect("restarts").entry(sim_node.index).or_default() += 1;
+        }
+    }
+    shared.quiet.store(true, Ordering::SeqCst);
+    sleep_ms(config.quiet_phase_ms).await;
+
+    let mut known_gaps = Vec::new();
+    check_liveness(&shared, &cluster, options.strict_gaps, &mut known_gaps).await;
+    if config.bomb {
+        check_limits(&shared, &cluster, options.strict_gaps, &mut known_gaps).await;
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        let _ = task.await;
+    }
+    check_all_nodes(&shared, &cluster, "final read").await;
+
+    // Oracle 1 with fsync-before-ack: everything acked survives every node losing power at once.
+    for index in 0..cluster.nodes.len() {
+        let (lost, garbage) = crash(&shared, &cluster, index, crate::schedule::CrashKind::Torn).await;
+        shared.event(format!("final power cut node-{index}: {lost} bytes lost, {garbage} garbage"));
+        cluster.restart(index);
+    }
+    wait_open(&cluster, config.liveness_ms_max).await;
+    check_all_nodes(&shared, &cluster, "after all nodes crashed at once").await;
+
+    // Effective disk faults, as the disks counted them.
+    for sim_node in &cluster.nodes {
+        let stats = sim_node.fs.stats();
+        shared.count("eio: fsyncs failed", stats.syncs_failed + stats.sync_dirs_failed);
+        shared.count("enospc: writes refused", stats.writes_refused_no_space);
+        shared.count("corrupt: reads corrupted", stats.reads_corrupted);
+        shared.count("slow: disk operations delayed", stats.delays);
+    }
+    let time_refusals: u64 = shared.ledger.lock().expect("ledger").nodes.values().map(|l| l.time_refusals).sum();
+    shared.count("clock: requests refused by a node's clock (skew/jump)", time_refusals);
+
+    // The trace hash: the event trace, then every disk's durable contents.
+    let mut hasher = shared.trace.lock().expect("trace").clone();
+    for sim_node in &cluster.nodes {
+        for (path, bytes) in sim_node.fs.durable_snapshot() {
+            hasher.update(path.to_string_lossy().as_bytes());
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+        }
+    }
+    let violations = shared.violations.lock().expect("violations").clone();
+    let effective = shared.effective.lock().expect("effective").clone();
+    let acked: u64 = shared.ledger.lock().expect("ledger").nodes.values().map(|l| l.samples_acked).sum();
+    (violations, known_gaps, effective, hasher.digest(), acked)
+}
+
+/// Runs one seed on a fresh thread with a fresh madsim runtime (std's hash keys and BUGGIFY's
+/// state are per thread), and reports. A panic inside the simulation is a failure.
+pub fn run(options: &RunOptions) -> RunReport {
+    let config = options.config();
+    let schedule = options.schedule.clone().unwrap_or_else(|| Schedule::draw(&config, &options.fault_kinds()));
+    let thread_options = options.clone();
+    let (thread_config, thread_schedule) = (config.clone(), schedule.clone());
+    let started = std::time::Instant::now();
+    let outcome = std::thread::Builder::new()
+        .name(format!("seed-{}", options.seed))
+        .spawn(move || {
+            let seed = thread_config.seed;
+            sextant_core::determinism::buggify_reset();
+            let buggify_on = DeterministicRng::from_seed(seed).fork("buggify").gen_bool(0.5);
+            let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
+            let limit_ms = thread_config.fault_phase_ms + thread_config.quiet_phase_ms + 600_000;
+            runtime.set_time_limit(Duration::from_millis(limit_ms));
+            let result = runtime.block_on(async move {
+                sextant_core::determinism::buggify_enable(buggify_on);
+                let result = simulate(thread_options, thread_config, thread_schedule).await;
+                (result, now_ms())
+            });
+            let buggify: BTreeMap<String, (u64, u64)> = sextant_core::determinism::buggify_counts()
+                .into_iter()
+                .map(|(site, c)| (site.to_string(), (c.reached_count, c.fired_count)))
+                .collect();
+            (result, buggify, buggify_on)
+        })
+        .expect("spawn a simulation thread")
+        .join();
+    let wall_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok((((violations, known_gaps, effective, trace_hash, samples_acked), sim_ms), buggify, buggify_on)) => RunReport {
+            options: options.clone(),
+            config,
+            schedule,
+            violations,
+            known_gaps,
+            effective,
+            buggify_on,
+            buggify,
+            panic: None,
+            trace_hash,
+            sim_ms,
+            wall_ms,
+            samples_acked,
+        },
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            RunReport {
+                options: options.clone(),
+                config,
+                schedule,
+                violations: vec![],
+                known_gaps: vec![],
+                effective: BTreeMap::new(),
+                buggify_on: false,
+                buggify: BTreeMap::new(),
+                panic: Some(message),
+                trace_hash: 0,
+                sim_ms: 0,
+                wall_ms,
+                samples_acked: 0,
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+#![cfg(madsim)]
+//! Goal: the findings pinned in sim/regressions/ stay visible. Each file holds a seed, its
+//! scenario and its serialized fault schedule (a seed alone stops reproducing once the RNG
+//! stream shifts). Method: replay each with its schedule; the known gap it documents must be
+//! reported, and `--strict` must fail it with the named oracle. When the node is fixed, the
+//! first assertion fails: turn the file into a passing regression (expect no gap, pass strict).
+
+use sextant_sim::config::Scenario;
+use sextant_sim::report::RunOptions;
+use sextant_sim::run::run;
+use sextant_sim::schedule::Schedule;
+
+#[derive(serde::Deserialize)]
+struct Pinned {
+    seed: u64,
+    scenario: Scenario,
+    finding: String,
+    schedule: Schedule,
+}
+
+fn check(file: &str, gap: &str, strict_oracle: &str) {
+    let path = format!("{}/regressions/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let pinned: Pinned = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let options = RunOptions {
+        schedule: Some(pinned.schedule),
+        ..RunOptions::new(pinned.seed, pinned.scenario)
+    };
+    let report = run(&options);
+    assert!(report.passed(), "{}", report.render());
+    assert!(
+        report.known_gaps.iter().any(|g| g.starts_with(gap)),
+        "{file} ({}): gap {gap} no longer reported\n{}",
+        pinned.finding,
+        report.render()
+    );
+    let strict = run(&RunOptions { strict_gaps: true, ..options });
+    assert!(
+        strict.violations.iter().any(|v| v.oracle == strict_oracle),
+        "{file}: --strict did not fail with {strict_oracle}\n{}",
+        strict.render()
+    );
+}
+
+#[test]
+fn limits_reset_on_restart() {
+    check("limits-reset-on-restart.json", "limits-reset-on-restart", "9-limits");
+}
+
+#[test]
+fn skew_unreported() {
+    check("skew-unreported.json", "skew-unreported", "skew-reported");
+}
