@@ -28,8 +28,9 @@ pub struct ServeArgs {
     /// the server runs. [default: ./data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP server: remote-write (/api/v1/write), /api/v1/status/tsdb,
-    /// /metrics, /-/healthy, /-/ready. [default: 127.0.0.1:9480]
+    /// Address of the HTTP server: remote-write (/api/v1/write), the Prometheus query API
+    /// (/api/v1/query, /api/v1/query_range, …), /api/v1/status/tsdb, /metrics, /-/healthy,
+    /// /-/ready. [default: 127.0.0.1:9480]
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
     /// Address reserved for the gRPC admin and internal services. Parsed and validated, but

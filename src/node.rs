@@ -281,7 +281,7 @@ impl Node {
         }
     }
 
-    /// A tenant's metadata table (for `/api/v1/metadata`, served by the query issue).
+    /// A tenant's metadata table (served by `/api/v1/metadata`).
     pub fn metadata(&self, tenant: &str) -> BTreeMap<String, StoredMetadata> {
         self.metadata.lock().expect("metadata lock").get(tenant).cloned().unwrap_or_default()
     }

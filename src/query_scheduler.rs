@@ -228,7 +228,7 @@ impl QueryScheduler {
             let permit = self.permit(state, class, now_ns.saturating_sub(waiter.enqueued_ns));
             deliveries.push((waiter.tx, Ok(permit)));
         }
-        debug_assert!(state.queue.keys().all(|(Reverse(c), _)| !self.can_run(state, *c)));
+        assert!(state.queue.keys().all(|(Reverse(c), _)| !self.can_run(state, *c)));
         self.queue_depth.set(state.queue.len() as i64);
         self.running.set(state.running.iter().sum::<usize>() as i64);
     }
