@@ -19,7 +19,8 @@ use sextant::node::{EngineSlot, Node};
 use sextant::query_scheduler::Priority;
 use sextant::remote_write::{encode_write_request, Label, MetricMetadata, MetricType, Sample, TimeSeries, WriteRequest};
 use sextant_core::clock::{Clock, ManualClock};
-use sextant_storage::engine::{Engine, EngineConfig};
+use sextant_core::matcher::{MatchOp, Matcher};
+use sextant_storage::engine::{Engine, EngineConfig, SelectBudget};
 use sextant_storage::fs::sim::SimFs;
 use sextant_storage::wal::WalConfig;
 use tower::ServiceExt;
@@ -506,4 +507,36 @@ async fn adhoc_flood_is_shed_while_alerts_succeed() {
     assert!(metrics.contains("sextant_queries_total{class=\"adhoc\",outcome=\"unavailable\"} 6"), "{metrics}");
     assert!(metrics.contains("sextant_queries_total{class=\"alert\",outcome=\"success\"} 3"), "{metrics}");
     assert!(metrics.contains("sextant_query_queue_depth 0"), "{metrics}");
+}
+
+// Goal: a regex over all series is refused before all of its samples are loaded: the bounded
+// select stops at the first series or sample over the budget. Method: 50 series of 21 samples;
+// select everything under each budget and look at what the budget was charged when it stopped.
+#[tokio::test]
+async fn bounded_select_stops_at_the_budget() {
+    let h = harness(QueryConfig::default()).await;
+    many_series(&h, 50).await;
+    let engine = h.node.engine().unwrap();
+    let all = vec![Matcher::new(MatchOp::RegexMatch, "__name__", ".+").unwrap()];
+    // (series_max, samples_max, bytes_max) → (error fragment or none, series charged, samples charged)
+    let cases: Vec<((usize, usize, usize), Option<&str>, usize, usize)> = vec![
+        ((usize::MAX, usize::MAX, usize::MAX), None, 50, 50 * 21),
+        ((10, usize::MAX, usize::MAX), Some("series_max=10"), 11, 11 * 21),
+        ((usize::MAX, 100, usize::MAX), Some("samples_max=100"), 5, 5 * 21),
+        ((usize::MAX, usize::MAX, 3 * 21 * 16), Some("bytes_max=1008"), 3, 3 * 21),
+    ];
+    for ((series_max, samples_max, bytes_max), error, series, samples) in cases {
+        let mut budget = SelectBudget::new(series_max, samples_max, bytes_max);
+        let result = engine.select_bounded("default", &all, i64::MIN, i64::MAX, &mut budget).await;
+        match error {
+            None => assert_eq!(result.unwrap().len(), 50),
+            Some(fragment) => {
+                let message = result.unwrap_err().to_string();
+                assert!(message.contains(fragment), "{message} should name {fragment}");
+            }
+        }
+        assert_eq!((budget.series, budget.samples), (series, samples), "budget {series_max}/{samples_max}/{bytes_max}");
+        // 16 bytes per sample plus each series' label bytes (12 or 13 here).
+        assert!(budget.bytes >= samples * 16 + series * 12 && budget.bytes <= samples * 16 + series * 13, "bytes charged {}", budget.bytes);
+    }
 }

@@ -238,19 +238,22 @@ impl SelectBudget {
         SelectBudget { series_max, samples_max, bytes_max, series: 0, samples: 0, bytes: 0 }
     }
 
+    /// Charges one series' samples from one source; the series itself only when not `seen` in
+    /// this select. Every counter is charged before any is checked, so the budget always says
+    /// what was loaded.
     fn charge(&mut self, labels: &Labels, seen: bool, samples: usize) -> Result<(), SelectError> {
         if !seen {
             self.series += 1;
             self.bytes = self.bytes.saturating_add(labels.bytes());
-            if self.series > self.series_max {
-                return Err(SelectError::TooManySeries { max: self.series_max });
-            }
         }
         self.samples = self.samples.saturating_add(samples);
+        self.bytes = self.bytes.saturating_add(samples.saturating_mul(SELECT_SAMPLE_BYTES));
+        if self.series > self.series_max {
+            return Err(SelectError::TooManySeries { max: self.series_max });
+        }
         if self.samples > self.samples_max {
             return Err(SelectError::TooManySamples { max: self.samples_max });
         }
-        self.bytes = self.bytes.saturating_add(samples.saturating_mul(SELECT_SAMPLE_BYTES));
         if self.bytes > self.bytes_max {
             return Err(SelectError::TooManyBytes { bytes: self.bytes, max: self.bytes_max });
         }
