@@ -519,7 +519,8 @@ async fn bounded_select_stops_at_the_budget() {
     let engine = h.node.engine().unwrap();
     let all = vec![Matcher::new(MatchOp::RegexMatch, "__name__", ".+").unwrap()];
     // (series_max, samples_max, bytes_max) → (error fragment or none, series charged, samples charged)
-    let cases: Vec<((usize, usize, usize), Option<&str>, usize, usize)> = vec![
+    type Case = ((usize, usize, usize), Option<&'static str>, usize, usize);
+    let cases: Vec<Case> = vec![
         ((usize::MAX, usize::MAX, usize::MAX), None, 50, 50 * 21),
         ((10, usize::MAX, usize::MAX), Some("series_max=10"), 11, 11 * 21),
         ((usize::MAX, 100, usize::MAX), Some("samples_max=100"), 5, 5 * 21),
