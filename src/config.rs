@@ -28,8 +28,9 @@ pub struct ServeArgs {
     /// the server runs. [default: ./data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP server: remote-write (/api/v1/write), /api/v1/status/tsdb,
-    /// /metrics, /-/healthy, /-/ready. [default: 127.0.0.1:9480]
+    /// Address of the HTTP server: remote-write (/api/v1/write), the Prometheus query API
+    /// (/api/v1/query, /api/v1/query_range, …), /api/v1/status/tsdb, /metrics, /-/healthy,
+    /// /-/ready. [default: 127.0.0.1:9480]
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
     /// Address reserved for the gRPC admin and internal services. Parsed and validated, but
@@ -119,6 +120,35 @@ pub struct ServeArgs {
     /// checkpoints, limit bookkeeping). [default: 1m]
     #[arg(long, value_name = "DURATION")]
     pub maintain_interval: Option<String>,
+    /// Longest a query may take, queueing included; the `timeout` parameter may only lower
+    /// it. Past it the query fails with errorType "timeout". [default: 2m]
+    #[arg(long, value_name = "DURATION")]
+    pub query_timeout: Option<String>,
+    /// Samples one query may load and hold (fetched, subquery points, range output).
+    /// [default: 50000000]
+    #[arg(long, value_name = "N")]
+    pub query_samples_max: Option<usize>,
+    /// Series one query may touch across its selectors. [default: 1000000]
+    #[arg(long, value_name = "N")]
+    pub query_series_max: Option<usize>,
+    /// Accounted memory of one query: 16 bytes per sample held plus label bytes (e.g.
+    /// 512MiB). [default: 1GiB]
+    #[arg(long, value_name = "SIZE")]
+    pub query_memory_max: Option<String>,
+    /// Queries evaluated at once; more wait in the priority queue. [default: 16]
+    #[arg(long, value_name = "N")]
+    pub query_concurrency_max: Option<usize>,
+    /// Of --query-concurrency-max, slots only alert-class queries may use, so rule
+    /// evaluation never waits behind dashboards. Must be below --query-concurrency-max.
+    /// [default: 2]
+    #[arg(long, value_name = "N")]
+    pub query_alert_reserved: Option<usize>,
+    /// Queries waiting for a slot; when full, the lowest class is shed (503). [default: 128]
+    #[arg(long, value_name = "N")]
+    pub query_queue_max: Option<usize>,
+    /// Longest a query waits for a slot before it is shed (503). [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub query_queue_wait_max: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -149,6 +179,45 @@ struct FileConfig {
     runaway_window: Option<String>,
     series_idle_max: Option<String>,
     maintain_interval: Option<String>,
+    query_timeout: Option<String>,
+    query_samples_max: Option<usize>,
+    query_series_max: Option<usize>,
+    query_memory_max: Option<String>,
+    query_concurrency_max: Option<usize>,
+    query_alert_reserved: Option<usize>,
+    query_queue_max: Option<usize>,
+    query_queue_wait_max: Option<String>,
+}
+
+/// Limits of the query path (`--query-*` flags; docs/design/http-api.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryConfig {
+    /// Longest a query may take from arrival (queueing included).
+    pub timeout_ms: i64,
+    pub samples_max: usize,
+    pub series_max: usize,
+    /// Accounted memory per query (16 bytes per sample plus label bytes).
+    pub bytes_max: usize,
+    pub concurrency_max: usize,
+    /// Slots only alert-class queries may use.
+    pub alert_reserved: usize,
+    pub queue_max: usize,
+    pub queue_wait_ms_max: i64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            timeout_ms: 2 * 60_000,
+            samples_max: 50_000_000,
+            series_max: 1_000_000,
+            bytes_max: 1 << 30,
+            concurrency_max: 16,
+            alert_reserved: 2,
+            queue_max: 128,
+            queue_wait_ms_max: 10_000,
+        }
+    }
 }
 
 /// Limits of the ingest path.
@@ -198,6 +267,7 @@ pub struct ServeConfig {
     pub limits: IngestLimits,
     pub tokens_file: Option<PathBuf>,
     pub maintain_interval_ms: i64,
+    pub query: QueryConfig,
 }
 
 impl Default for ServeConfig {
@@ -213,6 +283,7 @@ impl Default for ServeConfig {
             limits: IngestLimits::default(),
             tokens_file: None,
             maintain_interval_ms: 60_000,
+            query: QueryConfig::default(),
         }
     }
 }
@@ -329,6 +400,41 @@ impl ServeConfig {
         if let Some(text) = pick(&args.maintain_interval, &file.maintain_interval) {
             config.maintain_interval_ms = positive("maintain-interval", duration("maintain-interval", &text)?)?;
         }
+        let query = &mut config.query;
+        if let Some(text) = pick(&args.query_timeout, &file.query_timeout) {
+            query.timeout_ms = positive("query-timeout", duration("query-timeout", &text)?)?;
+        }
+        if let Some(n) = pick(&args.query_samples_max, &file.query_samples_max) {
+            query.samples_max = n;
+        }
+        if let Some(n) = pick(&args.query_series_max, &file.query_series_max) {
+            query.series_max = n;
+        }
+        if let Some(text) = pick(&args.query_memory_max, &file.query_memory_max) {
+            let bytes = parse_bytes(&text).map_err(|e| format!("--query-memory-max: {e}"))?;
+            query.bytes_max = usize::try_from(bytes).map_err(|_| format!("--query-memory-max {text:?}: too large"))?;
+        }
+        if let Some(n) = pick(&args.query_concurrency_max, &file.query_concurrency_max) {
+            if n == 0 {
+                return Err("--query-concurrency-max must be at least 1".into());
+            }
+            query.concurrency_max = n;
+        }
+        if let Some(n) = pick(&args.query_alert_reserved, &file.query_alert_reserved) {
+            query.alert_reserved = n;
+        }
+        if query.alert_reserved >= query.concurrency_max {
+            return Err(format!(
+                "--query-alert-reserved {} must be below --query-concurrency-max {} (dashboards and ad-hoc queries need at least one slot)",
+                query.alert_reserved, query.concurrency_max
+            ));
+        }
+        if let Some(n) = pick(&args.query_queue_max, &file.query_queue_max) {
+            query.queue_max = n;
+        }
+        if let Some(text) = pick(&args.query_queue_wait_max, &file.query_queue_wait_max) {
+            query.queue_wait_ms_max = positive("query-queue-wait-max", duration("query-queue-wait-max", &text)?)?;
+        }
         Ok(config)
     }
 }
@@ -348,6 +454,8 @@ mod tests {
         assert_eq!(defaults.limits.series_per_metric_max, 100_000);
         assert_eq!(defaults.limits.series_per_tenant_max, 1_000_000);
         assert_eq!(defaults.fsync, FsyncPolicy::Always);
+        assert_eq!(defaults.query, QueryConfig::default());
+        assert_eq!(defaults.query.samples_max, 50_000_000);
 
         let file = "data_dir = \"/srv/x\"\nsample_age_max = \"2h\"\nfsync = \"interval\"\nblocked_label = [\"a\"]\nmemory_max = \"1GiB\"\n";
         let from_file = ServeConfig::resolve(&ServeArgs::default(), Some(file)).unwrap();
@@ -373,6 +481,9 @@ mod tests {
             (ServeArgs { body_bytes_max: Some("0".into()), ..Default::default() }, None, "--body-bytes-max"),
             (ServeArgs::default(), Some("data_dri = \"x\""), "config file"),
             (ServeArgs::default(), Some("fsync = \"sometimes\""), "--fsync"),
+            (ServeArgs { query_concurrency_max: Some(2), query_alert_reserved: Some(2), ..Default::default() }, None, "--query-alert-reserved"),
+            (ServeArgs { query_timeout: Some("0".into()), ..Default::default() }, None, "--query-timeout"),
+            (ServeArgs::default(), Some("query_memory_max = \"lots\""), "--query-memory-max"),
         ];
         for (args, file, needle) in cases {
             let error = ServeConfig::resolve(&args, file).unwrap_err();

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /api/v1/write` | Prometheus Remote-Write 1.0 receiver (role `write`) |
 //! | `GET /api/v1/status/tsdb` | cardinality report of the caller's tenant (role `read`) |
+//! | `/api/v1/query`, `query_range`, `series`, `labels`, `label/{name}/values`, `metadata`, `status/buildinfo`, `rules`, `alerts`, `format_query`, `query_exemplars` | the Prometheus query API (`query_api`; role `read`) |
 //! | `GET /metrics` | the node's own metrics |
 //! | `GET /-/healthy` | 200 while the process serves HTTP |
 //! | `GET /-/ready` | 200 when writes are accepted; 503 while opening/replaying, after a poisoned WAL, while shutting down |
@@ -25,11 +26,12 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 
 use crate::auth::{authorize, AuthError, Role};
 use crate::node::Node;
+use crate::query_api;
 use crate::remote_write::{decode_write_request, BodyError};
 
 /// Builds the router.
@@ -37,6 +39,18 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/v1/write", post(write))
         .route("/api/v1/status/tsdb", get(status_tsdb))
+        .route("/api/v1/query", get(query_api::query).post(query_api::query))
+        .route("/api/v1/query_range", get(query_api::query_range).post(query_api::query_range))
+        .route("/api/v1/series", get(query_api::series).post(query_api::series))
+        .route("/api/v1/labels", get(query_api::labels).post(query_api::labels))
+        .route("/api/v1/label/{name}/values", get(query_api::label_values))
+        .route("/api/v1/metadata", get(query_api::metadata))
+        .route("/api/v1/status/buildinfo", get(query_api::buildinfo))
+        .route("/api/v1/rules", get(query_api::rules))
+        .route("/api/v1/alerts", get(query_api::alerts))
+        .route("/api/v1/format_query", get(query_api::format_query).post(query_api::format_query))
+        .route("/api/v1/query_exemplars", get(query_api::query_exemplars).post(query_api::query_exemplars))
+        .route("/api/v1/{*rest}", any(query_api::not_found))
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
@@ -62,7 +76,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
     }
 }
 
-fn tenant_for(node: &Node, headers: &HeaderMap, needs: Role) -> Result<String, Response> {
+pub(crate) fn tenant_for(node: &Node, headers: &HeaderMap, needs: Role) -> Result<String, Response> {
     let authorization = header_str(headers, "authorization")?;
     let org_id = header_str(headers, "x-scope-orgid")?;
     authorize(node.tokens(), authorization, org_id, needs).map_err(|error: AuthError| {

@@ -5,6 +5,8 @@
 //! (tenants and bearer tokens), [`limits`] (token bucket, active-series tracker, runaway
 //! detection), [`hll`] (HyperLogLog), [`shard`] (series → shard), [`node`] (engine lifecycle
 //! and the ingest path), [`metrics`] (self-monitoring), [`http`] (the axum router),
+//! [`query_api`] (the Prometheus query API), [`query_scheduler`] (query admission, priority
+//! classes, shedding),
 //! [`server`] (the HTTP/1 accept loop and `sextant serve`).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
@@ -21,6 +23,8 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod query_api;
+pub mod query_scheduler;
 pub mod remote_write;
 pub mod server;
 pub mod shard;

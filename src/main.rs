@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a single node: remote-write ingest, cardinality limits, self-monitoring.
+    /// Run a single node: remote-write ingest, cardinality limits, the Prometheus query API,
+    /// self-monitoring.
     ///
     /// With no flags it stores data in ./data and serves HTTP on 127.0.0.1:9480. SIGTERM or
     /// SIGINT shut it down cleanly: in-flight writes finish, the WAL is closed, no

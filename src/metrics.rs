@@ -36,6 +36,23 @@ pub struct TenantMetricLabels {
     pub metric: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct QueryOutcomeLabels {
+    pub class: String,
+    /// `success` or the Prometheus errorType (`bad_data`, `execution`, `timeout`, `canceled`,
+    /// `internal`, `unavailable` — shed queries are `unavailable`).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+fn query_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +78,11 @@ pub struct Metrics {
     pub wal_bytes_written: Counter,
     pub wal_records_no_space: Counter,
     pub active_series_tracked: Gauge,
+    pub queries: Family<QueryOutcomeLabels, Counter>,
+    pub query_queue_depth: Gauge,
+    pub queries_running: Gauge,
+    pub query_duration_seconds: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    pub query_queue_wait_seconds: Histogram,
     /// Last engine counters seen, to turn them into counter increments.
     last_wal: Mutex<WalStats>,
     refusal_label_sets: Mutex<BTreeSet<TenantMetricLabels>>,
@@ -98,6 +120,11 @@ impl Metrics {
             wal_bytes_written: Counter::default(),
             wal_records_no_space: Counter::default(),
             active_series_tracked: Gauge::default(),
+            queries: Family::default(),
+            query_queue_depth: Gauge::default(),
+            queries_running: Gauge::default(),
+            query_duration_seconds: Family::new_with_constructor(query_duration_histogram as fn() -> Histogram),
+            query_queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             last_wal: Mutex::new(WalStats::default()),
             refusal_label_sets: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
@@ -124,6 +151,11 @@ impl Metrics {
         registry.register("wal_bytes_written", "Bytes written to WAL segments", m.wal_bytes_written.clone());
         registry.register("wal_records_no_space", "WAL records refused because the disk was full", m.wal_records_no_space.clone());
         registry.register("active_series_tracked", "Series counted against the series limits, all tenants", m.active_series_tracked.clone());
+        registry.register("queries", "PromQL queries (query, query_range), by priority class and outcome", m.queries.clone());
+        registry.register("query_queue_depth", "Queries waiting for a query slot", m.query_queue_depth.clone());
+        registry.register("queries_running", "Queries holding a query slot", m.queries_running.clone());
+        registry.register("query_duration_seconds", "Time from a query's arrival to its answer (queueing included), by priority class", m.query_duration_seconds.clone());
+        registry.register("query_queue_wait_seconds", "Time admitted queries waited for a query slot", m.query_queue_wait_seconds.clone());
         Metrics { registry, ..m }
     }
 
@@ -131,6 +163,12 @@ impl Metrics {
         if samples > 0 {
             self.samples_refused.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc_by(samples);
         }
+    }
+
+    /// Counts a finished query.
+    pub fn query_finished(&self, class: &str, outcome: &str, seconds: f64) {
+        self.queries.get_or_create(&QueryOutcomeLabels { class: class.to_string(), outcome: outcome.to_string() }).inc();
+        self.query_duration_seconds.get_or_create(&ClassLabels { class: class.to_string() }).observe(seconds);
     }
 
     pub fn request(&self, handler: &str, code: u16) {

@@ -32,6 +32,7 @@ use crate::auth::Tokens;
 use crate::config::ServeConfig;
 use crate::limits::{series_account_key, Admission, SeriesAccountKey, SeriesTracker, TokenBucket, TrackerLimits};
 use crate::metrics::Metrics;
+use crate::query_scheduler::{QueryScheduler, SchedulerLimits};
 use crate::remote_write::{MetricMetadata, MetricType, WriteRequest};
 use crate::shard::shard_for;
 
@@ -146,6 +147,7 @@ pub struct Node {
     buckets: Mutex<BTreeMap<String, TokenBucket>>,
     metadata: Mutex<BTreeMap<String, BTreeMap<String, StoredMetadata>>>,
     tokens: Option<Tokens>,
+    query_scheduler: Arc<QueryScheduler>,
     pub metrics: Metrics,
 }
 
@@ -168,12 +170,22 @@ impl Node {
             series_idle_ms_max: limits.series_idle_ms_max,
         };
         let now_ms = clock.now_wall_ms();
+        let metrics = Metrics::new();
+        let query = &config.query;
+        let scheduler_limits = SchedulerLimits {
+            concurrency_max: query.concurrency_max.max(1),
+            alert_reserved: query.alert_reserved.min(query.concurrency_max.max(1) - 1),
+            queue_max: query.queue_max,
+            queue_wait_ms_max: query.queue_wait_ms_max,
+        };
+        let query_scheduler = QueryScheduler::new(scheduler_limits, clock.clone(), metrics.query_queue_depth.clone(), metrics.queries_running.clone());
         Arc::new(Node {
             tracker: Mutex::new(SeriesTracker::new(tracker_limits, now_ms)),
             slot: Mutex::new(EngineSlot::Opening),
             buckets: Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(BTreeMap::new()),
-            metrics: Metrics::new(),
+            query_scheduler,
+            metrics,
             config,
             clock,
             tokens,
@@ -190,6 +202,11 @@ impl Node {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Admission of queries (concurrency, priority classes, shedding).
+    pub fn query_scheduler(&self) -> &Arc<QueryScheduler> {
+        &self.query_scheduler
     }
 
     pub fn set_engine(&self, slot: EngineSlot) {
@@ -264,7 +281,7 @@ impl Node {
         }
     }
 
-    /// A tenant's metadata table (for `/api/v1/metadata`, served by the query issue).
+    /// A tenant's metadata table (served by `/api/v1/metadata`).
     pub fn metadata(&self, tenant: &str) -> BTreeMap<String, StoredMetadata> {
         self.metadata.lock().expect("metadata lock").get(tenant).cloned().unwrap_or_default()
     }

@@ -217,6 +217,63 @@ pub struct CardinalityReport {
     pub labels: Vec<(String, u64, u64)>,
 }
 
+/// What one query may still load: [`Engine::select_bounded`] counts down from these and
+/// refuses with the limit's name once one would go below zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelectBudget {
+    pub series_max: usize,
+    pub samples_max: usize,
+    /// Accounted memory: [`SELECT_SAMPLE_BYTES`] per sample plus each series' label bytes.
+    pub bytes_max: usize,
+    pub series: usize,
+    pub samples: usize,
+    pub bytes: usize,
+}
+
+/// Bytes charged per sample loaded (an `i64` timestamp and an `f64` value).
+pub const SELECT_SAMPLE_BYTES: usize = 16;
+
+impl SelectBudget {
+    pub fn new(series_max: usize, samples_max: usize, bytes_max: usize) -> Self {
+        SelectBudget { series_max, samples_max, bytes_max, series: 0, samples: 0, bytes: 0 }
+    }
+
+    /// Charges one series' samples from one source; the series itself only when not `seen` in
+    /// this select. Every counter is charged before any is checked, so the budget always says
+    /// what was loaded.
+    fn charge(&mut self, labels: &Labels, seen: bool, samples: usize) -> Result<(), SelectError> {
+        if !seen {
+            self.series += 1;
+            self.bytes = self.bytes.saturating_add(labels.bytes());
+        }
+        self.samples = self.samples.saturating_add(samples);
+        self.bytes = self.bytes.saturating_add(samples.saturating_mul(SELECT_SAMPLE_BYTES));
+        if self.series > self.series_max {
+            return Err(SelectError::TooManySeries { max: self.series_max });
+        }
+        if self.samples > self.samples_max {
+            return Err(SelectError::TooManySamples { max: self.samples_max });
+        }
+        if self.bytes > self.bytes_max {
+            return Err(SelectError::TooManyBytes { bytes: self.bytes, max: self.bytes_max });
+        }
+        Ok(())
+    }
+}
+
+/// Why a bounded select stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("query would touch more than the limit of series_max={max} series")]
+    TooManySeries { max: usize },
+    #[error("query processing would load too many samples into memory in query execution (limit samples_max={max})")]
+    TooManySamples { max: usize },
+    #[error("query would hold at least {bytes} bytes of samples and labels in memory, more than the limit bytes_max={max}")]
+    TooManyBytes { bytes: usize, max: usize },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
 /// What a maintenance pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaintainReport {
@@ -857,6 +914,56 @@ impl Engine {
             (labels, samples)
         });
         Ok(out.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect())
+    }
+
+    /// [`Engine::select`] that stops as soon as the query's budget is spent, instead of loading
+    /// every matching sample first: a selector matching every series of a tenant is refused
+    /// after `series_max + 1` series or `samples_max + 1` samples, not after all of them. The
+    /// budget is shared by all selects of one query (it counts down), so a caller passes the same
+    /// `SelectBudget` to each. A series is charged once per select it appears in; its samples
+    /// are charged per source before the first-write-wins merge (an overestimate only where
+    /// sources overlap).
+    pub async fn select_bounded(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        min_t: TimestampMs,
+        max_t: TimestampMs,
+        budget: &mut SelectBudget,
+    ) -> Result<Vec<SeriesSamples>, SelectError> {
+        let mut per_series: BTreeMap<Labels, Vec<Vec<Sample>>> = BTreeMap::new();
+        for id in self.shard_ids() {
+            let shard = self.shard(id)?.read().await;
+            for block in &shard.blocks {
+                if block.meta().max_t < min_t || block.meta().min_t > max_t {
+                    continue;
+                }
+                for r in block.select(tenant, matchers) {
+                    let samples = block.samples(r, min_t, max_t).await.map_err(EngineError::from)?;
+                    if !samples.is_empty() {
+                        let labels = block.series_labels(r);
+                        budget.charge(labels, per_series.contains_key(labels), samples.len())?;
+                        per_series.entry(labels.clone()).or_default().push(samples);
+                    }
+                }
+            }
+            for r in shard.head.select(tenant, matchers) {
+                let series = shard.head.get(r).expect("selected refs exist");
+                let samples = series.samples(min_t, max_t).map_err(EngineError::from)?;
+                if !samples.is_empty() {
+                    let labels = &series.key.labels;
+                    budget.charge(labels, per_series.contains_key(labels), samples.len())?;
+                    per_series.entry(labels.clone()).or_default().push(samples);
+                }
+            }
+        }
+        Ok(per_series
+            .into_iter()
+            .map(|(labels, sources)| {
+                let samples = if sources.len() == 1 { sources.into_iter().next().expect("one") } else { block::merge_first_write_wins(sources) };
+                SeriesSamples { labels, samples }
+            })
+            .collect())
     }
 
     /// Label names of the tenant's series that have samples in `[min_t, max_t]` and match.

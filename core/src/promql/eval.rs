@@ -6,11 +6,12 @@
 //! with delayed name removal: an element carries `drop_name` and the name is dropped when the
 //! result leaves the engine, where duplicate label sets become an error.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, Matching, Selector, ValueKind};
 use super::plan::subquery_first_step;
-use super::{functions, FetchedData, MatrixSeries, QueryError, QueryLimits, Value, VectorSample};
+use super::{functions, FetchedData, Interrupt, MatrixSeries, NoInterrupt, QueryError, QueryLimits, Value, VectorSample, INTERRUPT_SERIES_BATCH, SAMPLE_BYTES};
 use crate::labels::{Label, Labels, METRIC_NAME_LABEL};
 use crate::matcher::matches_all;
 use crate::sample::{is_stale_nan, Sample};
@@ -76,14 +77,23 @@ pub(crate) struct Evaluator<'a> {
     pub end: i64,
     pub limits: QueryLimits,
     pub fetched_samples: usize,
+    /// The memory estimate of the fetched data (samples and labels).
+    pub fetched_bytes: usize,
+    interrupt: &'a dyn Interrupt,
+    /// The first error the interrupt answered with; sticky, so a selector that stopped early
+    /// cannot be mistaken for a complete one.
+    stopped: RefCell<Option<QueryError>>,
 }
 
 impl<'a> Evaluator<'a> {
-    fn new(data: &'a FetchedData, start: i64, end: i64, limits: QueryLimits) -> Result<Self, QueryError> {
+    fn new(data: &'a FetchedData, start: i64, end: i64, limits: QueryLimits, interrupt: &'a dyn Interrupt) -> Result<Self, QueryError> {
         let mut series = BTreeSet::new();
         let mut samples = 0usize;
+        let mut bytes = 0usize;
         for s in data.all() {
-            series.insert(&s.labels);
+            if series.insert(&s.labels) {
+                bytes = bytes.saturating_add(s.labels.bytes());
+            }
             samples = samples.saturating_add(s.samples.len());
         }
         if series.len() > limits.series_max {
@@ -92,7 +102,40 @@ impl<'a> Evaluator<'a> {
         if samples > limits.samples_max {
             return Err(QueryError::TooManySamples { max: limits.samples_max });
         }
-        Ok(Evaluator { data, start, end, limits, fetched_samples: samples })
+        bytes = bytes.saturating_add(samples.saturating_mul(SAMPLE_BYTES));
+        if bytes > limits.bytes_max {
+            return Err(QueryError::TooManyBytes { bytes, max: limits.bytes_max });
+        }
+        let ev = Evaluator { data, start, end, limits, fetched_samples: samples, fetched_bytes: bytes, interrupt, stopped: RefCell::new(None) };
+        ev.poll()?;
+        Ok(ev)
+    }
+
+    /// Asks the interrupt whether to go on; once it said stop, keeps saying so.
+    pub fn poll(&self) -> Result<(), QueryError> {
+        self.stopped()?;
+        if let Err(error) = self.interrupt.check() {
+            *self.stopped.borrow_mut() = Some(error.clone());
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// The interrupt's answer if it already said stop (no new check).
+    fn stopped(&self) -> Result<(), QueryError> {
+        match &*self.stopped.borrow() {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the memory estimate of `extra` bytes held on top of the fetched data.
+    fn check_bytes(&self, extra: usize) -> Result<(), QueryError> {
+        let bytes = self.fetched_bytes.saturating_add(extra);
+        if bytes > self.limits.bytes_max {
+            return Err(QueryError::TooManyBytes { bytes, max: self.limits.bytes_max });
+        }
+        Ok(())
     }
 
     fn reference_time(&self, at: Option<At>, offset_ms: i64, t: i64) -> i64 {
@@ -110,7 +153,10 @@ impl<'a> Evaluator<'a> {
     pub fn select_instant(&self, sel: &Selector, t: i64) -> Vec<(Elem, i64)> {
         let rt = self.reference_time(sel.at, sel.offset_ms, t);
         let mut out = Vec::new();
-        for s in self.data.series_for(&sel.matchers) {
+        for (i, s) in self.data.series_for(&sel.matchers).iter().enumerate() {
+            if i % INTERRUPT_SERIES_BATCH == INTERRUPT_SERIES_BATCH - 1 && self.poll().is_err() {
+                break;
+            }
             if !matches_all(&sel.matchers, &s.labels) {
                 continue;
             }
@@ -132,7 +178,10 @@ impl<'a> Evaluator<'a> {
         let rt = self.reference_time(sel.at, sel.offset_ms, t);
         let lo_t = rt.saturating_sub(range_ms);
         let mut out = Vec::new();
-        for s in self.data.series_for(&sel.matchers) {
+        for (i, s) in self.data.series_for(&sel.matchers).iter().enumerate() {
+            if i % INTERRUPT_SERIES_BATCH == INTERRUPT_SERIES_BATCH - 1 && self.poll().is_err() {
+                break;
+            }
             if !matches_all(&sel.matchers, &s.labels) {
                 continue;
             }
@@ -161,6 +210,7 @@ impl<'a> Evaluator<'a> {
         let mut points = 0usize;
         let mut s = first;
         while s <= end {
+            self.poll()?;
             match self.eval(expr, s)? {
                 Val::Scalar(v) => push_point(&mut series, Labels::empty(), false, s, v),
                 Val::Vector(vec) => {
@@ -175,6 +225,7 @@ impl<'a> Evaluator<'a> {
             if points.saturating_add(self.fetched_samples) > self.limits.samples_max {
                 return Err(QueryError::TooManySamples { max: self.limits.samples_max });
             }
+            self.check_bytes(points.saturating_mul(SAMPLE_BYTES))?;
             s = match s.checked_add(step) {
                 Some(n) => n,
                 None => break,
@@ -209,8 +260,16 @@ impl<'a> Evaluator<'a> {
             Expr::Number(v) => Ok(Val::Scalar(*v)),
             Expr::String(s) => Ok(Val::Str(s.clone())),
             Expr::Paren(inner) => self.eval(inner, t),
-            Expr::Vector(sel) => Ok(Val::Vector(self.select_instant(sel, t).into_iter().map(|(e, _)| e).collect())),
-            Expr::Matrix { selector, range_ms } => Ok(Val::Matrix(self.select_range(selector, *range_ms, t))),
+            Expr::Vector(sel) => {
+                let vec = self.select_instant(sel, t).into_iter().map(|(e, _)| e).collect();
+                self.stopped()?;
+                Ok(Val::Vector(vec))
+            }
+            Expr::Matrix { selector, range_ms } => {
+                let matrix = self.select_range(selector, *range_ms, t);
+                self.stopped()?;
+                Ok(Val::Matrix(matrix))
+            }
             Expr::Subquery { expr, range_ms, step_ms, offset_ms, at } => {
                 Ok(Val::Matrix(self.subquery(expr, *range_ms, *step_ms, *offset_ms, *at, t)?))
             }
@@ -789,8 +848,13 @@ fn check_expr(expr: &Expr) -> Result<(), QueryError> {
 
 /// Evaluates `expr` at `t_ms`.
 pub fn eval_instant(expr: &Expr, t_ms: i64, data: &FetchedData, limits: &QueryLimits) -> Result<Value, QueryError> {
+    eval_instant_with(expr, t_ms, data, limits, &NoInterrupt)
+}
+
+/// [`eval_instant`], polling `interrupt` per batch of series (and per subquery step).
+pub fn eval_instant_with(expr: &Expr, t_ms: i64, data: &FetchedData, limits: &QueryLimits, interrupt: &dyn Interrupt) -> Result<Value, QueryError> {
     check_expr(expr)?;
-    let ev = Evaluator::new(data, t_ms, t_ms, *limits)?;
+    let ev = Evaluator::new(data, t_ms, t_ms, *limits, interrupt)?;
     Ok(match ev.eval(expr, t_ms)? {
         Val::Scalar(v) => Value::Scalar { t: t_ms, v },
         Val::Str(s) => Value::String { t: t_ms, v: s },
@@ -815,6 +879,19 @@ pub fn eval_instant(expr: &Expr, t_ms: i64, data: &FetchedData, limits: &QueryLi
 /// Evaluates `expr` at every step `start_ms, start_ms + step_ms, …, ≤ end_ms`. Series come back
 /// sorted by labels.
 pub fn eval_range(expr: &Expr, start_ms: i64, end_ms: i64, step_ms: i64, data: &FetchedData, limits: &QueryLimits) -> Result<Vec<MatrixSeries>, QueryError> {
+    eval_range_with(expr, start_ms, end_ms, step_ms, data, limits, &NoInterrupt)
+}
+
+/// [`eval_range`], polling `interrupt` once per step and per batch of series.
+pub fn eval_range_with(
+    expr: &Expr,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+    data: &FetchedData,
+    limits: &QueryLimits,
+    interrupt: &dyn Interrupt,
+) -> Result<Vec<MatrixSeries>, QueryError> {
     check_expr(expr)?;
     match expr.kind() {
         ValueKind::Scalar | ValueKind::Vector => {}
@@ -835,17 +912,22 @@ pub fn eval_range(expr: &Expr, start_ms: i64, end_ms: i64, step_ms: i64, data: &
     if steps > limits.steps_max as u128 {
         return Err(QueryError::TooManySteps { max: limits.steps_max });
     }
-    let ev = Evaluator::new(data, start_ms, end_ms, *limits)?;
+    let ev = Evaluator::new(data, start_ms, end_ms, *limits, interrupt)?;
     let mut series: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
     let mut points = 0usize;
+    let mut output_label_bytes = 0usize;
     let mut t = start_ms;
     while t <= end_ms {
+        ev.poll()?;
         let vec = match ev.eval(expr, t)? {
             Val::Scalar(v) => vec![Elem { labels: Labels::empty(), v, drop_name: false }],
             Val::Vector(v) => v,
             _ => return Err(exec_err("range query step did not produce a scalar or an instant vector")),
         };
         for e in finish_vector(vec)? {
+            if !series.contains_key(&e.labels) {
+                output_label_bytes = output_label_bytes.saturating_add(e.labels.bytes());
+            }
             let samples = series.entry(e.labels).or_default();
             if samples.last().is_some_and(|s| s.t == t) {
                 return Err(exec_err("vector cannot contain metrics with the same labelset"));
@@ -856,10 +938,93 @@ pub fn eval_range(expr: &Expr, start_ms: i64, end_ms: i64, step_ms: i64, data: &
         if points.saturating_add(ev.fetched_samples) > limits.samples_max {
             return Err(QueryError::TooManySamples { max: limits.samples_max });
         }
+        ev.check_bytes(points.saturating_mul(SAMPLE_BYTES).saturating_add(output_label_bytes))?;
         t = match t.checked_add(step_ms) {
             Some(n) => n,
             None => break,
         };
     }
     Ok(series.into_iter().map(|(labels, samples)| MatrixSeries { labels, samples }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::super::{parse, plan_range, FetchedSeries, SAMPLE_BYTES};
+    use super::*;
+
+    fn data_for(query: &str, series: usize, samples: i64) -> (Expr, FetchedData) {
+        let expr = parse(query).unwrap();
+        let plan = plan_range(&expr, 0, 600_000, 1_000, 300_000);
+        let fetched: Vec<FetchedSeries> = (0..series)
+            .map(|i| FetchedSeries {
+                labels: Labels::from_pairs(&[("__name__", "m"), ("i", &i.to_string())]),
+                samples: (0..samples).map(|t| Sample::new(t * 1_000, t as f64)).collect(),
+            })
+            .collect();
+        let data = FetchedData::new(&plan, vec![fetched]);
+        (expr, data)
+    }
+
+    // Goal: the interrupt is polled once per step and per batch of series, and its error stops
+    // evaluation. Method: an interrupt that says stop on its Nth poll; the error comes back and
+    // no more polls happen after it.
+    #[test]
+    fn interrupt_stops_range_evaluation_with_its_error() {
+        let (expr, data) = data_for("m", 3, 600);
+        let polls = Cell::new(0usize);
+        let stop_at = 5;
+        let interrupt = || {
+            polls.set(polls.get() + 1);
+            if polls.get() >= stop_at {
+                return Err(QueryError::Timeout("deadline passed (limit timeout_ms=1)".into()));
+            }
+            Ok(())
+        };
+        let err = eval_range_with(&expr, 0, 600_000, 1_000, &data, &QueryLimits::default(), &interrupt).unwrap_err();
+        assert_eq!(err, QueryError::Timeout("deadline passed (limit timeout_ms=1)".into()));
+        assert_eq!(polls.get(), stop_at);
+        // Without an interrupt the same query completes: 601 steps, 3 series.
+        let ok = eval_range(&expr, 0, 600_000, 1_000, &data, &QueryLimits::default()).unwrap();
+        assert_eq!(ok.len(), 3);
+    }
+
+    // Goal: a selector over more series than one batch polls inside the selector, so a query
+    // with one step but many series still stops. Method: stop on the second poll (the first is
+    // Evaluator::new's); 3 batches of series.
+    #[test]
+    fn interrupt_polled_per_batch_of_series() {
+        let (expr, data) = data_for("m", 3 * INTERRUPT_SERIES_BATCH, 1);
+        let polls = Cell::new(0usize);
+        let interrupt = || {
+            polls.set(polls.get() + 1);
+            if polls.get() >= 2 {
+                return Err(QueryError::Canceled("client went away".into()));
+            }
+            Ok(())
+        };
+        let err = eval_instant_with(&expr, 0, &data, &QueryLimits::default(), &interrupt).unwrap_err();
+        assert_eq!(err, QueryError::Canceled("client went away".into()));
+        assert_eq!(polls.get(), 2);
+    }
+
+    // Goal: the memory estimate counts 16 bytes per sample plus label bytes, for fetched data and
+    // for range output, and refuses with TooManyBytes naming the limit.
+    #[test]
+    fn bytes_max_counts_fetched_and_output() {
+        let (expr, data) = data_for("m", 2, 10);
+        let label_bytes = 2 * ("__name__".len() + 1 + 1 + 1);
+        let fetched = 20 * SAMPLE_BYTES + label_bytes;
+        let just_enough = QueryLimits { bytes_max: fetched, ..QueryLimits::default() };
+        // Instant query: only the fetched data is held.
+        assert!(eval_instant(&expr, 9_000, &data, &just_enough).is_ok());
+        let too_small = QueryLimits { bytes_max: fetched - 1, ..QueryLimits::default() };
+        let err = eval_instant(&expr, 9_000, &data, &too_small).unwrap_err();
+        assert_eq!(err, QueryError::TooManyBytes { bytes: fetched, max: fetched - 1 });
+        assert!(err.to_string().contains("bytes_max="), "{err}");
+        // Range output adds its points: the first step's two points cross the same budget.
+        let err = eval_range(&expr, 0, 9_000, 1_000, &data, &just_enough).unwrap_err();
+        assert!(matches!(err, QueryError::TooManyBytes { max, .. } if max == fetched), "{err:?}");
+    }
 }

@@ -23,7 +23,7 @@ mod plan;
 use std::collections::BTreeMap;
 
 pub use ast::{AggOp, At, BinOp, Expr, Grouping, Matching, Selector, ValueKind};
-pub use eval::{eval_instant, eval_range};
+pub use eval::{eval_instant, eval_instant_with, eval_range, eval_range_with};
 pub use plan::{plan_instant, plan_range};
 
 use crate::labels::Labels;
@@ -56,7 +56,48 @@ pub enum QueryError {
     TooManySteps { max: usize },
     #[error("query plan has {count} selectors, more than the limit selectors_max={max}")]
     TooManySelectors { count: usize, max: usize },
+    /// The accounted memory estimate (8-byte timestamp + 8-byte value per sample held, plus
+    /// label bytes per series) crossed the per-query budget.
+    #[error("query would hold about {bytes} bytes of samples and labels in memory, more than the limit bytes_max={max}")]
+    TooManyBytes { bytes: usize, max: usize },
+    /// The caller's [`Interrupt`] reported that the query ran out of time (its message names
+    /// the limit).
+    #[error("{0}")]
+    Timeout(String),
+    /// The caller's [`Interrupt`] reported that nobody waits for the answer any more.
+    #[error("{0}")]
+    Canceled(String),
 }
+
+/// Bytes the memory estimate charges per sample held: an `i64` timestamp and an `f64` value.
+pub const SAMPLE_BYTES: usize = 16;
+
+/// A cooperative stop signal the evaluator polls once per step and once per batch of
+/// [`INTERRUPT_SERIES_BATCH`] series. Core never reads a clock: the caller's implementation
+/// does (a deadline on the node's `Clock`, a cancellation flag) and answers with the error to
+/// stop with ([`QueryError::Timeout`] or [`QueryError::Canceled`]).
+pub trait Interrupt {
+    fn check(&self) -> Result<(), QueryError>;
+}
+
+/// Never interrupts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoInterrupt;
+
+impl Interrupt for NoInterrupt {
+    fn check(&self) -> Result<(), QueryError> {
+        Ok(())
+    }
+}
+
+impl<F: Fn() -> Result<(), QueryError>> Interrupt for F {
+    fn check(&self) -> Result<(), QueryError> {
+        self()
+    }
+}
+
+/// Series a selector walks between two polls of the [`Interrupt`].
+pub const INTERRUPT_SERIES_BATCH: usize = 1024;
 
 /// Limits one evaluation must stay within. Each exceeded limit is its own [`QueryError`] variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +111,9 @@ pub struct QueryLimits {
     pub steps_max: usize,
     /// Distinct selectors in one plan.
     pub selectors_max: usize,
+    /// Accounted memory of one query: [`SAMPLE_BYTES`] per sample held (fetched, subquery
+    /// points, range output) plus the label bytes of every fetched and output series.
+    pub bytes_max: usize,
     /// Lookback delta for instant vector selectors.
     pub lookback_ms: i64,
     /// Step of subqueries without an explicit step.
@@ -83,6 +127,7 @@ impl Default for QueryLimits {
             series_max: 1_000_000,
             steps_max: 11_000,
             selectors_max: 1_000,
+            bytes_max: 1 << 30,
             lookback_ms: LOOKBACK_DEFAULT_MS,
             subquery_step_default_ms: SUBQUERY_STEP_DEFAULT_MS,
         }
@@ -195,6 +240,12 @@ pub enum Value {
     String { t: i64, v: String },
     Vector(Vec<VectorSample>),
     Matrix(Vec<MatrixSeries>),
+}
+
+/// Pretty-prints a query with `promql-parser`'s formatter (Prometheus's `/api/v1/format_query`).
+pub fn format_query(query: &str) -> Result<String, QueryError> {
+    let parsed = promql_parser::parser::parse(query).map_err(QueryError::Parse)?;
+    Ok(parsed.prettify())
 }
 
 /// Parses PromQL text into Sextant's expression tree.
