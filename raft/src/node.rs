@@ -169,7 +169,9 @@ impl RaftNode {
         // One entry must always fit in one append_entries message (the client halves batches
         // that do not fit, down to one entry).
         let entry_room_bytes = (config.log.entry_bytes_max as u64).saturating_mul(4);
-        if entry_room_bytes + crate::network::MESSAGE_OVERHEAD_BYTES > config.transport.message_bytes_max {
+        if entry_room_bytes + crate::network::MESSAGE_OVERHEAD_BYTES
+            > config.transport.message_bytes_max
+        {
             return Err(StartError::Config(format!(
                 "message_bytes_max {} cannot carry one entry of entry_bytes_max {} (JSON may quadruple it)",
                 config.transport.message_bytes_max, config.log.entry_bytes_max

@@ -93,7 +93,10 @@ async fn on(handle: &NodeHandle, node: Arc<RaftNode>, command: Command) -> Respo
 async fn leader_other_than(node: &RaftNode, not: Option<NodeId>) -> NodeId {
     node.raft()
         .wait(Some(Duration::from_secs(60)))
-        .metrics(|m| m.current_leader.is_some() && m.current_leader != not, "a leader")
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != not,
+            "a leader",
+        )
         .await
         .unwrap()
         .current_leader
@@ -119,10 +122,19 @@ async fn partition_and_kill_over_grpc() {
     }
     let members: BTreeMap<NodeId, Node> = (1..=3).map(|id| (id, node(id))).collect();
     let init = one.clone();
-    handles[&1].spawn(async move { init.initialize(members).await }).await.unwrap().unwrap();
+    handles[&1]
+        .spawn(async move { init.initialize(members).await })
+        .await
+        .unwrap()
+        .unwrap();
 
     let leader = leader_other_than(&one, None).await;
-    let first = on(&handles[&leader], get(&registry, leader).await, put_group("first")).await;
+    let first = on(
+        &handles[&leader],
+        get(&registry, leader).await,
+        put_group("first"),
+    )
+    .await;
     assert_eq!(first.outcome, Outcome::Applied);
 
     // Partition the leader: the other two elect a new leader and accept a write.
@@ -131,7 +143,12 @@ async fn partition_and_kill_over_grpc() {
     let other = (1..=3).find(|id| *id != leader).unwrap();
     let new_leader = leader_other_than(&get(&registry, other).await, Some(leader)).await;
     assert_ne!(new_leader, leader);
-    let during = on(&handles[&new_leader], get(&registry, new_leader).await, put_group("during")).await;
+    let during = on(
+        &handles[&new_leader],
+        get(&registry, new_leader).await,
+        put_group("during"),
+    )
+    .await;
     assert!(during.index > first.index);
 
     // Heal: the old leader steps down and catches up, keeping both writes.
@@ -147,7 +164,12 @@ async fn partition_and_kill_over_grpc() {
     let victim = (1..=3).find(|id| *id != current).unwrap();
     registry.lock().unwrap().remove(&victim);
     Handle::current().kill(handles[&victim].id());
-    let after = on(&handles[&current], get(&registry, current).await, put_group("after")).await;
+    let after = on(
+        &handles[&current],
+        get(&registry, current).await,
+        put_group("after"),
+    )
+    .await;
     Handle::current().restart(handles[&victim].id());
     let restarted = get(&registry, victim).await;
     applied(&restarted, after.index).await;

@@ -164,7 +164,9 @@ impl RaftNetwork<TypeConfig> for Connection {
             && rpc.entries.len() > 1
         {
             let hint = (rpc.entries.len() as u64 / 2).max(1);
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
         }
         let mut client = self.client().await.map_err(|e| e.into_rpc_error())?;
         let reply = match client.append_entries(request).await {
@@ -173,7 +175,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         };
         let answer = proto_convert::from_reply("append_entries reply", reply)
             .map_err(|e| self.decode_error(e).into_rpc_error())?;
-        answer.map_err(|e: RaftError<NodeId>| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        answer
+            .map_err(|e: RaftError<NodeId>| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(
@@ -223,6 +226,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         };
         let answer = proto_convert::from_reply("vote reply", reply)
             .map_err(|e| self.decode_error(e).into_rpc_error())?;
-        answer.map_err(|e: RaftError<NodeId>| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        answer
+            .map_err(|e: RaftError<NodeId>| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
