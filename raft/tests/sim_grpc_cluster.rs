@@ -141,7 +141,7 @@ async fn partition_and_kill_over_grpc() {
     let madsim_leader = handles[&leader].id();
     NetSim::current().clog_node(madsim_leader);
     let other = (1..=3).find(|id| *id != leader).unwrap();
-    let new_leader = leader_other_than(&get(&registry, other).await, Some(leader)).await;
+    let new_leader = leader_other_than(&*get(&registry, other).await, Some(leader)).await;
     assert_ne!(new_leader, leader);
     let during = on(
         &handles[&new_leader],
@@ -160,7 +160,7 @@ async fn partition_and_kill_over_grpc() {
     assert_eq!(state.rule_groups["during"].version, during.index);
 
     // Kill a follower, write, restart it from its disk: it catches up.
-    let current = leader_other_than(&get(&registry, other).await, None).await;
+    let current = leader_other_than(&*get(&registry, other).await, None).await;
     let victim = (1..=3).find(|id| *id != current).unwrap();
     registry.lock().unwrap().remove(&victim);
     Handle::current().kill(handles[&victim].id());

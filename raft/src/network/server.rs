@@ -9,6 +9,12 @@ use super::{pb, proto_convert, TransportConfig};
 use crate::command::Command;
 use crate::types::Raft;
 
+/// The tonic server type (the simulated code adds an interceptor parameter).
+#[cfg(not(madsim))]
+pub type RaftServer = RaftServiceServer<RaftGrpcService>;
+#[cfg(madsim)]
+pub type RaftServer = RaftServiceServer<RaftGrpcService, tonic::codegen::IdentityInterceptor>;
+
 pub struct RaftGrpcService {
     raft: Raft,
 }
@@ -19,7 +25,7 @@ impl RaftGrpcService {
     }
 
     /// The tonic service with the transport's message limits in both directions.
-    pub fn into_server(self, config: &TransportConfig) -> RaftServiceServer<RaftGrpcService> {
+    pub fn into_server(self, config: &TransportConfig) -> RaftServer {
         let limit = config.message_bytes_max_usize();
         RaftServiceServer::new(self)
             .max_decoding_message_size(limit)
