@@ -474,7 +474,9 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
             }
         }
     }
-    let encoded_bytes = serde_json::to_vec(command).map_err(|e| invalid("command", e))?.len();
+    let encoded_bytes = serde_json::to_vec(command)
+        .map_err(|e| invalid("command", e))?
+        .len();
     if encoded_bytes > COMMAND_BYTES_MAX {
         return Err(invalid(
             "command",

@@ -7,11 +7,16 @@
 //! - [`state`]: the metadata state and the apply function that never fails;
 //! - [`state_machine`]: openraft's state machine and snapshots over it.
 //!
-//! This crate is the only one that names openraft. The gRPC transport, the admin service and
-//! the CLI come in a later phase.
+//! - [`network`]: the raft transport over tonic gRPC (client, server, protobuf conversions);
+//! - [`node`]: [`RaftNode`], the bootstrap API the node binary calls.
+//!
+//! This crate is the only one that names openraft. The admin service and the CLI live in the
+//! node (src/).
 
 pub mod command;
 pub mod log_store;
+pub mod network;
+pub mod node;
 #[cfg(madsim)]
 pub mod runtime;
 pub mod state;
@@ -20,6 +25,8 @@ pub mod types;
 
 pub use command::{validate, Action, Command, Outcome, Response, ValidationError};
 pub use log_store::{LogStore, LogStoreConfig, LogStoreError};
+pub use network::TransportConfig;
+pub use node::{RaftNode, RaftNodeConfig, StateRead, WriteError};
 pub use state::MetadataState;
 pub use state_machine::StateMachineStore;
 pub use types::{Node, NodeId, TypeConfig};

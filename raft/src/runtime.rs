@@ -144,10 +144,13 @@ mod tests {
     fn election_timeouts(seed: u64) -> Vec<u64> {
         // A fresh thread per run: std caches hash keys per thread (see MADSIM-RECIPE.md).
         std::thread::spawn(move || {
-            let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            let runtime =
+                madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             runtime.block_on(async {
                 let config = openraft::Config::default();
-                (0..8).map(|_| config.new_rand_election_timeout::<MadsimRuntime>()).collect()
+                (0..8)
+                    .map(|_| config.new_rand_election_timeout::<MadsimRuntime>())
+                    .collect()
             })
         })
         .join()
@@ -163,7 +166,9 @@ mod tests {
         assert_eq!(first, election_timeouts(7), "same seed, same timeouts");
         assert_ne!(first, election_timeouts(8), "another seed, other timeouts");
         let config = openraft::Config::default();
-        assert!(first.iter().all(|t| (config.election_timeout_min..config.election_timeout_max).contains(t)));
+        assert!(first
+            .iter()
+            .all(|t| (config.election_timeout_min..config.election_timeout_max).contains(t)));
     }
 
     // Goal: the hand-written timeout future answers the inner value when it is ready first and
@@ -174,12 +179,21 @@ mod tests {
         runtime.block_on(async {
             let quick = MadsimRuntime::timeout(Duration::from_secs(1), async { 5 }).await;
             assert_eq!(quick, Ok(5));
-            let slow = MadsimRuntime::timeout(Duration::from_millis(10), MadsimRuntime::sleep(Duration::from_secs(5))).await;
+            let slow = MadsimRuntime::timeout(
+                Duration::from_millis(10),
+                MadsimRuntime::sleep(Duration::from_secs(5)),
+            )
+            .await;
             assert_eq!(slow, Err(Elapsed));
             let deadline = TokioInstant::now() + Duration::from_millis(20);
-            let at = MadsimRuntime::timeout_at(deadline, MadsimRuntime::sleep(Duration::from_secs(5))).await;
+            let at =
+                MadsimRuntime::timeout_at(deadline, MadsimRuntime::sleep(Duration::from_secs(5)))
+                    .await;
             assert_eq!(at, Err(Elapsed));
-            assert!(TokioInstant::now() >= deadline, "the deadline passed in simulated time");
+            assert!(
+                TokioInstant::now() >= deadline,
+                "the deadline passed in simulated time"
+            );
         });
     }
 }

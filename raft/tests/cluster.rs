@@ -223,7 +223,10 @@ async fn scenario() -> Vec<String> {
     let survivor = *nodes.keys().next().unwrap();
     let new_leader = wait_for_leader(&nodes[&survivor].0, Some(leader)).await;
     assert_ne!(new_leader, leader);
-    trace.push(format!("second leader {new_leader} after the first write at {}", written.log_id));
+    trace.push(format!(
+        "second leader {new_leader} after the first write at {}",
+        written.log_id
+    ));
     let second = nodes[&new_leader]
         .0
         .client_write(put_group("second"))
@@ -294,13 +297,21 @@ async fn scenario() -> Vec<String> {
         let metrics = raft.metrics().borrow().clone();
         trace.push(format!(
             "node {id}: term {} leader {:?} last log {:?} applied {:?}",
-            metrics.current_term, metrics.current_leader, metrics.last_log_index, metrics.last_applied
+            metrics.current_term,
+            metrics.current_leader,
+            metrics.last_log_index,
+            metrics.last_applied
         ));
         raft.shutdown().await.unwrap();
     }
     for (id, disk) in &disks {
         for (path, bytes) in disk.durable_snapshot() {
-            trace.push(format!("disk {id} {}: {} bytes, crc {:08x}", path.display(), bytes.len(), crc32fast::hash(&bytes)));
+            trace.push(format!(
+                "disk {id} {}: {} bytes, crc {:08x}",
+                path.display(),
+                bytes.len(),
+                crc32fast::hash(&bytes)
+            ));
         }
     }
     trace
@@ -311,7 +322,8 @@ async fn scenario() -> Vec<String> {
 #[cfg(madsim)]
 fn run_seed(seed: u64) -> Vec<String> {
     std::thread::spawn(move || {
-        let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let runtime =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         runtime.block_on(scenario())
     })
     .join()
@@ -328,10 +340,16 @@ fn a_seed_replays_exactly() {
     let mut distinct = std::collections::BTreeSet::new();
     for seed in [1u64, 2, 3, 4, 5] {
         let first = run_seed(seed);
-        assert!(first.iter().any(|line| line.contains("raft/log/")), "the trace covers the disks: {first:?}");
+        assert!(
+            first.iter().any(|line| line.contains("raft/log/")),
+            "the trace covers the disks: {first:?}"
+        );
         assert_eq!(first, run_seed(seed), "seed {seed} diverged");
         distinct.insert(first);
     }
     // The seed matters: election timeouts differ between seeds, so some traces must differ.
-    assert!(distinct.len() > 1, "five seeds gave one trace: the RNG is not reaching the elections");
+    assert!(
+        distinct.len() > 1,
+        "five seeds gave one trace: the RNG is not reaching the elections"
+    );
 }

@@ -507,7 +507,11 @@ fn validate_table() {
     assert!(escaped.len() < sextant_raft::command::DASHBOARD_JSON_BYTES_MAX);
     check_validate(
         "escaping pushes a dashboard over the command limit",
-        Action::PutDashboard { uid: "d".into(), title: "t".into(), json: escaped },
+        Action::PutDashboard {
+            uid: "d".into(),
+            title: "t".into(),
+            json: escaped,
+        },
         Err("invalid command: "),
     );
     let mut nobody = command(Action::DeleteTenant { tenant: "t".into() });
