@@ -34,6 +34,9 @@
 //! The OS page cache is warm after the first iteration; criterion's warm-up run is the cold
 //! one and is not measured.
 //!
+//! Each query is measured twice: `<query>` through the whole path, `<query>_eval` evaluation
+//! alone (`FetchedData::new` + `eval_range`) over series selected once before measuring.
+//!
 //! Cases: `<query>/<hosts>h_<hours>h`, for hosts in {100, 1000} and hours in {1, 24}.
 //! `SEXTANT_BENCH_QUERY_CASES` picks some, e.g. `100x1,1000x1` (hosts x hours).
 //! `SEXTANT_BENCH_SMOKE=1` runs one tiny case (5 hosts × 1 h) with short criterion settings,
@@ -58,7 +61,7 @@ mod query {
     use std::time::{Duration, Instant};
 
     use criterion::{criterion_group, Criterion};
-    use sextant_core::promql::{eval_range, parse, plan_range, FetchedData, FetchedSeries, QueryLimits};
+    use sextant_core::promql::{eval_range, parse, plan_range, FetchedData, FetchedSeries, QueryLimits, QueryPlan};
     use sextant_core::sample::{Sample, TimestampMs};
     use sextant_core::series::{fingerprint, DEFAULT_TENANT};
     use sextant_core::testdata::{parse_exposition, GeneratorConfig, ScrapeGenerator, SeriesTemplate, NODE_EXPORTER_1_5_SCRAPE};
@@ -252,6 +255,25 @@ http_request_duration_seconds_count 4059
         (series, selected, started.elapsed() - selected)
     }
 
+    /// The plan of `query` and its selected series, for measuring evaluation alone.
+    fn select_once(data: &Dataset, query: &str, start_ms: i64, end_ms: i64, step_ms: i64) -> (QueryPlan, Vec<Vec<FetchedSeries>>) {
+        let expr = parse(query).expect("query parses");
+        let plan = plan_range(&expr, start_ms, end_ms, step_ms, QueryLimits::default().lookback_ms);
+        let fetched = data.rt.block_on(async {
+            let mut out = Vec::with_capacity(plan.selectors.len());
+            for selector in &plan.selectors {
+                let series = data
+                    .engine
+                    .select(DEFAULT_TENANT, &selector.matchers, selector.min_t, selector.max_t)
+                    .await
+                    .expect("select");
+                out.push(series.into_iter().map(|s| FetchedSeries { labels: s.labels, samples: s.samples }).collect());
+            }
+            out
+        });
+        (plan, fetched)
+    }
+
     fn cases() -> Vec<(usize, i64)> {
         if std::env::var("SEXTANT_BENCH_SMOKE").as_deref() == Ok("1") {
             return vec![(5, 1)];
@@ -300,6 +322,22 @@ http_request_duration_seconds_count 4059
                     eval.as_secs_f64() * 1e3
                 );
                 group.bench_function(*name, |b| b.iter(|| run_query(&data, query, start_ms, end_ms, step_ms)));
+                // Evaluation alone (`FetchedData::new` + `eval_range`) over data selected once:
+                // select's cost and noise do not hide the evaluator's. The copy of the selected
+                // series each iteration needs is criterion's setup, not measured.
+                let (plan, selected) = select_once(&data, query, start_ms, end_ms, step_ms);
+                let expr = parse(query).expect("query parses");
+                let limits = QueryLimits::default();
+                group.bench_function(format!("{name}_eval"), |b| {
+                    b.iter_batched(
+                        || selected.clone(),
+                        |fetched| {
+                            let fetched = FetchedData::new(&plan, fetched);
+                            eval_range(&expr, start_ms, end_ms, step_ms, &fetched, &limits).expect("query evaluates").len()
+                        },
+                        criterion::BatchSize::LargeInput,
+                    )
+                });
             }
             group.finish();
             let Dataset { engine, rt, dir, .. } = data;

@@ -7,7 +7,8 @@
 //! result leaves the engine, where duplicate label sets become an error.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, Matching, Selector, ValueKind};
 use super::plan::subquery_first_step;
@@ -83,6 +84,37 @@ pub(crate) struct Evaluator<'a> {
     /// The first error the interrupt answered with; sticky, so a selector that stopped early
     /// cannot be mistaken for a complete one.
     stopped: RefCell<Option<QueryError>>,
+    /// Group tables of aggregations over a [`RangeCall`], by the address of the aggregation's
+    /// input expression (the AST outlives the evaluator). Built on the first step, reused by
+    /// every later one: grouping labels are computed once per series, not per step.
+    group_tables: RefCell<HashMap<usize, Rc<GroupTable>>>,
+}
+
+/// A range function that needs only its window over a plain matrix selector, `f(sel[r])`:
+/// evaluated straight from the fetched samples, without building the range vector (the
+/// per-step copies of every series' labels and window that dominated range queries).
+pub(crate) struct RangeCall<'e> {
+    func: &'e str,
+    sel: &'e Selector,
+    range_ms: i64,
+}
+
+pub(crate) fn range_call(e: &Expr) -> Option<RangeCall<'_>> {
+    match e.unwrap_parens() {
+        Expr::Call { func, args } if args.len() == 1 && functions::is_plain_range_fn(func) => match args[0].unwrap_parens() {
+            Expr::Matrix { selector, range_ms } => Some(RangeCall { func, sel: selector, range_ms: *range_ms }),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The groups of an aggregation over a [`RangeCall`]: `group_of[i]` is the group of the
+/// selector's `i`-th fetched series (`usize::MAX` if the matchers reject it), `labels[g]` the
+/// labels of group `g`.
+pub(crate) struct GroupTable {
+    group_of: Vec<usize>,
+    labels: Vec<Labels>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -106,7 +138,7 @@ impl<'a> Evaluator<'a> {
         if bytes > limits.bytes_max {
             return Err(QueryError::TooManyBytes { bytes, max: limits.bytes_max });
         }
-        let ev = Evaluator { data, start, end, limits, fetched_samples: samples, fetched_bytes: bytes, interrupt, stopped: RefCell::new(None) };
+        let ev = Evaluator { data, start, end, limits, fetched_samples: samples, fetched_bytes: bytes, interrupt, stopped: RefCell::new(None), group_tables: RefCell::new(HashMap::new()) };
         ev.poll()?;
         Ok(ev)
     }
@@ -194,6 +226,108 @@ impl<'a> Evaluator<'a> {
             out.push(Series { labels: s.labels.clone(), samples, drop_name: false });
         }
         out
+    }
+
+    /// Calls `each(i, v)` with the value of `rc` at `t` for each fetched series `i` of its
+    /// selector that has one, in series order: exactly what `select_range` followed by the
+    /// function computes, without copying labels. `buf` holds a window that contained staleness
+    /// markers.
+    fn range_call_values(&self, rc: &RangeCall, t: i64, buf: &mut Vec<Sample>, mut each: impl FnMut(usize, f64)) -> Result<(), QueryError> {
+        let rt = self.reference_time(rc.sel.at, rc.sel.offset_ms, t);
+        let lo_t = rt.saturating_sub(rc.range_ms);
+        // As `functions::matrix_fn` computes them.
+        let range_end = match rc.sel.at {
+            Some(At::Time(x)) => x,
+            Some(At::Start) => self.start,
+            Some(At::End) => self.end,
+            None => t,
+        } - rc.sel.offset_ms;
+        let range_start = range_end - rc.range_ms;
+        for (i, s) in self.data.series_for(&rc.sel.matchers).iter().enumerate() {
+            if i % INTERRUPT_SERIES_BATCH == INTERRUPT_SERIES_BATCH - 1 && self.poll().is_err() {
+                break;
+            }
+            if !matches_all(&rc.sel.matchers, &s.labels) {
+                continue;
+            }
+            let lo = s.samples.partition_point(|x| x.t <= lo_t);
+            let hi = s.samples.partition_point(|x| x.t <= rt);
+            let mut window = &s.samples[lo..hi.max(lo)];
+            if window.iter().any(|x| is_stale_nan(x.v)) {
+                buf.clear();
+                buf.extend(window.iter().copied().filter(|x| !is_stale_nan(x.v)));
+                window = buf;
+            }
+            if window.is_empty() {
+                continue;
+            }
+            if let Some(v) = functions::range_fn_value(rc.func, window, range_start, range_end, rc.range_ms, t, &[]) {
+                each(i, v);
+            }
+        }
+        self.stopped()
+    }
+
+    /// The group table of the aggregation whose input is `input` (a [`RangeCall`]).
+    fn group_table(&self, input: &Expr, rc: &RangeCall, grouping: Option<&Grouping>) -> Rc<GroupTable> {
+        let key = input as *const Expr as usize;
+        if let Some(table) = self.group_tables.borrow().get(&key) {
+            return Rc::clone(table);
+        }
+        let mut index: BTreeMap<Labels, usize> = BTreeMap::new();
+        let mut table = GroupTable { group_of: Vec::new(), labels: Vec::new() };
+        for s in self.data.series_for(&rc.sel.matchers) {
+            if !matches_all(&rc.sel.matchers, &s.labels) {
+                table.group_of.push(usize::MAX);
+                continue;
+            }
+            let key = group_labels(&s.labels, grouping);
+            let g = match index.get(&key) {
+                Some(&g) => g,
+                None => {
+                    index.insert(key.clone(), table.labels.len());
+                    table.labels.push(key);
+                    table.labels.len() - 1
+                }
+            };
+            table.group_of.push(g);
+        }
+        let table = Rc::new(table);
+        self.group_tables.borrow_mut().insert(key, Rc::clone(&table));
+        table
+    }
+
+    /// [`Self::aggregate`] for an input that is a [`RangeCall`]: values and group ids per series
+    /// index; labels are cloned only for the elements the aggregation returns.
+    fn aggregate_range_call(&self, op: AggOp, input: &Expr, rc: &RangeCall, param: Option<&Expr>, grouping: Option<&Grouping>, t: i64) -> Result<Val, QueryError> {
+        let table = self.group_table(input, rc, grouping);
+        // A range function's result drops the name unless the function keeps it (and then the
+        // selector's series do not have it marked for dropping).
+        let drop_name = !functions::range_fn_keeps_name(rc.func);
+        let mut values: Vec<(usize, usize, f64)> = Vec::new();
+        let mut buf = Vec::new();
+        self.range_call_values(rc, t, &mut buf, |i, v| values.push((table.group_of[i], i, v)))?;
+        let series = self.data.series_for(&rc.sel.matchers);
+        match op {
+            AggOp::Topk | AggOp::Bottomk | AggOp::Limitk | AggOp::LimitRatio => {
+                let p = match param {
+                    Some(p) => self.eval_scalar(p, t)?,
+                    None => return Err(exec_err("aggregation needs a parameter")),
+                };
+                let items = values.into_iter().map(|(g, i, v)| (g, (i, v))).collect();
+                let kept = aggregate_k_ids(op, p, items, table.labels.len(), |x| x.1, |ratio, x| ratio_sample(ratio, &series[x.0].labels))?;
+                Ok(Val::Vector(kept.into_iter().map(|(i, v)| Elem { labels: series[i].labels.clone(), v, drop_name }).collect()))
+            }
+            _ => {
+                let q = match (op, param) {
+                    (AggOp::Quantile, Some(p)) => self.eval_scalar(p, t)?,
+                    _ => 0.0,
+                };
+                let items = values.into_iter().map(|(g, _, v)| (g, v, drop_name));
+                let out = aggregate_ids(op, q, items, table.labels.len());
+                Ok(Val::Vector(out.into_iter().map(|(g, v, drop_name)| Elem { labels: table.labels[g].clone(), v, drop_name }).collect()))
+            }
+        }
     }
 
     fn subquery(&self, expr: &Expr, range_ms: i64, step_ms: Option<i64>, offset_ms: i64, at: Option<At>, t: i64) -> Result<Vec<Series>, QueryError> {
@@ -334,6 +468,11 @@ impl<'a> Evaluator<'a> {
     }
 
     fn aggregate(&self, op: AggOp, expr: &Expr, param: Option<&Expr>, grouping: Option<&Grouping>, t: i64) -> Result<Val, QueryError> {
+        if op != AggOp::CountValues {
+            if let Some(rc) = range_call(expr) {
+                return self.aggregate_range_call(op, expr, &rc, param, grouping, t);
+            }
+        }
         let input = self.eval_vector(expr, t)?;
         match op {
             AggOp::Topk | AggOp::Bottomk | AggOp::Limitk | AggOp::LimitRatio => {
@@ -525,7 +664,7 @@ pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
 }
 
 struct Group {
-    labels: Labels,
+    id: usize,
     drop_name: bool,
     value: f64,
     kahan_c: f64,
@@ -535,16 +674,47 @@ struct Group {
     values: Vec<f64>,
 }
 
-fn aggregate_simple(op: AggOp, q: f64, input: Vec<Elem>, grouping: Option<&Grouping>) -> Vec<Elem> {
+/// Group ids of `input` by `grouping`, in order of first appearance, and each group's labels.
+fn group_ids(input: &[Elem], grouping: Option<&Grouping>) -> (Vec<usize>, Vec<Labels>) {
     let mut index: BTreeMap<Labels, usize> = BTreeMap::new();
+    let mut labels = Vec::new();
+    let ids = input
+        .iter()
+        .map(|e| {
+            let key = group_labels(&e.labels, grouping);
+            match index.get(&key) {
+                Some(&g) => g,
+                None => {
+                    index.insert(key.clone(), labels.len());
+                    labels.push(key);
+                    labels.len() - 1
+                }
+            }
+        })
+        .collect();
+    (ids, labels)
+}
+
+fn aggregate_simple(op: AggOp, q: f64, input: Vec<Elem>, grouping: Option<&Grouping>) -> Vec<Elem> {
+    let (ids, labels) = group_ids(&input, grouping);
+    let items = ids.into_iter().zip(input).map(|(g, e)| (g, e.v, e.drop_name));
+    aggregate_ids(op, q, items, labels.len())
+        .into_iter()
+        .map(|(g, v, drop_name)| Elem { labels: labels[g].clone(), v, drop_name })
+        .collect()
+}
+
+/// The simple aggregations over `(group id, value, drop_name)` items, ids below `group_count`;
+/// returns `(group id, value, drop_name)` per group in order of first appearance.
+fn aggregate_ids(op: AggOp, q: f64, input: impl IntoIterator<Item = (usize, f64, bool)>, group_count: usize) -> Vec<(usize, f64, bool)> {
+    // Group id -> index into `groups` (usize::MAX: not seen yet).
+    let mut slot = vec![usize::MAX; group_count];
     let mut groups: Vec<Group> = Vec::new();
-    for e in input {
-        let key = group_labels(&e.labels, grouping);
-        let f = e.v;
-        let gi = match index.get(&key) {
-            Some(&i) => i,
-            None => {
-                index.insert(key.clone(), groups.len());
+    for (id, f, drop_name) in input {
+        let gi = match slot[id] {
+            i if i != usize::MAX => i,
+            _ => {
+                slot[id] = groups.len();
                 let value = match op {
                     AggOp::Group => 1.0,
                     AggOp::Stddev | AggOp::Stdvar => {
@@ -557,20 +727,21 @@ fn aggregate_simple(op: AggOp, q: f64, input: Vec<Elem>, grouping: Option<&Group
                     _ => f,
                 };
                 groups.push(Group {
-                    labels: key,
-                    drop_name: e.drop_name,
+                    id,
+                    drop_name,
                     value,
                     kahan_c: 0.0,
                     mean: f,
                     count: 1.0,
                     incremental_mean: false,
-                    values: vec![f],
+                    // Only quantile reads the values; the others need no allocation per group.
+                    values: if op == AggOp::Quantile { vec![f] } else { Vec::new() },
                 });
                 continue;
             }
         };
         let g = &mut groups[gi];
-        g.drop_name |= e.drop_name;
+        g.drop_name |= drop_name;
         match op {
             AggOp::Sum => {
                 let (v, c) = kahan_inc(f, g.value, g.kahan_c);
@@ -640,7 +811,7 @@ fn aggregate_simple(op: AggOp, q: f64, input: Vec<Elem>, grouping: Option<&Group
                 }
                 _ => g.value,
             };
-            Elem { labels: g.labels, v, drop_name: g.drop_name }
+            (g.id, v, g.drop_name)
         })
         .collect()
 }
@@ -663,6 +834,21 @@ fn ratio_sample(ratio: f64, l: &Labels) -> bool {
 }
 
 fn aggregate_k(op: AggOp, param: f64, input: Vec<Elem>, grouping: Option<&Grouping>) -> Result<Vec<Elem>, QueryError> {
+    let (ids, labels) = group_ids(&input, grouping);
+    let items = ids.into_iter().zip(input).collect();
+    aggregate_k_ids(op, param, items, labels.len(), |e| e.v, |ratio, e| ratio_sample(ratio, &e.labels))
+}
+
+/// topk, bottomk, limitk and limit_ratio over `(group id, element)` items, ids below
+/// `group_count`; `value` reads an element's value, `in_ratio` decides limit_ratio's sample.
+fn aggregate_k_ids<T>(
+    op: AggOp,
+    param: f64,
+    input: Vec<(usize, T)>,
+    group_count: usize,
+    value: impl Fn(&T) -> f64,
+    in_ratio: impl Fn(f64, &T) -> bool,
+) -> Result<Vec<T>, QueryError> {
     let mut k = 0usize;
     let mut ratio = 0.0;
     if param.is_nan() {
@@ -682,15 +868,15 @@ fn aggregate_k(op: AggOp, param: f64, input: Vec<Elem>, grouping: Option<&Groupi
             return Ok(Vec::new());
         }
     }
-    let mut index: BTreeMap<Labels, usize> = BTreeMap::new();
-    let mut groups: Vec<Vec<Elem>> = Vec::new();
-    for e in input {
-        let key = group_labels(&e.labels, grouping);
-        let gi = *index.entry(key).or_insert_with(|| {
+    // Group id -> index into `groups` (usize::MAX: not seen yet).
+    let mut slot = vec![usize::MAX; group_count];
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    for (id, e) in input {
+        if slot[id] == usize::MAX {
+            slot[id] = groups.len();
             groups.push(Vec::new());
-            groups.len() - 1
-        });
-        let g = &mut groups[gi];
+        }
+        let g = &mut groups[slot[id]];
         match op {
             AggOp::Topk | AggOp::Bottomk => {
                 if g.len() < k {
@@ -701,7 +887,7 @@ fn aggregate_k(op: AggOp, param: f64, input: Vec<Elem>, grouping: Option<&Groupi
                 // (NaN smallest of all), the largest for bottomk (NaN first as well).
                 let worst = (0..g.len())
                     .reduce(|a, b| {
-                        let (va, vb) = (g[a].v, g[b].v);
+                        let (va, vb) = (value(&g[a]), value(&g[b]));
                         let b_worse = if op == AggOp::Topk {
                             !va.is_nan() && (vb.is_nan() || vb < va)
                         } else {
@@ -714,11 +900,11 @@ fn aggregate_k(op: AggOp, param: f64, input: Vec<Elem>, grouping: Option<&Groupi
                         }
                     })
                     .unwrap_or(0);
-                let w = g[worst].v;
+                let (w, ev) = (value(&g[worst]), value(&e));
                 let better = if op == AggOp::Topk {
-                    w < e.v || (w.is_nan() && !e.v.is_nan())
+                    w < ev || (w.is_nan() && !ev.is_nan())
                 } else {
-                    w > e.v || (w.is_nan() && !e.v.is_nan())
+                    w > ev || (w.is_nan() && !ev.is_nan())
                 };
                 if better {
                     g[worst] = e;
@@ -730,7 +916,7 @@ fn aggregate_k(op: AggOp, param: f64, input: Vec<Elem>, grouping: Option<&Groupi
                 }
             }
             _ => {
-                if ratio_sample(ratio, &e.labels) {
+                if in_ratio(ratio, &e) {
                     g.push(e);
                 }
             }
@@ -739,8 +925,8 @@ fn aggregate_k(op: AggOp, param: f64, input: Vec<Elem>, grouping: Option<&Groupi
     let mut out = Vec::new();
     for mut g in groups {
         match op {
-            AggOp::Topk => g.sort_by(|a, b| desc_nan_last(a.v, b.v)),
-            AggOp::Bottomk => g.sort_by(|a, b| asc_nan_last(a.v, b.v)),
+            AggOp::Topk => g.sort_by(|a, b| desc_nan_last(value(a), value(b))),
+            AggOp::Bottomk => g.sort_by(|a, b| asc_nan_last(value(a), value(b))),
             _ => {}
         }
         out.extend(g);
@@ -913,6 +1099,11 @@ pub fn eval_range_with(
         return Err(QueryError::TooManySteps { max: limits.steps_max });
     }
     let ev = Evaluator::new(data, start_ms, end_ms, *limits, interrupt)?;
+    if let Some(rc) = range_call(expr) {
+        if let Some(out) = range_call_series(&ev, &rc, start_ms, end_ms, step_ms)? {
+            return Ok(out);
+        }
+    }
     let mut series: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
     let mut points = 0usize;
     let mut output_label_bytes = 0usize;
@@ -945,6 +1136,84 @@ pub fn eval_range_with(
         };
     }
     Ok(series.into_iter().map(|(labels, samples)| MatrixSeries { labels, samples }).collect())
+}
+
+/// A range query whose expression is a [`RangeCall`], evaluated series by series: the window
+/// slides over each series with two indices, and each output series' labels are computed once.
+/// Gives the step-by-step evaluation's answer; returns `None` when that evaluation would fail
+/// (two series with the same labels once the name is dropped, or a limit crossed), so that the
+/// caller re-runs it step by step for the exact error it reports at the exact step.
+fn range_call_series(ev: &Evaluator, rc: &RangeCall, start_ms: i64, end_ms: i64, step_ms: i64) -> Result<Option<Vec<MatrixSeries>>, QueryError> {
+    let keep_name = functions::range_fn_keeps_name(rc.func);
+    let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+    let mut points = 0usize;
+    let mut output_label_bytes = 0usize;
+    let mut buf: Vec<Sample> = Vec::new();
+    for (i, s) in ev.data.series_for(&rc.sel.matchers).iter().enumerate() {
+        if i % INTERRUPT_SERIES_BATCH == 0 {
+            ev.poll()?;
+        }
+        if !matches_all(&rc.sel.matchers, &s.labels) {
+            continue;
+        }
+        let mut samples: Vec<Sample> = Vec::new();
+        let (mut lo, mut hi) = (0usize, 0usize);
+        let mut t = start_ms;
+        while t <= end_ms {
+            let rt = ev.reference_time(rc.sel.at, rc.sel.offset_ms, t);
+            let lo_t = rt.saturating_sub(rc.range_ms);
+            // Both bounds only grow with t (the offset and @ are fixed), so they slide; the
+            // same positions as select_range's partition points.
+            while lo < s.samples.len() && s.samples[lo].t <= lo_t {
+                lo += 1;
+            }
+            hi = hi.max(lo);
+            while hi < s.samples.len() && s.samples[hi].t <= rt {
+                hi += 1;
+            }
+            let mut window = &s.samples[lo..hi];
+            if window.iter().any(|x| is_stale_nan(x.v)) {
+                buf.clear();
+                buf.extend(window.iter().copied().filter(|x| !is_stale_nan(x.v)));
+                window = &buf;
+            }
+            if !window.is_empty() {
+                // As `functions::matrix_fn` computes them.
+                let range_end = match rc.sel.at {
+                    Some(At::Time(x)) => x,
+                    Some(At::Start) => ev.start,
+                    Some(At::End) => ev.end,
+                    None => t,
+                } - rc.sel.offset_ms;
+                let range_start = range_end - rc.range_ms;
+                if let Some(v) = functions::range_fn_value(rc.func, window, range_start, range_end, rc.range_ms, t, &[]) {
+                    samples.push(Sample::new(t, v));
+                }
+            }
+            t = match t.checked_add(step_ms) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        if samples.is_empty() {
+            continue;
+        }
+        let labels = if keep_name { s.labels.clone() } else { without_name(&s.labels) };
+        if out.contains_key(&labels) {
+            return Ok(None);
+        }
+        points = points.saturating_add(samples.len());
+        output_label_bytes = output_label_bytes.saturating_add(labels.bytes());
+        out.insert(labels, samples);
+    }
+    // Points and label bytes only grow step by step, so within the limits at the end means
+    // within them at every step.
+    if points.saturating_add(ev.fetched_samples) > ev.limits.samples_max
+        || ev.check_bytes(points.saturating_mul(SAMPLE_BYTES).saturating_add(output_label_bytes)).is_err()
+    {
+        return Ok(None);
+    }
+    Ok(Some(out.into_iter().map(|(labels, samples)| MatrixSeries { labels, samples }).collect()))
 }
 
 #[cfg(test)]
@@ -1026,5 +1295,133 @@ mod tests {
         // Range output adds its points: the first step's two points cross the same budget.
         let err = eval_range(&expr, 0, 9_000, 1_000, &data, &just_enough).unwrap_err();
         assert!(matches!(err, QueryError::TooManyBytes { max, .. } if max == fetched), "{err:?}");
+    }
+
+    /// Six counter-like series in three groups, scraped every ~10 s with jitter, resets, NaNs,
+    /// staleness markers and a gap, from a seeded RNG.
+    fn varied_series() -> Vec<FetchedSeries> {
+        let mut rng = crate::determinism::DeterministicRng::from_seed(7);
+        (0..6)
+            .map(|i| {
+                let mut samples = Vec::new();
+                let mut v = 0.0;
+                for k in 0..60i64 {
+                    if i == 3 && (20..30).contains(&k) {
+                        continue; // a gap longer than the ranges
+                    }
+                    let t = k * 10_000 + rng.gen_range(0..3_000i64);
+                    v = if rng.gen_bool(0.05) { 0.0 } else { v + rng.gen_range(0..100i64) as f64 };
+                    let value = match rng.gen_range(0..40u32) {
+                        0 => crate::sample::stale_nan(),
+                        1 => f64::NAN,
+                        _ => v,
+                    };
+                    samples.push(Sample::new(t, value));
+                }
+                let group = ["a", "b", "c"][i % 3];
+                FetchedSeries { labels: Labels::from_pairs(&[("__name__", "m"), ("g", group), ("i", &i.to_string())]), samples }
+            })
+            .collect()
+    }
+
+    fn range_with(query: &str, series: &[FetchedSeries], limits: &QueryLimits) -> Result<Vec<MatrixSeries>, QueryError> {
+        let expr = parse(query).unwrap();
+        let (start, end, step) = (25_000, 700_000, 7_000);
+        let plan = plan_range(&expr, start, end, step, limits.lookback_ms);
+        let data = FetchedData::new(&plan, vec![series.to_vec(); plan.selectors.len()]);
+        eval_range(&expr, start, end, step, &data, limits)
+    }
+
+    /// The same range query evaluated the reference way: instant evaluations step by step,
+    /// merged by label set.
+    fn range_by_steps(query: &str, series: &[FetchedSeries]) -> Vec<MatrixSeries> {
+        let expr = parse(query).unwrap();
+        let (start, end, step) = (25_000, 700_000, 7_000);
+        let plan = plan_range(&expr, start, end, step, QueryLimits::default().lookback_ms);
+        let data = FetchedData::new(&plan, vec![series.to_vec(); plan.selectors.len()]);
+        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        let mut t = start;
+        while t <= end {
+            let evaluator = Evaluator::new(&data, start, end, QueryLimits::default(), &NoInterrupt).unwrap();
+            let value = evaluator.eval(&expr, t).unwrap();
+            let Val::Vector(vec) = value else { panic!("{query}: not a vector") };
+            for e in finish_vector(vec).unwrap() {
+                out.entry(e.labels).or_default().push(Sample::new(t, e.v));
+            }
+            t += step;
+        }
+        out.into_iter().map(|(labels, samples)| MatrixSeries { labels, samples }).collect()
+    }
+
+    fn same_bits(a: &[MatrixSeries], b: &[MatrixSeries]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.labels == y.labels
+                    && x.samples.len() == y.samples.len()
+                    && x.samples.iter().zip(&y.samples).all(|(p, q)| p.t == q.t && (p.v.to_bits() == q.v.to_bits() || (p.v.is_nan() && q.v.is_nan())))
+            })
+    }
+
+    // Goal: the series-at-a-time evaluation of `f(sel[r])` and the group-table aggregation over
+    // it give bit for bit the step-by-step answer. Method: each fast query against a reference
+    // that cannot take the fast path — the top-level call evaluated as instants step by step
+    // (that goes through the range vector), the aggregation over `f(...) * 1` (not a plain
+    // range call; `* 1` changes no value and drops the name as the functions below do).
+    #[test]
+    fn range_call_paths_match_step_by_step() {
+        let series = varied_series();
+        let functions = [
+            "rate", "increase", "delta", "irate", "idelta", "deriv", "resets", "changes", "avg_over_time", "min_over_time",
+            "max_over_time", "sum_over_time", "count_over_time", "stddev_over_time", "stdvar_over_time", "last_over_time",
+            "first_over_time", "present_over_time", "mad_over_time", "ts_of_first_over_time", "ts_of_last_over_time",
+            "ts_of_max_over_time", "ts_of_min_over_time",
+        ];
+        let selectors = ["m[1m]", "m[45s] offset 20s", "m[30s] @ 300", "m[2m] @ end()", "m{g!=\"b\"}[1m]"];
+        let mut checked = 0;
+        // The fast queries do take the fast path; the references do not.
+        assert!(range_call(&parse("rate(m[1m] offset 20s)").unwrap()).is_some());
+        assert!(range_call(&parse("(rate(m[1m]) * 1)").unwrap()).is_none());
+        let check = |fast: &str, reference: &str| {
+            let got = range_with(fast, &series, &QueryLimits::default()).unwrap();
+            let want = range_by_steps(reference, &series);
+            assert!(!want.is_empty(), "{reference}: the reference is empty, the comparison would prove nothing");
+            assert!(same_bits(&got, &want), "{fast}\n got: {got:?}\nwant: {want:?}");
+        };
+        for f in functions {
+            for sel in selectors {
+                check(&format!("{f}({sel})"), &format!("{f}({sel})"));
+                checked += 1;
+                if !functions::range_fn_keeps_name(f) {
+                    for agg in ["sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "quantile(0.3,", "topk(2,", "bottomk(2,", "limitk(1,", "limit_ratio(-0.5,"] {
+                        let (open, close) = if agg.ends_with(',') { (format!("{agg} "), ")") } else { (format!("{agg}("), ")") };
+                        for by in ["", " by (g)", " without (i)"] {
+                            let fast = format!("{open}{f}({sel}){close}{by}");
+                            let reference = format!("{open}{f}({sel}) * 1{close}{by}");
+                            check(&fast, &reference);
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
+    // Goal: where the step-by-step evaluation fails, the fast path fails the same way: two
+    // series equal once the name is dropped, and the sample limit crossed.
+    #[test]
+    fn range_call_path_keeps_step_by_step_errors() {
+        let mut series = varied_series();
+        let mut twin = series[0].clone();
+        twin.labels = Labels::from_pairs(&[("__name__", "n"), ("g", "a"), ("i", "0")]);
+        series.push(twin);
+        let err = range_with("rate({__name__=~\"m|n\"}[1m])", &series, &QueryLimits::default()).unwrap_err();
+        assert_eq!(err, exec_err("vector cannot contain metrics with the same labelset"));
+        // Keeping the name there is no collision.
+        assert_eq!(range_with("last_over_time({__name__=~\"m|n\"}[1m])", &series, &QueryLimits::default()).unwrap().len(), 7);
+        let fetched: usize = series.iter().map(|s| s.samples.len()).sum();
+        let tight = QueryLimits { samples_max: fetched + 10, ..QueryLimits::default() };
+        let err = range_with("rate(m[1m])", &series, &tight).unwrap_err();
+        assert_eq!(err, QueryError::TooManySamples { max: fetched + 10 });
     }
 }

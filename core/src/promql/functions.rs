@@ -614,69 +614,93 @@ fn matrix_fn(ev: &Evaluator, name: &str, args: &[Expr], t: i64) -> Result<Option
         if s.is_empty() {
             continue;
         }
-        let v = match name {
-            "rate" => extrapolated_rate(&s, range_start, range_end, range_ms, true, true),
-            "increase" => extrapolated_rate(&s, range_start, range_end, range_ms, true, false),
-            "delta" => extrapolated_rate(&s, range_start, range_end, range_ms, false, false),
-            "irate" => instant_value(&s, true),
-            "idelta" => instant_value(&s, false),
-            "deriv" => (s.len() >= 2).then(|| linear_regression(&s, s[0].t).0),
-            "predict_linear" => (s.len() >= 2).then(|| {
-                let (slope, intercept) = linear_regression(&s, t);
-                slope * scalars[0] + intercept
-            }),
-            "resets" => Some(s.windows(2).filter(|w| w[1].v < w[0].v).count() as f64),
-            "changes" => Some(
-                s.windows(2).filter(|w| w[1].v != w[0].v && !(w[1].v.is_nan() && w[0].v.is_nan())).count() as f64,
-            ),
-            "avg_over_time" => Some(avg_over(&s)),
-            "min_over_time" => Some(compare_over(&s, |c, m| c < m || m.is_nan(), false)),
-            "max_over_time" => Some(compare_over(&s, |c, m| c > m || m.is_nan(), false)),
-            "ts_of_min_over_time" => Some(compare_over(&s, |c, m| c <= m || m.is_nan(), true)),
-            "ts_of_max_over_time" => Some(compare_over(&s, |c, m| c >= m || m.is_nan(), true)),
-            "sum_over_time" => {
-                let (mut sum, mut c) = (0.0, 0.0);
-                for p in &s {
-                    (sum, c) = kahan_inc(p.v, sum, c);
-                }
-                Some(if sum.is_infinite() { sum } else { sum + c })
-            }
-            "count_over_time" => Some(s.len() as f64),
-            "quantile_over_time" => Some(quantile(scalars[0], s.iter().map(|p| p.v).collect())),
-            "stddev_over_time" => Some(variance_over(&s).sqrt()),
-            "stdvar_over_time" => Some(variance_over(&s)),
-            "last_over_time" => Some(s[s.len() - 1].v),
-            "first_over_time" => Some(s[0].v),
-            "ts_of_first_over_time" => Some(s[0].t as f64 / 1000.0),
-            "ts_of_last_over_time" => Some(s[s.len() - 1].t as f64 / 1000.0),
-            "present_over_time" => Some(1.0),
-            "mad_over_time" => {
-                let median = quantile(0.5, s.iter().map(|p| p.v).collect());
-                Some(quantile(0.5, s.iter().map(|p| (p.v - median).abs()).collect()))
-            }
-            "double_exponential_smoothing" => (s.len() >= 2).then(|| {
-                let (sf, tf) = (scalars[0], scalars[1]);
-                let (mut s0, mut s1) = (0.0, s[0].v);
-                let mut b = s[1].v - s[0].v;
-                for i in 1..s.len() {
-                    let x = sf * s[i].v;
-                    if i > 1 {
-                        b = tf * (s1 - s0) + (1.0 - tf) * b;
-                    }
-                    let y = (1.0 - sf) * (s1 + b);
-                    s0 = s1;
-                    s1 = x + y;
-                }
-                s1
-            }),
-            _ => None,
-        };
-        if let Some(v) = v {
-            let keep_name = matches!(name, "last_over_time" | "first_over_time");
-            out.push(Elem { labels, v, drop_name: if keep_name { drop_name } else { true } });
+        if let Some(v) = range_fn_value(name, &s, range_start, range_end, range_ms, t, &scalars) {
+            out.push(Elem { labels, v, drop_name: if range_fn_keeps_name(name) { drop_name } else { true } });
         }
     }
     Ok(Some(Val::Vector(out)))
+}
+
+/// Whether range function `name` keeps the metric name of its input series.
+pub(crate) fn range_fn_keeps_name(name: &str) -> bool {
+    matches!(name, "last_over_time" | "first_over_time")
+}
+
+/// The range functions that [`range_fn_value`] computes from the window alone (no scalar
+/// argument, nothing but the series' own samples): the ones the evaluator may compute for a
+/// whole plain matrix selector at once (see eval.rs, `range_series`).
+pub(crate) fn is_plain_range_fn(name: &str) -> bool {
+    matches!(
+        name,
+        "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "resets" | "changes"
+            | "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time" | "count_over_time"
+            | "stddev_over_time" | "stdvar_over_time" | "last_over_time" | "first_over_time"
+            | "present_over_time" | "mad_over_time" | "ts_of_first_over_time" | "ts_of_last_over_time"
+            | "ts_of_max_over_time" | "ts_of_min_over_time"
+    )
+}
+
+/// The value of range function `name` over one series' window `s` (non-empty, staleness
+/// markers removed) for the range `(range_start, range_end]` evaluated at `t`; `None` when the
+/// function has no value for this window. `scalars` are the function's scalar arguments.
+pub(crate) fn range_fn_value(name: &str, s: &[Sample], range_start: i64, range_end: i64, range_ms: i64, t: i64, scalars: &[f64]) -> Option<f64> {
+    match name {
+        "rate" => extrapolated_rate(s, range_start, range_end, range_ms, true, true),
+        "increase" => extrapolated_rate(s, range_start, range_end, range_ms, true, false),
+        "delta" => extrapolated_rate(s, range_start, range_end, range_ms, false, false),
+        "irate" => instant_value(s, true),
+        "idelta" => instant_value(s, false),
+        "deriv" => (s.len() >= 2).then(|| linear_regression(s, s[0].t).0),
+        "predict_linear" => (s.len() >= 2).then(|| {
+            let (slope, intercept) = linear_regression(s, t);
+            slope * scalars[0] + intercept
+        }),
+        "resets" => Some(s.windows(2).filter(|w| w[1].v < w[0].v).count() as f64),
+        "changes" => Some(
+            s.windows(2).filter(|w| w[1].v != w[0].v && !(w[1].v.is_nan() && w[0].v.is_nan())).count() as f64,
+        ),
+        "avg_over_time" => Some(avg_over(s)),
+        "min_over_time" => Some(compare_over(s, |c, m| c < m || m.is_nan(), false)),
+        "max_over_time" => Some(compare_over(s, |c, m| c > m || m.is_nan(), false)),
+        "ts_of_min_over_time" => Some(compare_over(s, |c, m| c <= m || m.is_nan(), true)),
+        "ts_of_max_over_time" => Some(compare_over(s, |c, m| c >= m || m.is_nan(), true)),
+        "sum_over_time" => {
+            let (mut sum, mut c) = (0.0, 0.0);
+            for p in s {
+                (sum, c) = kahan_inc(p.v, sum, c);
+            }
+            Some(if sum.is_infinite() { sum } else { sum + c })
+        }
+        "count_over_time" => Some(s.len() as f64),
+        "quantile_over_time" => Some(quantile(scalars[0], s.iter().map(|p| p.v).collect())),
+        "stddev_over_time" => Some(variance_over(s).sqrt()),
+        "stdvar_over_time" => Some(variance_over(s)),
+        "last_over_time" => Some(s[s.len() - 1].v),
+        "first_over_time" => Some(s[0].v),
+        "ts_of_first_over_time" => Some(s[0].t as f64 / 1000.0),
+        "ts_of_last_over_time" => Some(s[s.len() - 1].t as f64 / 1000.0),
+        "present_over_time" => Some(1.0),
+        "mad_over_time" => {
+            let median = quantile(0.5, s.iter().map(|p| p.v).collect());
+            Some(quantile(0.5, s.iter().map(|p| (p.v - median).abs()).collect()))
+        }
+        "double_exponential_smoothing" => (s.len() >= 2).then(|| {
+            let (sf, tf) = (scalars[0], scalars[1]);
+            let (mut s0, mut s1) = (0.0, s[0].v);
+            let mut b = s[1].v - s[0].v;
+            for i in 1..s.len() {
+                let x = sf * s[i].v;
+                if i > 1 {
+                    b = tf * (s1 - s0) + (1.0 - tf) * b;
+                }
+                let y = (1.0 - sf) * (s1 + b);
+                s0 = s1;
+                s1 = x + y;
+            }
+            s1
+        }),
+        _ => None,
+    }
 }
 
 /// Labels that identify the target an info series describes.
