@@ -231,6 +231,27 @@ impl SeriesTracker {
         Admission::New
     }
 
+    /// Counts a series storage already holds (the head after WAL replay) as active, written
+    /// at `now_ms`, whatever the limits: it is in the head whether or not it fits, and
+    /// counting it is what stops each restart from admitting another full limit. Seeding a
+    /// series twice counts it once. Does not feed the runaway sketches (not an attempt).
+    pub fn seed(&mut self, tenant: &str, key: SeriesAccountKey, metric: &str, now_ms: i64) {
+        let state = match self.tenants.get_mut(tenant) {
+            Some(state) => state,
+            None => self.tenants.entry(tenant.to_string()).or_default(),
+        };
+        if let Some(active) = state.series.get_mut(&key) {
+            active.last_write_ms = active.last_write_ms.max(now_ms);
+            return;
+        }
+        let metric: Arc<str> = match state.per_metric.get_key_value(metric) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(metric),
+        };
+        *state.per_metric.entry(metric.clone()).or_default() += 1;
+        state.series.insert(key, ActiveSeries { metric, last_write_ms: now_ms });
+    }
+
     /// Forgets a series admitted as new whose write failed as a whole.
     pub fn forget(&mut self, tenant: &str, key: SeriesAccountKey) {
         let Some(state) = self.tenants.get_mut(tenant) else { return };
@@ -352,6 +373,25 @@ mod tests {
         assert_eq!(tracker.admit("t", 3, "a", 10_500), Admission::New);
         assert!(tracker.tenant_allowed("t"));
         assert!(tracker.tenant_allowed("u"));
+    }
+
+    // Goal: seeded series (storage's head after a restart) count against the limits even
+    // past them, are existing series for admission, count once when seeded twice, and go
+    // idle like written ones.
+    #[test]
+    fn seeded_series_count_against_limits() {
+        let mut tracker = SeriesTracker::new(limits(), 0);
+        for key in 0..4u128 {
+            tracker.seed("t", key, "a", 0);
+        }
+        tracker.seed("t", 0, "a", 0);
+        assert_eq!(tracker.active_series("t", Some("a")), 4, "over the limit of 3, as the head holds them");
+        assert_eq!(tracker.admit("t", 9, "a", 1), Admission::MetricLimit { metric: "a".into(), limit: 3 });
+        assert_eq!(tracker.admit("t", 2, "a", 1), Admission::Existing);
+        assert_eq!(tracker.admit("t", 10, "b", 1), Admission::New);
+        assert_eq!(tracker.admit("t", 11, "b", 1), Admission::TenantLimit { limit: 5 });
+        tracker.maintain(10_001);
+        assert_eq!(tracker.active_series("t", Some("a")), 1, "only series 2 was written since");
     }
 
     // Goal: a metric attempting many distinct new series is flagged once, including

@@ -213,6 +213,26 @@ impl Node {
         *self.slot.lock().expect("slot lock") = slot;
     }
 
+    /// Makes a freshly opened engine Ready, first counting every series its head holds (WAL
+    /// replay included) in the active-series tracker: without this the tracker starts empty
+    /// and each restart would admit another full limit of new series. Seeding happens before
+    /// the slot turns Ready, so no write is admitted against a half-seeded tracker.
+    pub async fn set_engine_ready(&self, engine: Engine) {
+        let keys = engine.head_series_keys().await;
+        let now_ms = self.clock.now_wall_ms();
+        {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            for key in &keys {
+                tracker.seed(&key.tenant, series_account_key(&key.tenant, &key.labels), key.labels.metric_name(), now_ms);
+            }
+            self.metrics.active_series_tracked.set(tracker.active_series_total() as i64);
+        }
+        if !keys.is_empty() {
+            tracing::info!(series = keys.len(), "active-series tracker seeded from the head");
+        }
+        self.set_engine(EngineSlot::Ready(engine));
+    }
+
     /// Takes the engine out for shutdown; later writes answer 503.
     pub fn take_engine_for_close(&self) -> Option<Engine> {
         let mut slot = self.slot.lock().expect("slot lock");

@@ -144,7 +144,7 @@ mod real {
                     Ok(engine) => {
                         let status = engine.status().await;
                         tracing::info!(head_series = status.head_series, blocks = status.blocks, replay_records = status.replay_records, "storage open; ready");
-                        node.set_engine(EngineSlot::Ready(engine));
+                        node.set_engine_ready(engine).await;
                     }
                     Err(error) => {
                         tracing::error!(%error, "storage failed to open");

@@ -116,7 +116,7 @@ async fn run_node(serve: ServeConfig, engine_config: EngineConfig, fs: SimFs, cl
     tokio::spawn(sextant::server::serve_http(listener, sextant::http::router(node.clone()), shutdown_rx, CONNECTIONS_MAX));
     let disk: Arc<dyn FileSystem> = Arc::new(fs);
     match Engine::open(disk, clock, engine_config).await {
-        Ok(engine) => node.set_engine(EngineSlot::Ready(engine)),
+        Ok(engine) => node.set_engine_ready(engine).await,
         Err(error) => {
             tracing::error!(%error, "storage failed to open");
             node.set_engine(EngineSlot::Failed(error.to_string()));

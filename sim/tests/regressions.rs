@@ -3,7 +3,8 @@
 //! scenario and its serialized fault schedule (a seed alone stops reproducing once the RNG
 //! stream shifts). Method: replay each with its schedule; the known gap it documents must be
 //! reported, and `--strict` must fail it with the named oracle. When the node is fixed, the
-//! first assertion fails: turn the file into a passing regression (expect no gap, pass strict).
+//! first assertion fails: turn the file into a passing regression with `check_fixed` (no gap
+//! reported, and the run passes with `--strict`).
 
 use sextant_sim::config::Scenario;
 use sextant_sim::report::RunOptions;
@@ -18,14 +19,20 @@ struct Pinned {
     schedule: Schedule,
 }
 
-fn check(file: &str, gap: &str, strict_oracle: &str) {
+fn load(file: &str) -> (Pinned, RunOptions) {
     let path = format!("{}/regressions/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let pinned: Pinned = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     let options = RunOptions {
-        schedule: Some(pinned.schedule),
+        schedule: Some(pinned.schedule.clone()),
         ..RunOptions::new(pinned.seed, pinned.scenario)
     };
+    (pinned, options)
+}
+
+/// A known gap: reported without `--strict`, a violation of `strict_oracle` with it.
+fn check(file: &str, gap: &str, strict_oracle: &str) {
+    let (pinned, options) = load(file);
     let report = run(&options);
     assert!(report.passed(), "{}", report.render());
     assert!(
@@ -42,9 +49,18 @@ fn check(file: &str, gap: &str, strict_oracle: &str) {
     );
 }
 
+/// A fixed finding: its schedule replays with no known gap and passes with `--strict`.
+fn check_fixed(file: &str) {
+    let (pinned, options) = load(file);
+    let strict = run(&RunOptions { strict_gaps: true, ..options });
+    assert!(strict.passed(), "{file} ({}): the fixed finding fails again\n{}", pinned.finding, strict.render());
+    assert!(strict.known_gaps.is_empty(), "{file}: {:?}", strict.known_gaps);
+}
+
+// Fixed: the node seeds its series tracker from the head when the engine opens.
 #[test]
 fn limits_reset_on_restart() {
-    check("limits-reset-on-restart.json", "limits-reset-on-restart", "9-limits");
+    check_fixed("limits-reset-on-restart.json");
 }
 
 #[test]

@@ -1001,6 +1001,20 @@ impl Engine {
         count
     }
 
+    /// Every series the head holds (all shards, all tenants), ordered by tenant then labels.
+    /// The node seeds its active-series tracker from this when the engine opens, so series
+    /// replayed from the WAL count against the limits. The keys are shared with the head
+    /// (one `Arc` clone per series), so the listing costs a pointer per series.
+    pub async fn head_series_keys(&self) -> Vec<Arc<SeriesKey>> {
+        let mut keys = Vec::new();
+        for shard in self.inner.shards.values() {
+            let shard = shard.read().await;
+            keys.extend(shard.head.series_keys().map(|(_, key)| key.clone()));
+        }
+        keys.sort();
+        keys
+    }
+
     /// The cardinality report for one tenant (head series).
     pub async fn cardinality(&self, tenant: &str) -> CardinalityReport {
         let mut per_metric: BTreeMap<String, u64> = BTreeMap::new();
