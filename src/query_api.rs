@@ -178,9 +178,12 @@ pub fn format_timestamp(t_ms: i64) -> String {
     }
 }
 
-/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`: the shortest decimal that reads back to the same
-/// float, never in exponent form; `NaN`, `+Inf`, `-Inf`. Rust's `Display` for `f64` is the same
-/// shortest-round-trip, exponent-free form.
+/// A sample value as Prometheus's API writes it (`util/jsonutil.MarshalFloat`): Go's
+/// `strconv.FormatFloat(v, 'f', -1, 64)`, the shortest decimal that reads back to the same
+/// float, except in exponent form (`'e'`: `2.01e-07`, `1e+21`) when `|v| < 1e-6` or
+/// `|v| >= 1e21`; `NaN`, `+Inf`, `-Inf`. Rust's `Display` and `LowerExp` for `f64` give the
+/// same shortest digits; Go's exponent carries a sign and at least two digits.
+/// (ci/e2e-compare.py found the exponent form against Prometheus 2.42.)
 pub fn format_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
@@ -188,6 +191,14 @@ pub fn format_value(v: f64) -> String {
         "+Inf".into()
     } else if v == f64::NEG_INFINITY {
         "-Inf".into()
+    } else if v != 0.0 && (v.abs() < 1e-6 || v.abs() >= 1e21) {
+        let text = format!("{v:e}");
+        let (mantissa, exponent) = text.split_once('e').expect("LowerExp writes an exponent");
+        let (sign, digits) = match exponent.strip_prefix('-') {
+            Some(digits) => ('-', digits),
+            None => ('+', exponent),
+        };
+        format!("{mantissa}e{sign}{digits:0>2}")
     } else {
         format!("{v}")
     }
@@ -886,8 +897,13 @@ mod tests {
             (1.0, "1"),
             (0.1, "0.1"),
             (-0.0, "-0"),
-            (1e21, "1000000000000000000000"),
-            (1e-7, "0.0000001"),
+            (1e21, "1e+21"),
+            (999999999999999900000.0, "999999999999999900000"),
+            (1e-6, "0.000001"),
+            (1e-7, "1e-07"),
+            (-2.01e-7, "-2.01e-07"),
+            (5e-324, "5e-324"),
+            (1.5e300, "1.5e+300"),
             (123456789.125, "123456789.125"),
             (f64::NAN, "NaN"),
             (f64::INFINITY, "+Inf"),
@@ -897,8 +913,7 @@ mod tests {
         for (v, expected) in values {
             assert_eq!(format_value(v), expected, "v={v}");
         }
-        // 309 digits: the shortest digits that read back, then zeros (Go prints the same).
-        assert_eq!(format_value(f64::MAX), format!("17976931348623157{}", "0".repeat(292)));
+        assert_eq!(format_value(f64::MAX), "1.7976931348623157e+308");
     }
 
     // Goal: time and duration parameters parse as Prometheus parses them, and bad ones say why.
