@@ -187,6 +187,11 @@ impl SegmentScan {
         self.bytes.len() as u64
     }
 
+    /// The scanned bytes, for a caller that scans them again.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

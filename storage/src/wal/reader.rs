@@ -60,14 +60,51 @@ pub(crate) struct LogReader {
     failed: bool,
 }
 
+/// Extra reads of a segment whose first read shows damage.
+const SEGMENT_REREADS_MAX: usize = 2;
+
+/// Whether the header is valid and every fragment after it checks out; hands the bytes back.
+fn segment_checks_out(bytes: Vec<u8>) -> (bool, Vec<u8>) {
+    if !matches!(check_header(&bytes), HeaderCheck::Valid { .. }) {
+        return (false, bytes);
+    }
+    let mut scan = SegmentScan::new(bytes, SEGMENT_HEADER_BYTES);
+    while scan.next_record().is_some() {}
+    let clean = scan.finish().is_empty() && !scan.tail_has_nonzero();
+    (clean, scan.into_bytes())
+}
+
 impl LogReader {
     pub fn new(fs: Arc<dyn FileSystem>, sources: Vec<Source>, report: RepairReport) -> Self {
         LogReader { fs, sources: sources.into(), current: None, report, live_tail: None, failed: false }
     }
 
+    /// Reads a segment; when its records do not all check out, reads it again (up to
+    /// `SEGMENT_REREADS_MAX` times) and keeps the first clean copy. Why: a bit flipped on the way
+    /// from the disk (a corrupt read, not corrupt media) would otherwise be judged damage, and
+    /// the records touching it — possibly acknowledged, fsynced ones — dropped from replay or cut
+    /// as a torn tail. Damage that every read shows is real and handled as before.
+    async fn read_settled(&self, path: &std::path::Path) -> Result<Vec<u8>, WalError> {
+        let mut bytes = self.fs.read(path).await.map_err(|e| WalError::io("read segment", path, &e))?;
+        for _ in 0..SEGMENT_REREADS_MAX {
+            let (clean, checked) = segment_checks_out(bytes);
+            bytes = checked;
+            if clean {
+                break;
+            }
+            let again = self.fs.read(path).await.map_err(|e| WalError::io("re-read segment", path, &e))?;
+            if again == bytes {
+                break; // the same bytes twice: the damage is on the medium
+            }
+            tracing::warn!(?path, "WAL segment read differently on a second read; using the re-read copy");
+            bytes = again;
+        }
+        Ok(bytes)
+    }
+
     async fn open_next(&mut self) -> Result<bool, WalError> {
         let Some(source) = self.sources.pop_front() else { return Ok(false) };
-        let bytes = self.fs.read(&source.path).await.map_err(|e| WalError::io("read segment", &source.path, &e))?;
+        let bytes = self.read_settled(&source.path).await?;
         let mut header_damaged = false;
         let start = match check_header(&bytes) {
             HeaderCheck::Valid { index } => {
