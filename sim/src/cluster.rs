@@ -49,7 +49,7 @@ impl SimNode {
 /// | node *i* (0-based) | `node-i` | `10.0.0.(i+1):9480` | `sextant::node::Node` + `sextant::http::router` served by `sextant::server::serve_http`, `Engine` on `SimFs` disk *i*, `SimClock` *i*, the maintenance loop |
 /// | writer *w* | `writer-w` | `10.0.1.(w+1)` | remote-write client of node `w % N` |
 /// | bomb | `bomb` | `10.0.2.1` | cardinality-bomb writer to node 0 |
-/// | reader | `reader` | `10.0.3.1` | reads back every node (`read_all`), runs the answer oracles |
+/// | reader | `reader` | `10.0.3.1` | reads back every node over HTTP (`read_all`: `/api/v1/query`), runs the answer oracles |
 /// | probe | `probe` | `10.0.4.1` | liveness probes (`/-/ready`, a write) |
 ///
 /// There is no raft and no replication yet: each node is its own database, and a client

@@ -117,11 +117,46 @@ pub struct Violation {
 /// Evidence lines quoted per oracle and check.
 const EVIDENCE_MAX: usize = 5;
 
+/// Prometheus's staleness marker (a NaN with this exact bit pattern).
+const STALE_BITS: u64 = sextant_core::sample::STALE_NAN_BITS;
+
+/// How an answer was read, which decides what "the same value" can mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    /// Straight from storage (`Engine::select`): values compare bit for bit, staleness markers
+    /// included.
+    Storage,
+    /// Through the Prometheus query API: values travel as decimal strings, so every NaN reads
+    /// back as one NaN (payloads cannot survive) and staleness markers are never returned
+    /// (PromQL drops them from range selectors), so an acked marker is not expected and a
+    /// returned value never matches one.
+    QueryApi,
+}
+
+impl ReadPath {
+    /// True when `returned` is what a read on this path gives for a stored `written`.
+    fn matches(self, written: u64, returned: u64) -> bool {
+        match self {
+            ReadPath::Storage => written == returned,
+            ReadPath::QueryApi if written == STALE_BITS => false,
+            ReadPath::QueryApi if f64::from_bits(written).is_nan() => f64::from_bits(returned).is_nan(),
+            ReadPath::QueryApi => written == returned,
+        }
+    }
+
+    /// True when a stored `written` must appear in an answer read on this path.
+    fn returns(self, written: u64) -> bool {
+        self == ReadPath::Storage || written != STALE_BITS
+    }
+}
+
 /// Checks a node's answer covering all time against its ledger:
 /// - oracle 1/10: every sample acked at or before `acked_before_ms` is in the answer with its value;
 /// - oracle 3 (no phantoms): every returned (t, bits) was sent for that series;
 /// - oracle 4 (no duplicates): per series, timestamps strictly increase.
-pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_before_ms: u64) -> Vec<Violation> {
+///
+/// "Its value" is as `path` can carry it (see [`ReadPath`]).
+pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_before_ms: u64, path: ReadPath) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut push = |oracle: &'static str, evidence: String, count: &mut usize| {
         *count += 1;
@@ -138,7 +173,7 @@ pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_bef
         }
         let sent = ledger.attempted.get(series);
         for &(t, bits) in samples {
-            if !sent.and_then(|s| s.get(&t)).is_some_and(|values| values.contains(&bits)) {
+            if !sent.and_then(|s| s.get(&t)).is_some_and(|values| values.iter().any(|&w| path.matches(w, bits))) {
                 let sent_values: Vec<f64> = sent.and_then(|s| s.get(&t)).map(|v| v.iter().map(|b| f64::from_bits(*b)).collect()).unwrap_or_default();
                 push(
                     "3-no-phantoms",
@@ -154,11 +189,11 @@ pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_bef
     for (series, acked) in &ledger.acked {
         let returned: BTreeMap<i64, u64> = answer.get(series).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for (&t, &(bits, acked_ms)) in acked {
-            if acked_ms > acked_before_ms {
+            if acked_ms > acked_before_ms || !path.returns(bits) {
                 continue;
             }
             match returned.get(&t) {
-                Some(&got) if got == bits => {}
+                Some(&got) if path.matches(bits, got) => {}
                 Some(&got) => push(
                     "1-acked-durability",
                     format!("node {node} series {series} t={t}: acked value bits {bits:#x} at {acked_ms} ms, answer has {got:#x}"),
@@ -210,7 +245,7 @@ mod tests {
         let nan = f64::NAN.to_bits();
         fn check(node: &NodeLedger, answer: &[(i64, u64)], acked_before_ms: u64, expected: &[&str]) {
             let answer: Answer = [("a".to_string(), answer.to_vec())].into_iter().collect();
-            let got: Vec<&str> = check_answer(0, node, &answer, acked_before_ms).iter().map(|v| v.oracle).collect();
+            let got: Vec<&str> = check_answer(0, node, &answer, acked_before_ms, ReadPath::Storage).iter().map(|v| v.oracle).collect();
             assert_eq!(got, expected, "answer {answer:?}");
         }
         check(node, &[(10, 1f64.to_bits()), (20, nan)], u64::MAX, &[]);
@@ -220,6 +255,33 @@ mod tests {
         check(node, &[(10, 1f64.to_bits()), (20, nan), (25, 0)], u64::MAX, &["3-no-phantoms"]);
         check(node, &[(10, 2f64.to_bits()), (20, nan)], u64::MAX, &["3-no-phantoms", "1-acked-durability"]);
         check(node, &[(10, 1f64.to_bits()), (10, 1f64.to_bits()), (20, nan)], u64::MAX, &["4-no-duplicates"]);
+    }
+
+    // Goal: through the query API, any NaN answers a written NaN (payloads cannot survive
+    // JSON), an acked staleness marker is not expected, and a returned value never matches a
+    // marker; other values still compare bit for bit. Method: one ledger with a plain value,
+    // a NaN with a payload and a marker, all acked; answers with one difference each.
+    #[test]
+    fn query_api_answers_compare_nan_as_nan_and_skip_markers() {
+        let mut ledger = Ledger::default();
+        let payload_nan = f64::from_bits(0x7ff8_0000_dead_beef);
+        let written = vec![sample("a", 10, 1.0), sample("a", 20, payload_nan), sample("a", 30, f64::from_bits(STALE_BITS))];
+        ledger.attempt(0, &written);
+        ledger.finish(0, &written, &Outcome::Acked, 100);
+        let node = &ledger.nodes[&0];
+        let nan = f64::NAN.to_bits();
+        fn check(node: &NodeLedger, answer: &[(i64, u64)], path: ReadPath, expected: &[&str]) {
+            let answer: Answer = [("a".to_string(), answer.to_vec())].into_iter().collect();
+            let got: Vec<&str> = check_answer(0, node, &answer, u64::MAX, path).iter().map(|v| v.oracle).collect();
+            assert_eq!(got, expected, "{path:?} answer {answer:?}");
+        }
+        let one = 1f64.to_bits();
+        check(node, &[(10, one), (20, nan)], ReadPath::QueryApi, &[]);
+        check(node, &[(10, one), (20, payload_nan.to_bits()), (30, STALE_BITS)], ReadPath::Storage, &[]);
+        check(node, &[(10, one), (20, nan)], ReadPath::Storage, &["3-no-phantoms", "1-acked-durability", "1-acked-durability"]);
+        check(node, &[(10, one), (20, nan), (30, nan)], ReadPath::QueryApi, &["3-no-phantoms"]);
+        check(node, &[(10, one), (20, 2f64.to_bits())], ReadPath::QueryApi, &["3-no-phantoms", "1-acked-durability"]);
+        check(node, &[(10, one)], ReadPath::QueryApi, &["1-acked-durability"]);
     }
 
     // Goal: series keys do not depend on label order.

@@ -12,8 +12,9 @@
 //!
 //! Architecture Invariant: the simulation drives nodes only through what a real deployment
 //! has — HTTP to the node, the node's disk (`SimFs`), its clock, its process (kill, pause,
-//! restart) and the network — plus `Engine::select` as the read path until the query API
-//! lands; it never reaches into the node's internals to make an oracle pass.
+//! restart) and the network; reads go through the node's Prometheus query API over HTTP. The
+//! limits oracle (9) also reads head counts from the engine and the node's tracker, to report
+//! them; it never reaches into the node's internals to make an oracle pass.
 
 pub mod config;
 pub mod ledger;

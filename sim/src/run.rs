@@ -4,20 +4,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use madsim::runtime::Runtime;
 use madsim::time::TimeHandle;
 use sextant::node::Node;
 use sextant_core::determinism::DeterministicRng;
-use sextant_core::matcher::{MatchOp, Matcher};
 use xxhash_rust::xxh64::Xxh64;
 
 use crate::client;
 use crate::clock::true_wall_ms;
 use crate::cluster::Cluster;
 use crate::config::SimConfig;
-use crate::ledger::{check_answer, series_key, Answer, Ledger, Outcome, Violation, WrittenSample};
+use crate::ledger::{check_answer, series_key, Answer, Ledger, Outcome, ReadPath, Violation, WrittenSample};
 use crate::report::{RunOptions, RunReport, TimedViolation};
 use crate::schedule::{Fault, FaultEvent, Schedule};
 use crate::workload::{bomb_request, SeriesSet, BOMB_METRIC};
@@ -85,26 +85,88 @@ impl Shared {
     }
 }
 
-/// Reads everything a node holds for the tenant. The one read path of the oracles: today
-/// `Engine::select` on the node's engine; it moves to `/api/v1/query_range` over HTTP when
-/// the query API lands.
-async fn read_all(node: &Node) -> Result<Answer, String> {
-    let engine = node.engine()?;
-    let all = Matcher::new(MatchOp::RegexMatch, "__name__", ".+").map_err(|e| e.to_string())?;
-    let series = engine.select(TENANT, &[all], i64::MIN, i64::MAX).await.map_err(|e| e.to_string())?;
-    Ok(series
-        .into_iter()
-        .map(|s| {
-            (
-                series_key(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))),
-                s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect(),
-            )
-        })
-        .collect())
+/// How far back a read reaches from its evaluation time: far more than any run lasts (the
+/// simulated wall clock starts at a fixed epoch and runs for minutes), so the window covers
+/// everything written.
+const READ_WINDOW: &str = "7d";
+/// How far past the true wall clock a read is evaluated: writers stamp samples with the true
+/// wall clock, so this covers every sample already sent.
+const READ_AHEAD_MS: i64 = 3_600_000;
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters pass).
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
-async fn read_with_timeout(node: &Node) -> Result<Answer, String> {
-    match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), read_all(node)).await {
+/// A sample value as the query API writes it (Go's `FormatFloat(v, 'f', -1, 64)`, `NaN`,
+/// `+Inf`, `-Inf`), back to the `f64` it came from.
+pub fn parse_go_float(text: &str) -> Result<f64, String> {
+    match text {
+        "NaN" => Ok(f64::NAN),
+        "+Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        _ => text.parse::<f64>().map_err(|e| format!("sample value {text:?} is not a number: {e}")),
+    }
+}
+
+/// A `matrix` answer of the query API as series key → (t ms, value bits), in returned order.
+pub fn parse_matrix(body: &str) -> Result<Answer, String> {
+    let json: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("answer is not JSON ({e}): {body:.200}"))?;
+    if json["status"] != "success" {
+        return Err(format!("answer is not a success: {body:.300}"));
+    }
+    if json["data"]["resultType"] != "matrix" {
+        return Err(format!("answer is not a matrix: {body:.300}"));
+    }
+    let result = json["data"]["result"].as_array().ok_or_else(|| format!("answer has no result list: {body:.300}"))?;
+    let mut answer = Answer::new();
+    for series in result {
+        let metric = series["metric"].as_object().ok_or_else(|| format!("series without a metric: {series}"))?;
+        let mut labels = Vec::with_capacity(metric.len());
+        for (name, value) in metric {
+            labels.push((name.as_str(), value.as_str().ok_or_else(|| format!("label {name} is not a string: {series}"))?));
+        }
+        let key = series_key(labels);
+        let values = series["values"].as_array().ok_or_else(|| format!("series {key} without values"))?;
+        let mut samples = Vec::with_capacity(values.len());
+        for pair in values {
+            let (Some(t), Some(v)) = (pair[0].as_f64(), pair[1].as_str()) else {
+                return Err(format!("series {key}: sample {pair} is not [seconds, \"value\"]"));
+            };
+            samples.push(((t * 1000.0).round() as i64, parse_go_float(v)?.to_bits()));
+        }
+        if answer.insert(key.clone(), samples).is_some() {
+            return Err(format!("series {key} appears twice in one answer"));
+        }
+    }
+    Ok(answer)
+}
+
+/// Reads everything a node holds for the tenant through its Prometheus query API: the raw
+/// samples of `{__name__=~".+"}[7d]` evaluated an hour past the true wall clock, over HTTP
+/// from the calling (client) machine. The one read path of the answer oracles, which compare
+/// with [`ReadPath::QueryApi`] semantics (NaN as NaN, no staleness markers).
+async fn read_all(addr: SocketAddr) -> Result<Answer, String> {
+    let at_ms = true_wall_ms() + READ_AHEAD_MS;
+    let query = format!("{{__name__=~\".+\"}}[{READ_WINDOW}]");
+    let path = format!("/api/v1/query?query={}&time={}.{:03}", url_encode(&query), at_ms.div_euclid(1000), at_ms.rem_euclid(1000));
+    let (status, body) = client::send(addr, client::get(addr, &path), READ_TIMEOUT_MS).await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("query answered {status}: {body:.300}"));
+    }
+    parse_matrix(&body)
+}
+
+async fn read_with_timeout(addr: SocketAddr) -> Result<Answer, String> {
+    match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), read_all(addr)).await {
         Ok(result) => result,
         Err(_) => Err("read timed out".into()),
     }
@@ -217,17 +279,20 @@ async fn bomb_loop(shared: Arc<Shared>, node: usize, addr: std::net::SocketAddr)
 
 /// Oracle 10 during the run: every sample acked before a read began is in its answer, and
 /// the answer holds only written values, in strictly increasing time.
-async fn reader_loop(shared: Arc<Shared>, nodes: Vec<Arc<Mutex<Option<Arc<Node>>>>>) {
+async fn reader_loop(shared: Arc<Shared>, nodes: Vec<(Arc<Mutex<Option<Arc<Node>>>>, SocketAddr)>) {
     while !shared.stop.load(Ordering::SeqCst) {
         sleep_ms(shared.config.read_interval_ms).await;
-        for (index, live) in nodes.iter().enumerate() {
-            let Some(node) = live.lock().expect("live").clone() else { continue };
+        for (index, (live, addr)) in nodes.iter().enumerate() {
+            // A killed machine is skipped rather than read (a connection error says nothing).
+            if live.lock().expect("live").is_none() {
+                continue;
+            }
             let started_ms = now_ms();
-            match read_with_timeout(&node).await {
+            match read_with_timeout(*addr).await {
                 Ok(answer) => {
                     let violations = {
                         let ledger = shared.ledger.lock().expect("ledger");
-                        ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms)).unwrap_or_default()
+                        ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms, ReadPath::QueryApi)).unwrap_or_default()
                     };
                     shared.event(format!("reader: node-{index} answered {} series", answer.len()));
                     for v in violations {
@@ -540,19 +605,22 @@ async fn check_limits(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
 async fn check_all_nodes(shared: &Arc<Shared>, cluster: &Arc<Cluster>, phase: &str) {
     for sim_node in &cluster.nodes {
         let index = sim_node.index;
-        let Some(node) = sim_node.node() else {
+        if sim_node.node().is_none() {
             shared.violate(Violation {
                 oracle: "11-liveness",
                 evidence: format!("{phase}: node-{index} is down"),
             });
             continue;
-        };
+        }
         let started_ms = now_ms();
-        match read_with_timeout(&node).await {
+        // Reads go over the network from the reader's machine, as a client's would.
+        let addr = sim_node.addr;
+        let read = cluster.reader.spawn(read_with_timeout(addr)).await;
+        match read.unwrap_or_else(|e| Err(format!("the read task failed: {e}"))) {
             Ok(answer) => {
                 let violations = {
                     let ledger = shared.ledger.lock().expect("ledger");
-                    ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms)).unwrap_or_default()
+                    ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms, ReadPath::QueryApi)).unwrap_or_default()
                 };
                 let samples: usize = answer.values().map(Vec::len).sum();
                 shared.event(format!("{phase}: node-{index} holds {} series, {samples} samples", answer.len()));
@@ -610,7 +678,7 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
     if config.bomb {
         tasks.push(cluster.bomb.spawn(bomb_loop(shared.clone(), 0, cluster.nodes[0].addr)));
     }
-    let lives = cluster.nodes.iter().map(|n| n.live.clone()).collect();
+    let lives = cluster.nodes.iter().map(|n| (n.live.clone(), n.addr)).collect();
     tasks.push(cluster.reader.spawn(reader_loop(shared.clone(), lives)));
 
     // The fault phase.
@@ -764,5 +832,52 @@ pub fn run(options: &RunOptions) -> RunReport {
                 samples_acked: 0,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: query API answers parse back to the values written: Go's float forms (NaN, ±Inf,
+    // no exponent, -0), timestamps with milliseconds, labels keyed like the ledger's; and a
+    // malformed answer is an error naming what was wrong, never a panic or an empty answer.
+    #[test]
+    fn query_api_answers_parse() {
+        fn check(body: &str, expected: Result<Vec<(&str, Vec<(i64, u64)>)>, &str>) {
+            let got = parse_matrix(body);
+            match expected {
+                Ok(series) => {
+                    let expected: Answer = series.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                    assert_eq!(got, Ok(expected), "{body}");
+                }
+                Err(needle) => {
+                    let error = got.expect_err(body);
+                    assert!(error.contains(needle), "{body}: error {error:?} should mention {needle:?}");
+                }
+            }
+        }
+        let matrix = |result: &str| format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{result}]}}}}"#);
+        check(
+            &matrix(r#"{"metric":{"__name__":"x","b":"2","a":"1"},"values":[[1700000000.001,"1.5"],[1700000000.010,"NaN"],[1700000001,"+Inf"],[1700000002.5,"-Inf"],[1700000003.999,"-0"],[1700000004,"100000000000000000000"]]}"#),
+            Ok(vec![(
+                r#"{__name__="x",a="1",b="2"}"#,
+                vec![
+                    (1_700_000_000_001, 1.5f64.to_bits()),
+                    (1_700_000_000_010, f64::NAN.to_bits()),
+                    (1_700_000_001_000, f64::INFINITY.to_bits()),
+                    (1_700_000_002_500, f64::NEG_INFINITY.to_bits()),
+                    (1_700_000_003_999, (-0.0f64).to_bits()),
+                    (1_700_000_004_000, 1e20f64.to_bits()),
+                ],
+            )]),
+        );
+        check(&matrix(""), Ok(vec![]));
+        check(&matrix(r#"{"metric":{"a":"1"},"values":[[1,"x"]]}"#), Err("\"x\" is not a number"));
+        check(&matrix(r#"{"metric":{"a":"1"},"values":[[1,2]]}"#), Err("is not [seconds"));
+        check(&matrix(r#"{"metric":{"a":"1"},"values":[]},{"metric":{"a":"1"},"values":[]}"#), Err("appears twice"));
+        check(r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#, Err("not a matrix"));
+        check(r#"{"status":"error","errorType":"bad_data","error":"no"}"#, Err("not a success"));
+        check("<html>", Err("not JSON"));
     }
 }
