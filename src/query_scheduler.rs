@@ -373,12 +373,15 @@ mod tests {
         let (s, clock) = scheduler(1, 0, 2);
         let held = s.admit(Priority::Dashboard).await.unwrap();
         let mut waiters = Vec::new();
-        for _ in 0..2 {
-            let s = s.clone();
-            waiters.push(tokio::spawn(async move { s.admit(Priority::Adhoc).await.map(|p| p.class()) }));
-        }
-        while s.queued() != [2, 0, 0] {
-            tokio::task::yield_now().await;
+        // One at a time, so which waiter is the newest does not depend on task scheduling
+        // order (madsim randomizes it per seed; awaiting the wrong one would wait forever on the
+        // manual clock).
+        for queued in 1..=2 {
+            let s2 = s.clone();
+            waiters.push(tokio::spawn(async move { s2.admit(Priority::Adhoc).await.map(|p| p.class()) }));
+            while s.queued() != [queued, 0, 0] {
+                tokio::task::yield_now().await;
+            }
         }
         assert_eq!(s.admit(Priority::Adhoc).await.unwrap_err(), Shed::QueueFull { class: Priority::Adhoc, max: 2 });
         let s2 = s.clone();
