@@ -26,7 +26,7 @@ pub mod types;
 pub use command::{validate, Action, Command, Outcome, Response, ValidationError};
 pub use log_store::{LogStore, LogStoreConfig, LogStoreError};
 pub use network::TransportConfig;
-pub use node::{RaftNode, RaftNodeConfig, StateRead, WriteError};
+pub use node::{MembershipError, RaftHandle, RaftNode, RaftNodeConfig, ReadError, StateRead, WriteError};
 pub use state::MetadataState;
 pub use state_machine::StateMachineStore;
 pub use types::{Node, NodeId, TypeConfig};

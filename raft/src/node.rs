@@ -13,6 +13,7 @@ use openraft::{ChangeMembers, Config};
 use sextant_storage::fs::FileSystem;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::transport::server::Router;
 
 use crate::command::{validate, Command, Response, ValidationError};
 use crate::log_store::{LogStore, LogStoreConfig, LogStoreError};
@@ -144,13 +145,28 @@ pub struct StateRead {
     pub applied_index: u64,
 }
 
-/// One running member of the metadata group.
-pub struct RaftNode {
-    config: RaftNodeConfig,
+/// What services need of a running member: cheap to clone, shares the member's `Raft` and
+/// state machine. Everything but starting and stopping the member is here; [`RaftNode`]
+/// derefs to it.
+#[derive(Clone)]
+pub struct RaftHandle {
+    config: Arc<RaftNodeConfig>,
     raft: Raft,
     state_machine: StateMachineStore,
+}
+
+/// One running member of the metadata group: its [`RaftHandle`] and its gRPC server.
+pub struct RaftNode {
+    handle: RaftHandle,
     server_shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for RaftNode {
+    type Target = RaftHandle;
+    fn deref(&self) -> &RaftHandle {
+        &self.handle
+    }
 }
 
 impl RaftNode {
@@ -161,6 +177,18 @@ impl RaftNode {
         config: RaftNodeConfig,
         fs: Arc<dyn FileSystem>,
         listener: TcpListener,
+    ) -> Result<RaftNode, StartError> {
+        RaftNode::start_with_services(config, fs, listener, |_handle, router| router).await
+    }
+
+    /// Like [`RaftNode::start`], and lets the caller add its own gRPC services (the node's
+    /// admin service) to the same server, so a node has one gRPC port. `services` gets the
+    /// member's [`RaftHandle`] to build services that need it.
+    pub async fn start_with_services(
+        config: RaftNodeConfig,
+        fs: Arc<dyn FileSystem>,
+        listener: TcpListener,
+        services: impl FnOnce(&RaftHandle, Router) -> Router,
     ) -> Result<RaftNode, StartError> {
         config
             .transport
@@ -199,12 +227,19 @@ impl RaftNode {
             let _ = shutdown_rx.await;
         };
         let id = config.id;
+        let handle = RaftHandle {
+            config: Arc::new(config),
+            raft,
+            state_machine,
+        };
+        let router = services(
+            &handle,
+            tonic::transport::Server::builder().add_service(server),
+        );
         #[cfg(not(madsim))]
         let serve = {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            tonic::transport::Server::builder()
-                .add_service(server)
-                .serve_with_incoming_shutdown(incoming, signal)
+            router.serve_with_incoming_shutdown(incoming, signal)
         };
         // The simulated tonic serves on an address, not a listener: take the listener's
         // address and let the simulated server bind it.
@@ -212,9 +247,7 @@ impl RaftNode {
         let serve = {
             let addr = listener.local_addr().map_err(StartError::Listener)?;
             drop(listener);
-            tonic::transport::Server::builder()
-                .add_service(server)
-                .serve_with_shutdown(addr, signal)
+            router.serve_with_shutdown(addr, signal)
         };
         let server = tokio::spawn(async move {
             if let Err(error) = serve.await {
@@ -222,14 +255,25 @@ impl RaftNode {
             }
         });
         Ok(RaftNode {
-            config,
-            raft,
-            state_machine,
+            handle,
             server_shutdown: Some(shutdown_tx),
             server: Some(server),
         })
     }
 
+    /// Stops the gRPC server and openraft.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        if let Some(tx) = self.server_shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.handle.raft.shutdown().await.map_err(|e| e.to_string())
+    }
+}
+
+impl RaftHandle {
     pub fn id(&self) -> NodeId {
         self.config.id
     }
@@ -358,16 +402,5 @@ impl RaftNode {
             state,
             applied_index,
         }
-    }
-
-    /// Stops the gRPC server and openraft.
-    pub async fn shutdown(mut self) -> Result<(), String> {
-        if let Some(tx) = self.server_shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
-        }
-        self.raft.shutdown().await.map_err(|e| e.to_string())
     }
 }
