@@ -282,7 +282,7 @@ fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Va
     Ok(())
 }
 
-fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
+pub fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
     check_name("group.name", &group.name)?;
     if let Some(interval) = &group.interval {
         let ms = parse_duration_ms("group.interval", interval)?;

@@ -14,6 +14,7 @@
 //! node (src/).
 
 pub mod command;
+pub mod rule_file;
 pub mod log_store;
 pub mod network;
 pub mod node;
