@@ -530,7 +530,8 @@ pub enum QueryOutput {
 
 /// Admits, fetches and evaluates one query for `tenant`. `arrival_ns` is when the request
 /// arrived on the node's monotonic clock: the timeout counts from there, queueing included.
-pub async fn execute(node: &Arc<Node>, tenant: &str, request: &QueryRequest, arrival_ns: u64) -> Result<QueryOutput, ApiError> {
+/// Also answers the query's warnings and infos (Prometheus's annotations).
+pub async fn execute(node: &Arc<Node>, tenant: &str, request: &QueryRequest, arrival_ns: u64) -> Result<(QueryOutput, promql::Annotations), ApiError> {
     let expr = promql::parse(&request.text).map_err(query_error)?;
     if let QueryKind::Range { .. } = request.kind {
         let kind = match expr.kind() {
@@ -572,8 +573,11 @@ pub async fn execute(node: &Arc<Node>, tenant: &str, request: &QueryRequest, arr
     let data = FetchedData::new(&plan, fetched);
     let kind = request.kind;
     let output = run_blocking(move || match kind {
-        QueryKind::Instant { t_ms } => promql::eval_instant_with(&expr, t_ms, &data, &limits, &deadline).map(QueryOutput::Instant),
-        QueryKind::Range { start_ms, end_ms, step_ms } => promql::eval_range_with(&expr, start_ms, end_ms, step_ms, &data, &limits, &deadline).map(QueryOutput::Range),
+        QueryKind::Instant { t_ms } => {
+            promql::eval_instant_annotated(&expr, t_ms, &data, &limits, &deadline).map(|(value, notes)| (QueryOutput::Instant(value), notes))
+        }
+        QueryKind::Range { start_ms, end_ms, step_ms } => promql::eval_range_annotated(&expr, start_ms, end_ms, step_ms, &data, &limits, &deadline)
+            .map(|(matrix, notes)| (QueryOutput::Range(matrix), notes)),
     })
     .await?
     .map_err(query_error)?;
@@ -647,7 +651,7 @@ async fn query_handler(node: Arc<Node>, method: Method, headers: HeaderMap, uri:
         }
     };
     let mut class = Priority::Adhoc;
-    let result: Result<QueryOutput, ApiError> = async {
+    let result: Result<(QueryOutput, promql::Annotations), ApiError> = async {
         let params = read_params(&method, &headers, &uri, body).await?;
         let request = if range { range_request(&node, &params, &headers)? } else { instant_request(&node, &params, &headers)? };
         class = request.class;
@@ -656,13 +660,14 @@ async fn query_handler(node: Arc<Node>, method: Method, headers: HeaderMap, uri:
     .await;
     let seconds = node.clock().now_monotonic_ns().saturating_sub(arrival_ns) as f64 / 1e9;
     let response = match result {
-        Ok(output) => {
+        Ok((output, annotations)) => {
             node.metrics.query_finished(class.as_str(), "success", seconds);
             let data = match output {
                 QueryOutput::Instant(value) => value_json(&value),
                 QueryOutput::Range(matrix) => format!("{{\"resultType\":\"matrix\",\"result\":{}}}", matrix_json(&matrix)),
             };
-            success(data, &[], &[])
+            let (warnings, infos) = annotations.for_response();
+            success(data, &warnings, &infos)
         }
         Err(error) => {
             node.metrics.query_finished(class.as_str(), error.kind.as_str(), seconds);

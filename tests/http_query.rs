@@ -183,7 +183,17 @@ async fn instant_query_shapes() {
         (get(&format!("/api/v1/query?query={}&time={t}", enc("-1/0"))), 200, "\"result\":[1700000000,\"-Inf\"]".into()),
         (get(&format!("/api/v1/query?query={}&time={t}", enc("0/0"))), 200, "\"result\":[1700000000,\"NaN\"]".into()),
         (get(&format!("/api/v1/query?query={}&time=1700000000.123", enc("time()"))), 200, "\"result\":[1700000000.123,\"1700000000.123\"]".into()),
-        (get("/api/v1/query?query=nonexistent"), 200, "{\"status\":\"success\",\"data\":{\"resultType\":\"vector\",\"result\":[]}}".into()),
+        (get("/api/v1/query?query=nonexistent"), 200, "{\"status\":\"success\",\"data\":{\"resultType\":\"vector\",\"result\":[]}}".into()),        // Annotations: rate over a gauge is an info, a quantile out of range a warning.
+        (
+            get(&format!("/api/v1/query?query={}&time={t}", enc("rate(up[1m])"))),
+            200,
+            "\"infos\":[\"PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \\\"up\\\"\"]".into(),
+        ),
+        (
+            get(&format!("/api/v1/query_range?query={}&start={t}&end={t}&step=15", enc("quantile(2, up)"))),
+            200,
+            "\"warnings\":[\"PromQL warning: quantile value should be between 0 and 1, got 2\"]".into(),
+        ),
     ];
     for (req, status, fragment) in cases {
         check(&h, req, status, &fragment).await;

@@ -8,7 +8,9 @@
 //! `almost.Equal` at epsilon 1e-6 (NaN equals NaN), order only under `expect ordered`. Like
 //! Prometheus, an instant eval whose result is a vector or scalar is also run as a range query
 //! (t-1m … t+1m, step 1m) and the middle step must match too. `expect warn`/`info`/`no_warn`/
-//! `no_info` lines are ignored: the engine does not produce annotations yet.
+//! `no_info` lines (and `eval_warn`/`eval_info`) are checked against the engine's annotations
+//! by promqltest's rules (see `check_annotations`), on the query itself (not the range query
+//! around t).
 //!
 //! An eval is "unsupported" only when (a) `promql-parser` cannot parse the query (and no failure
 //! was expected) or (b) native histograms are involved: `{{…}}` in the expected result, or a
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 use sextant_core::labels::{Label, Labels};
 use sextant_core::matcher::matches_all;
 use sextant_core::promql::{
-    eval_instant, eval_range, parse, plan_instant, plan_range, FetchedData, FetchedSeries, QueryError, QueryLimits, SelectorFetch,
+    eval_instant_annotated, eval_range_annotated, parse, Annotations, NoInterrupt, plan_instant, plan_range, FetchedData, FetchedSeries, QueryError, QueryLimits, SelectorFetch,
     SeriesSource, Value,
 };
 use sextant_core::sample::{is_stale_nan, stale_nan, Sample};
@@ -381,6 +383,64 @@ struct Eval {
     ordered: bool,
     range_vector: Option<(i64, i64, i64)>,
     expected: Expected,
+    /// `expect warn|info|no_warn|no_info [msg: …|regex: …]` lines.
+    annotations: Vec<AnnotationExpect>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AnnotationKind {
+    Warn,
+    Info,
+}
+
+/// One `expect` line about annotations: `present == false` is `no_warn`/`no_info`.
+#[derive(Clone, Debug)]
+struct AnnotationExpect {
+    kind: AnnotationKind,
+    present: bool,
+    msg: Option<String>,
+    regex: Option<regex::Regex>,
+}
+
+impl AnnotationExpect {
+    fn matches(&self, text: &str) -> bool {
+        match (&self.msg, &self.regex) {
+            (Some(m), _) => m == text,
+            (None, Some(r)) => r.is_match(text),
+            (None, None) => true,
+        }
+    }
+}
+
+/// The promqltest rules: every `expect warn|info` line matches at least one annotation of
+/// its kind; once a kind has such a line, every annotation of that kind matches one of them;
+/// `no_warn`/`no_info` mean none of that kind.
+fn check_annotations(e: &Eval, annotations: &Annotations) -> Result<(), String> {
+    for kind in [AnnotationKind::Warn, AnnotationKind::Info] {
+        let got: Vec<&str> = match kind {
+            AnnotationKind::Warn => annotations.warnings().collect(),
+            AnnotationKind::Info => annotations.infos().collect(),
+        };
+        let lines: Vec<&AnnotationExpect> = e.annotations.iter().filter(|a| a.kind == kind).collect();
+        for line in &lines {
+            if !line.present {
+                if !got.is_empty() {
+                    return Err(format!("expected no {kind:?} annotations, got {got:?}"));
+                }
+                continue;
+            }
+            if !got.iter().any(|g| line.matches(g)) {
+                return Err(format!("expected a {kind:?} annotation matching {:?}, got {got:?}", line.msg.as_deref().or(line.regex.as_ref().map(|r| r.as_str()))));
+            }
+        }
+        let positive: Vec<&&AnnotationExpect> = lines.iter().filter(|l| l.present).collect();
+        if !positive.is_empty() {
+            if let Some(extra) = got.iter().find(|g| !positive.iter().any(|l| l.matches(g))) {
+                return Err(format!("unexpected {kind:?} annotation {extra:?}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 enum Command {
@@ -447,7 +507,14 @@ fn parse_eval(word: &str, rest: &str, block: &[String], line: usize) -> Result<E
         ordered: word == "eval_ordered",
         range_vector: None,
         expected: Expected::default(),
+        annotations: Vec::new(),
     };
+    // The deprecated `eval_warn`/`eval_info` forms expect at least one annotation.
+    match word {
+        "eval_warn" => e.annotations.push(AnnotationExpect { kind: AnnotationKind::Warn, present: true, msg: None, regex: None }),
+        "eval_info" => e.annotations.push(AnnotationExpect { kind: AnnotationKind::Info, present: true, msg: None, regex: None }),
+        _ => {}
+    }
     let words: Vec<&str> = rest.split_whitespace().collect();
     if words.first() == Some(&"instant") && words.get(1) == Some(&"at") {
         let t = parse_duration_ms(words.get(2).ok_or("missing time")?).ok_or("bad time")?;
@@ -507,7 +574,25 @@ fn parse_eval(word: &str, rest: &str, block: &[String], line: usize) -> Result<E
                 let s = s.trim();
                 e.expected.string = Some(read_quoted(s).map(|x| x.0).ok_or("bad expected string")?);
             }
-            // warn / info / no_warn / no_info: annotations are not produced; ignored.
+            let (kind, present, rest) = if let Some(r) = x.strip_prefix("no_warn") {
+                (AnnotationKind::Warn, false, r)
+            } else if let Some(r) = x.strip_prefix("no_info") {
+                (AnnotationKind::Info, false, r)
+            } else if let Some(r) = x.strip_prefix("warn") {
+                (AnnotationKind::Warn, true, r)
+            } else if let Some(r) = x.strip_prefix("info") {
+                (AnnotationKind::Info, true, r)
+            } else {
+                continue;
+            };
+            let rest = rest.trim();
+            let mut expect = AnnotationExpect { kind, present, msg: None, regex: None };
+            if let Some(m) = rest.strip_prefix("msg:") {
+                expect.msg = Some(m.trim().to_string());
+            } else if let Some(r) = rest.strip_prefix("regex:") {
+                expect.regex = Some(regex::Regex::new(r.trim()).map_err(|err| format!("bad annotation regex {r:?}: {err}"))?);
+            }
+            e.annotations.push(expect);
             continue;
         }
         if let Some(v) = parse_number(l) {
@@ -709,11 +794,16 @@ fn run_eval(store: &Store, e: &Eval) -> Status {
     let data = FetchedData::fetch_all(&plan, store);
     match e.kind {
         Kind::Instant { t } => {
-            let result = eval_instant(&expr, t, &data, &limits);
+            let result = eval_instant_annotated(&expr, t, &data, &limits, &NoInterrupt);
             let value = match result {
                 Err(err) => return error_status(e, &err),
                 Ok(_) if e.fail => return Status::Fail("expected an error, got a result".into()),
-                Ok(v) => v,
+                Ok((v, annotations)) => {
+                    if let Err(why) = check_annotations(e, &annotations) {
+                        return Status::Fail(why);
+                    }
+                    v
+                }
             };
             let first = compare_instant(e, &value, t);
             if first != Status::Pass || e.ordered {
@@ -724,9 +814,9 @@ fn run_eval(store: &Store, e: &Eval) -> Status {
                 let (start, end) = (t - 60_000, t + 60_000);
                 let plan = plan_range(&expr, start, end, 60_000, limits.lookback_ms);
                 let data = FetchedData::fetch_all(&plan, store);
-                match eval_range(&expr, start, end, 60_000, &data, &limits) {
+                match eval_range_annotated(&expr, start, end, 60_000, &data, &limits, &NoInterrupt) {
                     Err(err) => return Status::Fail(format!("as a range query around t: unexpected error: {err}")),
-                    Ok(m) => {
+                    Ok((m, _)) => {
                         let mut vec = Vec::new();
                         for s in m {
                             if let Some(p) = s.samples.iter().find(|p| p.t == t) {
@@ -748,10 +838,13 @@ fn run_eval(store: &Store, e: &Eval) -> Status {
             }
             Status::Pass
         }
-        Kind::Range { start, end, step } => match eval_range(&expr, start, end, step, &data, &limits) {
+        Kind::Range { start, end, step } => match eval_range_annotated(&expr, start, end, step, &data, &limits, &NoInterrupt) {
             Err(err) => error_status(e, &err),
             Ok(_) if e.fail => Status::Fail("expected an error, got a result".into()),
-            Ok(m) => {
+            Ok((m, annotations)) => {
+                if let Err(why) = check_annotations(e, &annotations) {
+                    return Status::Fail(why);
+                }
                 let actual: Vec<(Labels, Vec<(i64, f64)>)> =
                     m.into_iter().map(|s| (s.labels, s.samples.iter().map(|p| (p.t, p.v)).collect())).collect();
                 let mut expected: Vec<(Labels, Vec<(i64, f64)>)> =
@@ -944,7 +1037,7 @@ fn promql_conformance() {
         doc.push_str("Generated by `SEXTANT_WRITE_CONFORMANCE=1 cargo test -p sextant-core --test promql_conformance`; do not edit by hand.\n\n");
         doc.push_str("The suite is Prometheus's promqltest scripts (`../shared/peer-suites/promql/*.test`). Floats compare with ");
         doc.push_str("`almost.Equal` at epsilon 1e-6; instant evals are also checked as range queries (t-1m … t+1m) as Prometheus's runner does; ");
-        doc.push_str("`expect warn`/`info` lines are ignored (no annotations yet). \"Unsupported\" is only a query `promql-parser` cannot parse, ");
+        doc.push_str("`expect warn`/`info`/`no_warn`/`no_info` lines are checked against the engine's annotations by promqltest's rules. \"Unsupported\" is only a query `promql-parser` cannot parse, ");
         doc.push_str("or an eval whose data or expected result involves native histograms: a `{{…}}` in the expected result, or a native-histogram ");
         doc.push_str("sample (loaded with `{{…}}` or created by `load_with_nhcb`) inside a window the query reads. ");
         doc.push_str("An engine that cannot evaluate a query is a failure, never \"unsupported\".\n\n");

@@ -136,3 +136,64 @@ fn queries_of_death_fail_cleanly() {
     let err = instant(&src, "m * on() m", 0, &limits).unwrap_err();
     assert!(err.to_string().contains("many-to-many matching not allowed"), "{err}");
 }
+
+// Goal: the annotations Prometheus 3 raises over float data come back with its exact texts,
+// from the instant path and from both range-query paths (the per-step evaluation and the
+// sliding-window fast path for `f(sel[r])`), and only when their condition holds.
+#[test]
+fn annotations() {
+    use sextant_core::promql::{eval_instant_annotated, eval_range_annotated, NoInterrupt};
+    let bucket = |le: &str, v: f64| FetchedSeries {
+        labels: Labels::from_pairs(&[("__name__", "lat_bucket"), ("le", le)]),
+        samples: vec![Sample::new(0, v), Sample::new(60_000, v)],
+    };
+    let source = Mem(vec![
+        series("temperature", "a", &[(0, 1.0), (30_000, 2.0), (60_000, 3.0)]),
+        series("requests_total", "a", &[(0, 1.0), (30_000, 2.0), (60_000, 3.0)]),
+        bucket("1", 5.0),
+        bucket("2", 3.0), // lower than the 1 bucket: forced monotonic
+        bucket("+Inf", 9.0),
+        FetchedSeries { labels: Labels::from_pairs(&[("__name__", "bad_bucket"), ("le", "x")]), samples: vec![Sample::new(60_000, 1.0)] },
+    ]);
+    let non_counter = "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"temperature\"";
+    // (query, warnings, infos)
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        ("rate(temperature[1m])", &[], &[non_counter]),
+        ("sum(rate(temperature[1m]))", &[], &[non_counter]),
+        ("increase(temperature[1m])", &[], &[non_counter]),
+        ("irate(temperature[1m])", &[], &[]),
+        ("rate(requests_total[1m])", &[], &[]),
+        ("rate(temperature[1s])", &[], &[]), // no value produced: no info
+        ("quantile(1.5, temperature)", &["PromQL warning: quantile value should be between 0 and 1, got 1.5"], &[]),
+        ("quantile(0.5, temperature)", &[], &[]),
+        ("quantile_over_time(-1, temperature[1m])", &["PromQL warning: quantile value should be between 0 and 1, got -1"], &[]),
+        ("quantile_over_time(NaN, nothing[1m])", &[], &[]), // no series: no warning, as in Prometheus
+        ("histogram_quantile(NaN, nothing)", &["PromQL warning: quantile value should be between 0 and 1, got NaN"], &[]),
+        (
+            "histogram_quantile(0.5, lat_bucket)",
+            &[],
+            &["PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name \"lat_bucket\""],
+        ),
+        (
+            "histogram_quantile(0.5, bad_bucket)",
+            &["PromQL warning: bucket label \"le\" is missing or has a malformed value of \"x\" for metric name \"bad_bucket\""],
+            &[],
+        ),
+        ("limit_ratio(1.1, temperature)", &["PromQL warning: ratio value should be between -1 and 1, got 1.1, capping to 1"], &[]),
+        ("limit_ratio(-1e7, temperature)", &["PromQL warning: ratio value should be between -1 and 1, got -1e+07, capping to -1"], &[]),
+        ("limit_ratio(0.5, temperature)", &[], &[]),
+    ];
+    let limits = QueryLimits::default();
+    for (query, warnings, infos) in cases {
+        let expr = parse(query).unwrap();
+        let t = 60_000;
+        let plan = plan_instant(&expr, t, limits.lookback_ms);
+        let (_, got) = eval_instant_annotated(&expr, t, &FetchedData::fetch_all(&plan, &source), &limits, &NoInterrupt).unwrap();
+        assert_eq!(got.warnings().collect::<Vec<_>>(), *warnings, "instant {query}");
+        assert_eq!(got.infos().collect::<Vec<_>>(), *infos, "instant {query}");
+        let plan = plan_range(&expr, 0, t, 30_000, limits.lookback_ms);
+        let (_, got) = eval_range_annotated(&expr, 0, t, 30_000, &FetchedData::fetch_all(&plan, &source), &limits, &NoInterrupt).unwrap();
+        assert_eq!(got.warnings().collect::<Vec<_>>(), *warnings, "range {query}");
+        assert_eq!(got.infos().collect::<Vec<_>>(), *infos, "range {query}");
+    }
+}

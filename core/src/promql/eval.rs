@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use super::ast::{AggOp, At, BinOp, Card, Expr, Grouping, Matching, Selector, ValueKind};
 use super::plan::subquery_first_step;
-use super::{functions, FetchedData, Interrupt, MatrixSeries, NoInterrupt, QueryError, QueryLimits, Value, VectorSample, INTERRUPT_SERIES_BATCH, SAMPLE_BYTES};
+use super::{functions, go_fmt_g, go_quote, Annotations, FetchedData, Interrupt, MatrixSeries, NoInterrupt, QueryError, QueryLimits, Value, VectorSample, INTERRUPT_SERIES_BATCH, SAMPLE_BYTES};
 use crate::labels::{Label, Labels, METRIC_NAME_LABEL};
 use crate::matcher::matches_all;
 use crate::sample::{is_stale_nan, Sample};
@@ -88,6 +88,11 @@ pub(crate) struct Evaluator<'a> {
     /// input expression (the AST outlives the evaluator). Built on the first step, reused by
     /// every later one: grouping labels are computed once per series, not per step.
     group_tables: RefCell<HashMap<usize, Rc<GroupTable>>>,
+    /// Warnings and infos the query raised (Prometheus's annotations).
+    annotations: RefCell<Annotations>,
+    /// The metric name `rate`/`increase` last checked for a counter suffix: series of one
+    /// metric come in a row, so this skips the check (and any allocation) for nearly all.
+    last_counter_name: RefCell<String>,
 }
 
 /// A range function that needs only its window over a plain matrix selector, `f(sel[r])`:
@@ -138,9 +143,53 @@ impl<'a> Evaluator<'a> {
         if bytes > limits.bytes_max {
             return Err(QueryError::TooManyBytes { bytes, max: limits.bytes_max });
         }
-        let ev = Evaluator { data, start, end, limits, fetched_samples: samples, fetched_bytes: bytes, interrupt, stopped: RefCell::new(None), group_tables: RefCell::new(HashMap::new()) };
+        let ev = Evaluator { data, start, end, limits, fetched_samples: samples, fetched_bytes: bytes, interrupt, stopped: RefCell::new(None), group_tables: RefCell::new(HashMap::new()), annotations: RefCell::new(Annotations::default()), last_counter_name: RefCell::new(String::new()) };
         ev.poll()?;
         Ok(ev)
+    }
+
+    pub(crate) fn warn(&self, message: String) {
+        self.annotations.borrow_mut().warn(message);
+    }
+
+    pub(crate) fn info(&self, message: String) {
+        self.annotations.borrow_mut().info(message);
+    }
+
+    /// Prometheus's "metric might not be a counter" info: `rate` and `increase` produced a
+    /// value from a series whose name lacks a counter suffix.
+    pub(crate) fn check_counter_name(&self, func: &str, labels: &Labels) {
+        if func != "rate" && func != "increase" {
+            return;
+        }
+        let name = labels.get(METRIC_NAME_LABEL);
+        if name.is_empty() || *self.last_counter_name.borrow() == name {
+            return;
+        }
+        if !["_total", "_sum", "_count", "_bucket"].iter().any(|suffix| name.ends_with(suffix)) {
+            self.info(format!("PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {}", go_quote(name)));
+        }
+        *self.last_counter_name.borrow_mut() = name.to_string();
+    }
+
+    /// Prometheus's warning for a quantile outside [0, 1].
+    pub(crate) fn check_quantile(&self, q: f64) {
+        if q.is_nan() || !(0.0..=1.0).contains(&q) {
+            self.warn(format!("PromQL warning: quantile value should be between 0 and 1, got {}", go_fmt_g(q)));
+        }
+    }
+
+    /// Prometheus's warning when `limit_ratio`'s ratio is capped to [-1, 1].
+    fn check_ratio(&self, op: AggOp, ratio: f64) {
+        if op == AggOp::LimitRatio && !ratio.is_nan() && !(-1.0..=1.0).contains(&ratio) {
+            let capped = ratio.clamp(-1.0, 1.0);
+            self.warn(format!("PromQL warning: ratio value should be between -1 and 1, got {}, capping to {}", go_fmt_g(ratio), go_fmt_g(capped)));
+        }
+    }
+
+    /// The annotations raised so far.
+    pub(crate) fn take_annotations(&self) -> Annotations {
+        std::mem::take(&mut *self.annotations.borrow_mut())
     }
 
     /// Asks the interrupt whether to go on; once it said stop, keeps saying so.
@@ -262,6 +311,7 @@ impl<'a> Evaluator<'a> {
                 continue;
             }
             if let Some(v) = functions::range_fn_value(rc.func, window, range_start, range_end, rc.range_ms, t, &[]) {
+                self.check_counter_name(rc.func, &s.labels);
                 each(i, v);
             }
         }
@@ -314,6 +364,7 @@ impl<'a> Evaluator<'a> {
                     Some(p) => self.eval_scalar(p, t)?,
                     None => return Err(exec_err("aggregation needs a parameter")),
                 };
+                self.check_ratio(op, p);
                 let items = values.into_iter().map(|(g, i, v)| (g, (i, v))).collect();
                 let kept = aggregate_k_ids(op, p, items, table.labels.len(), |x| x.1, |ratio, x| ratio_sample(ratio, &series[x.0].labels))?;
                 Ok(Val::Vector(kept.into_iter().map(|(i, v)| Elem { labels: series[i].labels.clone(), v, drop_name }).collect()))
@@ -323,6 +374,9 @@ impl<'a> Evaluator<'a> {
                     (AggOp::Quantile, Some(p)) => self.eval_scalar(p, t)?,
                     _ => 0.0,
                 };
+                if op == AggOp::Quantile {
+                    self.check_quantile(q);
+                }
                 let items = values.into_iter().map(|(g, _, v)| (g, v, drop_name));
                 let out = aggregate_ids(op, q, items, table.labels.len());
                 Ok(Val::Vector(out.into_iter().map(|(g, v, drop_name)| Elem { labels: table.labels[g].clone(), v, drop_name }).collect()))
@@ -480,6 +534,7 @@ impl<'a> Evaluator<'a> {
                     Some(p) => self.eval_scalar(p, t)?,
                     None => return Err(exec_err("aggregation needs a parameter")),
                 };
+                self.check_ratio(op, p);
                 return aggregate_k(op, p, input, grouping).map(Val::Vector);
             }
             AggOp::CountValues => {
@@ -495,6 +550,9 @@ impl<'a> Evaluator<'a> {
             (AggOp::Quantile, Some(p)) => self.eval_scalar(p, t)?,
             _ => 0.0,
         };
+        if op == AggOp::Quantile {
+            self.check_quantile(q);
+        }
         Ok(Val::Vector(aggregate_simple(op, q, input, grouping)))
     }
 }
@@ -1039,8 +1097,18 @@ pub fn eval_instant(expr: &Expr, t_ms: i64, data: &FetchedData, limits: &QueryLi
 
 /// [`eval_instant`], polling `interrupt` per batch of series (and per subquery step).
 pub fn eval_instant_with(expr: &Expr, t_ms: i64, data: &FetchedData, limits: &QueryLimits, interrupt: &dyn Interrupt) -> Result<Value, QueryError> {
+    eval_instant_annotated(expr, t_ms, data, limits, interrupt).map(|(value, _)| value)
+}
+
+/// [`eval_instant_with`], also answering the warnings and infos the query raised.
+pub fn eval_instant_annotated(expr: &Expr, t_ms: i64, data: &FetchedData, limits: &QueryLimits, interrupt: &dyn Interrupt) -> Result<(Value, Annotations), QueryError> {
     check_expr(expr)?;
     let ev = Evaluator::new(data, t_ms, t_ms, *limits, interrupt)?;
+    let value = instant_value(&ev, expr, t_ms)?;
+    Ok((value, ev.take_annotations()))
+}
+
+fn instant_value(ev: &Evaluator, expr: &Expr, t_ms: i64) -> Result<Value, QueryError> {
     Ok(match ev.eval(expr, t_ms)? {
         Val::Scalar(v) => Value::Scalar { t: t_ms, v },
         Val::Str(s) => Value::String { t: t_ms, v: s },
@@ -1078,6 +1146,19 @@ pub fn eval_range_with(
     limits: &QueryLimits,
     interrupt: &dyn Interrupt,
 ) -> Result<Vec<MatrixSeries>, QueryError> {
+    eval_range_annotated(expr, start_ms, end_ms, step_ms, data, limits, interrupt).map(|(series, _)| series)
+}
+
+/// [`eval_range_with`], also answering the warnings and infos the query raised.
+pub fn eval_range_annotated(
+    expr: &Expr,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+    data: &FetchedData,
+    limits: &QueryLimits,
+    interrupt: &dyn Interrupt,
+) -> Result<(Vec<MatrixSeries>, Annotations), QueryError> {
     check_expr(expr)?;
     match expr.kind() {
         ValueKind::Scalar | ValueKind::Vector => {}
@@ -1101,7 +1182,7 @@ pub fn eval_range_with(
     let ev = Evaluator::new(data, start_ms, end_ms, *limits, interrupt)?;
     if let Some(rc) = range_call(expr) {
         if let Some(out) = range_call_series(&ev, &rc, start_ms, end_ms, step_ms)? {
-            return Ok(out);
+            return Ok((out, ev.take_annotations()));
         }
     }
     let mut series: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
@@ -1135,7 +1216,8 @@ pub fn eval_range_with(
             None => break,
         };
     }
-    Ok(series.into_iter().map(|(labels, samples)| MatrixSeries { labels, samples }).collect())
+    let series = series.into_iter().map(|(labels, samples)| MatrixSeries { labels, samples }).collect();
+    Ok((series, ev.take_annotations()))
 }
 
 /// A range query whose expression is a [`RangeCall`], evaluated series by series: the window
@@ -1198,6 +1280,7 @@ fn range_call_series(ev: &Evaluator, rc: &RangeCall, start_ms: i64, end_ms: i64,
         if samples.is_empty() {
             continue;
         }
+        ev.check_counter_name(rc.func, &s.labels);
         let labels = if keep_name { s.labels.clone() } else { without_name(&s.labels) };
         if out.contains_key(&labels) {
             return Ok(None);

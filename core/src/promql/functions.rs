@@ -6,7 +6,7 @@ use super::ast::{At, Expr};
 use super::eval::{
     asc_nan_last, desc_nan_last, exec_err, kahan_inc, set_label, Elem, Evaluator, Series, Val,
 };
-use super::QueryError;
+use super::{go_quote, QueryError};
 use crate::labels::{Labels, METRIC_NAME_LABEL};
 use crate::matcher::MatchOp;
 use crate::sample::Sample;
@@ -402,31 +402,53 @@ fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < epsilon
 }
 
+/// ` for metric name "NAME"`, or nothing without a name (Prometheus's `maybeAddMetricName`).
+fn for_metric_name(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(" for metric name {}", go_quote(name))
+    }
+}
+
 /// Prometheus's `BucketQuantile` over classic buckets `(upper bound, cumulative count)`.
-fn bucket_quantile(q: f64, buckets: Vec<(f64, f64)>) -> f64 {
+/// Also answers whether the buckets had to be forced monotonic (a count lower than a smaller
+/// bucket's, beyond float noise), which Prometheus reports as an info.
+fn bucket_quantile(q: f64, buckets: Vec<(f64, f64)>) -> (f64, bool) {
     if q.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     if q < 0.0 {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, false);
     }
     if q > 1.0 {
-        return f64::INFINITY;
+        return (f64::INFINITY, false);
     }
-    let Some(mut buckets) = sorted_coalesced_buckets(buckets) else { return f64::NAN };
+    let Some(mut buckets) = sorted_coalesced_buckets(buckets) else { return (f64::NAN, false) };
     // Force monotonicity, silently smoothing numerically insignificant differences.
+    let mut forced = false;
     let mut prev = buckets[0].1;
     for b in buckets.iter_mut().skip(1) {
         let cur = b.1;
         if cur == prev {
             continue;
         }
-        if almost_equal(prev, cur, 1e-12) || cur < prev {
+        if almost_equal(prev, cur, 1e-12) {
             b.1 = prev;
+            continue;
+        }
+        if cur < prev {
+            b.1 = prev;
+            forced = true;
             continue;
         }
         prev = cur;
     }
+    (bucket_quantile_monotonic(q, &buckets), forced)
+}
+
+/// [`bucket_quantile`] after its checks: `buckets` sorted, coalesced, monotonic, ending in +Inf.
+fn bucket_quantile_monotonic(q: f64, buckets: &[(f64, f64)]) -> f64 {
     if buckets.len() < 2 {
         return f64::NAN;
     }
@@ -543,14 +565,19 @@ fn bucket_fraction(lower: f64, upper: f64, buckets: Vec<(f64, f64)>) -> f64 {
 }
 
 /// Groups classic-histogram bucket series by their labels without `le`.
-fn bucket_groups(vec: Vec<Elem>) -> Vec<(Labels, bool, Vec<(f64, f64)>)> {
+fn bucket_groups(ev: &Evaluator, vec: Vec<Elem>) -> Vec<(Labels, bool, Vec<(f64, f64)>)> {
     let mut index: std::collections::BTreeMap<Labels, usize> = std::collections::BTreeMap::new();
     let mut groups: Vec<(Labels, bool, Vec<(f64, f64)>)> = Vec::new();
     for e in vec {
-        let Some(upper) = parse_go_float(e.labels.get("le")) else { continue };
-        if e.labels.get("le").is_empty() {
+        let le = e.labels.get("le");
+        let Some(upper) = parse_go_float(le).filter(|_| !le.is_empty()) else {
+            ev.warn(format!(
+                "PromQL warning: bucket label \"le\" is missing or has a malformed value of {}{}",
+                go_quote(le),
+                for_metric_name(e.labels.get(METRIC_NAME_LABEL))
+            ));
             continue;
-        }
+        };
         let key = set_label(&e.labels, "le", "");
         let i = *index.entry(key.clone()).or_insert_with(|| {
             groups.push((key, false, Vec::new()));
@@ -614,7 +641,11 @@ fn matrix_fn(ev: &Evaluator, name: &str, args: &[Expr], t: i64) -> Result<Option
         if s.is_empty() {
             continue;
         }
+        if name == "quantile_over_time" {
+            ev.check_quantile(scalars[0]);
+        }
         if let Some(v) = range_fn_value(name, &s, range_start, range_end, range_ms, t, &scalars) {
+            ev.check_counter_name(name, &labels);
             out.push(Elem { labels, v, drop_name: if range_fn_keeps_name(name) { drop_name } else { true } });
         }
     }
@@ -962,9 +993,19 @@ pub(crate) fn call(ev: &Evaluator, name: &str, args: &[Expr], t: i64) -> Result<
         "histogram_quantile" => {
             let q = ev.eval_scalar(arg(args, 0, name)?, t)?;
             let vec = ev.eval_vector(arg(args, 1, name)?, t)?;
-            let out = bucket_groups(vec)
+            ev.check_quantile(q);
+            let out = bucket_groups(ev, vec)
                 .into_iter()
-                .map(|(labels, _, buckets)| Elem { labels, v: bucket_quantile(q, buckets), drop_name: true })
+                .map(|(labels, _, buckets)| {
+                    let (v, forced_monotonic) = bucket_quantile(q, buckets);
+                    if forced_monotonic {
+                        ev.info(format!(
+                            "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile){}",
+                            for_metric_name(labels.get(METRIC_NAME_LABEL))
+                        ));
+                    }
+                    Elem { labels, v, drop_name: true }
+                })
                 .collect();
             Ok(Val::Vector(out))
         }
@@ -973,7 +1014,7 @@ pub(crate) fn call(ev: &Evaluator, name: &str, args: &[Expr], t: i64) -> Result<
             let lower = ev.eval_scalar(arg(args, 0, name)?, t)?;
             let upper = ev.eval_scalar(arg(args, 1, name)?, t)?;
             let vec = ev.eval_vector(arg(args, 2, name)?, t)?;
-            let out = bucket_groups(vec)
+            let out = bucket_groups(ev, vec)
                 .into_iter()
                 .map(|(labels, _, buckets)| Elem { labels, v: bucket_fraction(lower, upper, buckets), drop_name: true })
                 .collect();

@@ -23,7 +23,7 @@ mod plan;
 use std::collections::BTreeMap;
 
 pub use ast::{AggOp, At, BinOp, Expr, Grouping, Matching, Selector, ValueKind};
-pub use eval::{eval_instant, eval_instant_with, eval_range, eval_range_with};
+pub use eval::{eval_instant, eval_instant_annotated, eval_instant_with, eval_range, eval_range_annotated, eval_range_with};
 pub use plan::{plan_instant, plan_range};
 
 use crate::labels::Labels;
@@ -252,4 +252,136 @@ pub fn format_query(query: &str) -> Result<String, QueryError> {
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
     let parsed = promql_parser::parser::parse(query).map_err(QueryError::Parse)?;
     ast::convert(query, &parsed)
+}
+
+/// Most annotations of each kind a query returns; the rest are counted in one last line, as
+/// Prometheus's API does.
+pub const ANNOTATIONS_PER_KIND_MAX: usize = 10;
+
+/// The warnings and infos a query raised, as Prometheus 3 reports them (`PromQL warning: …`,
+/// `PromQL info: …`). Deduplicated by text and kept in sorted order, so the answer does not
+/// depend on evaluation order. Prometheus's API appends the position in the query, e.g.
+/// `(1:10)`; Sextant does not (promql-parser does not keep positions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Annotations {
+    warnings: std::collections::BTreeSet<String>,
+    infos: std::collections::BTreeSet<String>,
+}
+
+impl Annotations {
+    pub fn warn(&mut self, message: String) {
+        self.warnings.insert(message);
+    }
+
+    pub fn info(&mut self, message: String) {
+        self.infos.insert(message);
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &str> {
+        self.warnings.iter().map(String::as_str)
+    }
+
+    pub fn infos(&self) -> impl Iterator<Item = &str> {
+        self.infos.iter().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.warnings.is_empty() && self.infos.is_empty()
+    }
+
+    /// The lists an API response carries: at most [`ANNOTATIONS_PER_KIND_MAX`] of each, then
+    /// `N more warning annotations omitted` (or `info`).
+    pub fn for_response(&self) -> (Vec<String>, Vec<String>) {
+        fn capped(set: &std::collections::BTreeSet<String>, kind: &str) -> Vec<String> {
+            let mut out: Vec<String> = set.iter().take(ANNOTATIONS_PER_KIND_MAX).cloned().collect();
+            if set.len() > ANNOTATIONS_PER_KIND_MAX {
+                out.push(format!("{} more {kind} annotations omitted", set.len() - ANNOTATIONS_PER_KIND_MAX));
+            }
+            out
+        }
+        (capped(&self.warnings, "warning"), capped(&self.infos, "info"))
+    }
+}
+
+/// Go's `%q` of a string: double quotes, with `"`, `\\` and control characters escaped.
+pub(crate) fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `%g` of a float64 with the shortest digits that round-trip: exponent form (`1e+06`,
+/// `1e-05`) when the decimal exponent is below -4 or at least 6, else plain decimal.
+pub(crate) fn go_fmt_g(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".to_string();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.to_string();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    // Rust's `{:e}` gives the shortest round-tripping digits, as Go's shortest formatting does.
+    let sci = format!("{f:e}");
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    // strconv.FormatFloat(f, 'g', -1, 64) decides with precision 6 when printing shortest.
+    if exponent < -4 || exponent >= 6 {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.abs())
+    } else {
+        format!("{f}")
+    }
+}
+
+#[cfg(test)]
+mod go_format_tests {
+    use super::*;
+
+    #[test]
+    fn go_g_formatting() {
+        // Expected strings from Go's fmt.Sprintf("%g", x).
+        for (x, want) in [
+            (1.1, "1.1"),
+            (-1.1, "-1.1"),
+            (1.0, "1"),
+            (-1.0, "-1"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (0.0, "0"),
+            (-0.1, "-0.1"),
+            (1.01, "1.01"),
+            (100000.0, "100000"),
+            (1000000.0, "1e+06"),
+            (1234567.0, "1.234567e+06"),
+            (123456.7, "123456.7"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-300, "1.5e-300"),
+            (1e21, "1e+21"),
+        ] {
+            assert_eq!(go_fmt_g(x), want, "{x:?}");
+        }
+    }
+
+    #[test]
+    fn go_quoting() {
+        for (s, want) in [("a", "\"a\""), ("", "\"\""), ("Hello World", "\"Hello World\""), ("a\"b\\c\n", "\"a\\\"b\\\\c\\n\"")] {
+            assert_eq!(go_quote(s), want, "{s:?}");
+        }
+    }
 }
