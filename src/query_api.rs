@@ -697,9 +697,7 @@ async fn matching_series(node: &Node, tenant: &str, match_sets: &[Vec<Matcher>],
     let mut budget = SelectBudget::new(limits.series_max, limits.samples_max, limits.bytes_max);
     let mut out = BTreeSet::new();
     for matchers in match_sets {
-        for series in engine.select_bounded(tenant, matchers, start_ms, end_ms, &mut budget).await.map_err(select_error)? {
-            out.insert(series.labels);
-        }
+        out.extend(engine.select_labels(tenant, matchers, start_ms, end_ms, &mut budget).await.map_err(select_error)?);
     }
     Ok(out.into_iter().collect())
 }

@@ -966,20 +966,56 @@ impl Engine {
             .collect())
     }
 
+    /// The labels of the tenant's series that match and have a sample in `[min_t, max_t]`,
+    /// sorted — what [`Engine::select`] would return, without loading samples where chunk
+    /// metadata answers (the series, labels and label-values endpoints). Stops with
+    /// [`SelectError`] once more than `budget.series_max` series matched; samples and bytes
+    /// are not charged, as none are returned.
+    pub async fn select_labels(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs, budget: &mut SelectBudget) -> Result<Vec<Labels>, SelectError> {
+        let mut out: BTreeSet<Labels> = BTreeSet::new();
+        for id in self.shard_ids() {
+            let shard = self.shard(id)?.read().await;
+            for block in &shard.blocks {
+                if block.meta().max_t < min_t || block.meta().min_t > max_t {
+                    continue;
+                }
+                for r in block.select(tenant, matchers) {
+                    let labels = block.series_labels(r);
+                    if out.contains(labels) || !block.has_samples_in(r, min_t, max_t).await.map_err(EngineError::from)? {
+                        continue;
+                    }
+                    budget.charge(labels, false, 0)?;
+                    out.insert(labels.clone());
+                }
+            }
+            for r in shard.head.select(tenant, matchers) {
+                let series = shard.head.get(r).expect("selected refs exist");
+                let labels = &series.key.labels;
+                // Head chunks are in memory: decoding them is cheap next to a block read.
+                if out.contains(labels) || series.samples(min_t, max_t).map_err(EngineError::from)?.is_empty() {
+                    continue;
+                }
+                budget.charge(labels, false, 0)?;
+                out.insert(labels.clone());
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// Label names of the tenant's series that have samples in `[min_t, max_t]` and match.
-    pub async fn label_names(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<String>, EngineError> {
+    pub async fn label_names(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<String>, SelectError> {
         let mut names = BTreeSet::new();
-        for series in self.select(tenant, matchers, min_t, max_t).await? {
-            names.extend(series.labels.iter().map(|l| l.name.clone()));
+        for labels in self.select_labels(tenant, matchers, min_t, max_t, &mut SelectBudget::new(usize::MAX, usize::MAX, usize::MAX)).await? {
+            names.extend(labels.iter().map(|l| l.name.clone()));
         }
         Ok(names.into_iter().collect())
     }
 
     /// Values of `name` across the tenant's matching series with samples in `[min_t, max_t]`.
-    pub async fn label_values(&self, tenant: &str, name: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<String>, EngineError> {
+    pub async fn label_values(&self, tenant: &str, name: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<Vec<String>, SelectError> {
         let mut values = BTreeSet::new();
-        for series in self.select(tenant, matchers, min_t, max_t).await? {
-            let value = series.labels.get(name);
+        for labels in self.select_labels(tenant, matchers, min_t, max_t, &mut SelectBudget::new(usize::MAX, usize::MAX, usize::MAX)).await? {
+            let value = labels.get(name);
             if !value.is_empty() {
                 values.insert(value.to_string());
             }

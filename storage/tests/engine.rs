@@ -319,3 +319,54 @@ async fn retention_by_age() {
     assert!(got.len() >= 240, "the last hour is kept: {}", got.len());
     assert!(!fs.exists(Path::new("shards/0/blocks")).await.unwrap() || engine.status().await.blocks < 8);
 }
+
+// Goal: the label-only select (series/labels/label-values endpoints) answers exactly the
+// series `select` returns, while reading chunk metadata instead of samples where it can.
+// Method: series with samples in blocks and the head, a gap, and a tombstone that empties one
+// series' range; ranges that fall inside, across and between chunks; both selects compared.
+#[tokio::test]
+async fn select_labels_matches_select() {
+    use sextant_storage::engine::SelectBudget;
+    let fs = SimFs::new(11);
+    let clock = Arc::new(ManualClock::new(NOW));
+    let engine = open(&fs, &clock, config()).await;
+    for step in 0..200i64 {
+        let t = NOW + step * 15_000;
+        clock.set_wall_ms(t);
+        let mut writes = vec![series("m", "steady", &[(t, 1.0)])];
+        // "early" stops after step 50, "late" starts at 150: a gap between their samples.
+        if step <= 50 {
+            writes.push(series("m", "early", &[(t, 1.0)]));
+        }
+        if step >= 150 {
+            writes.push(series("m", "late", &[(t, 1.0)]));
+        }
+        if step < 100 {
+            writes.push(series("m", "deleted_middle", &[(t, 1.0)]));
+        }
+        engine.append(0, "t", writes).await.unwrap();
+        if step % 40 == 39 {
+            engine.maintain().await.unwrap();
+        }
+    }
+    engine.delete("t", &[Matcher::equal("instance", "deleted_middle")], NOW + 20 * 15_000, NOW + 60 * 15_000).await.unwrap();
+    let cases: &[(i64, i64)] = &[
+        (i64::MIN, i64::MAX),
+        (NOW, NOW),
+        (NOW + 30 * 15_000, NOW + 40 * 15_000),  // inside the tombstone
+        (NOW + 55 * 15_000, NOW + 140 * 15_000), // between early and late
+        (NOW + 100 * 15_000, NOW + 100 * 15_000 + 1),
+        (NOW + 199 * 15_000, i64::MAX),
+        (NOW + 300 * 15_000, i64::MAX), // after everything
+        (i64::MIN, NOW - 1),            // before everything
+    ];
+    for &(from, to) in cases {
+        let expected: Vec<Labels> = engine.select("t", &name_is("m"), from, to).await.unwrap().into_iter().map(|s| s.labels).collect();
+        let mut budget = SelectBudget::new(usize::MAX, usize::MAX, usize::MAX);
+        let got = engine.select_labels("t", &name_is("m"), from, to, &mut budget).await.unwrap();
+        assert_eq!(got, expected, "range {from}..={to}");
+    }
+    // The series budget still applies.
+    let mut budget = SelectBudget::new(2, usize::MAX, usize::MAX);
+    assert!(engine.select_labels("t", &name_is("m"), i64::MIN, i64::MAX, &mut budget).await.is_err());
+}

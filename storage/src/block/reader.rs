@@ -195,6 +195,23 @@ impl Block {
         (0..self.index.series.len() as u32).map(BlockSeriesRef)
     }
 
+    /// Whether `r` has a sample with `min_t <= t <= max_t` (tombstones applied), reading chunk
+    /// data only when the chunk metadata cannot tell: a chunk lying wholly inside the range
+    /// holds such a sample (chunks are never empty) unless a tombstone may have deleted it.
+    /// The label endpoints use this; over their default all-time range it reads no chunk.
+    pub async fn has_samples_in(&self, r: BlockSeriesRef, min_t: i64, max_t: i64) -> Result<bool, BlockError> {
+        let series = self.series(r);
+        let overlapping = || series.chunks.iter().filter(|c| c.max_t >= min_t && c.min_t <= max_t);
+        if overlapping().next().is_none() {
+            return Ok(false);
+        }
+        let tombstoned = self.tombstones.iter().any(|t| *t.tenant == *series.tenant && matches_all(&t.matchers, &series.labels));
+        if !tombstoned && overlapping().any(|c| c.min_t >= min_t && c.max_t <= max_t) {
+            return Ok(true);
+        }
+        Ok(!self.samples(r, min_t, max_t).await?.is_empty())
+    }
+
     /// Samples of `r` with `min_t <= t <= max_t`, tombstones applied.
     pub async fn samples(&self, r: BlockSeriesRef, min_t: i64, max_t: i64) -> Result<Vec<Sample>, BlockError> {
         let series = self.series(r);
