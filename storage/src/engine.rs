@@ -38,7 +38,7 @@ use sextant_core::series::{fingerprint, FingerprintFn, SeriesKey};
 use tokio::sync::{oneshot, watch, RwLock};
 
 use crate::acceptance::{AcceptanceConfig, TimeRefusal, TimeVerdict};
-use crate::block::{self, Block, BlockError, BlockSeriesData, BlockWriterConfig, Tombstone};
+use crate::block::{self, Block, BlockError, BlockSeriesData, BlockWriterConfig, GroupCache, Tombstone};
 use crate::fs::FileSystem;
 use crate::head::{Head, HeadAppend, HeadError};
 use crate::index::SeriesRef;
@@ -894,8 +894,9 @@ impl Engine {
                 if block.meta().max_t < min_t || block.meta().min_t > max_t {
                     continue;
                 }
+                let mut cache = GroupCache::default();
                 for r in block.select(tenant, matchers) {
-                    let samples = block.samples(r, min_t, max_t).await?;
+                    let samples = block.samples_cached(r, min_t, max_t, &mut cache).await?;
                     if !samples.is_empty() {
                         per_series.entry(block.series_labels(r).clone()).or_default().push(samples);
                     }
@@ -938,8 +939,9 @@ impl Engine {
                 if block.meta().max_t < min_t || block.meta().min_t > max_t {
                     continue;
                 }
+                let mut cache = GroupCache::default();
                 for r in block.select(tenant, matchers) {
-                    let samples = block.samples(r, min_t, max_t).await.map_err(EngineError::from)?;
+                    let samples = block.samples_cached(r, min_t, max_t, &mut cache).await.map_err(EngineError::from)?;
                     if !samples.is_empty() {
                         let labels = block.series_labels(r);
                         budget.charge(labels, per_series.contains_key(labels), samples.len())?;

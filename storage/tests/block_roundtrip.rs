@@ -10,7 +10,7 @@ use sextant_core::labels::{Label, Labels};
 use sextant_core::matcher::{matches_all, MatchOp, Matcher};
 use sextant_core::sample::{stale_nan, Sample};
 use sextant_storage::block::{
-    list_blocks, write_block, Block, BlockError, BlockSeriesData, BlockWriterConfig, TENANT_LABEL,
+    list_blocks, write_block, Block, BlockError, GroupCache, BlockSeriesData, BlockWriterConfig, TENANT_LABEL,
 };
 use sextant_storage::fs::sim::SimFs;
 use sextant_storage::fs::FileSystem;
@@ -134,6 +134,16 @@ async fn random_round_trip_with_every_matcher() {
                     let want: Vec<Sample> =
                         series.samples.iter().copied().filter(|s| s.t >= lo && s.t <= hi).collect();
                     assert_eq!(block.samples(*r, lo, hi).await.unwrap(), want);
+                }
+                // One cache across the select gives the same samples, reading each chunk group
+                // once while consecutive series share it.
+                let mut cache = GroupCache::default();
+                for (r, series) in refs.iter().zip(&expected) {
+                    assert_eq!(block.samples_cached(*r, i64::MIN, i64::MAX, &mut cache).await.unwrap(), series.samples);
+                }
+                assert!(cache.reads <= refs.len() as u64);
+                if seed % 3 == 2 && refs.len() >= 20 {
+                    assert!(cache.reads < refs.len() as u64, "seed {seed}: {} group reads for {} series", cache.reads, refs.len());
                 }
             }
             let mut names: Vec<String> = input

@@ -73,7 +73,7 @@ pub use compact::{
     DELETING_SUFFIX,
 };
 pub use format::FORMAT_VERSION;
-pub use reader::{Block, BlockSeriesRef};
+pub use reader::{Block, BlockSeriesRef, GroupCache};
 pub use tombstone::Tombstone;
 pub use writer::write_block;
 

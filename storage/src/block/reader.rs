@@ -26,6 +26,15 @@ use crate::fs::FileSystem;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlockSeriesRef(pub u32);
 
+/// The last chunk group [`Block::samples_cached`] decompressed, keyed by (block seq, offset).
+/// Use one cache per block and select: two shards' blocks may share a seq.
+#[derive(Debug, Default)]
+pub struct GroupCache {
+    group: Option<((u64, u64), Vec<u8>)>,
+    /// Groups read and decompressed through this cache (for tests and benchmarks).
+    pub reads: u64,
+}
+
 /// An open block: meta, index and tombstones in memory; chunks on disk.
 #[derive(Debug)]
 pub struct Block {
@@ -214,6 +223,14 @@ impl Block {
 
     /// Samples of `r` with `min_t <= t <= max_t`, tombstones applied.
     pub async fn samples(&self, r: BlockSeriesRef, min_t: i64, max_t: i64) -> Result<Vec<Sample>, BlockError> {
+        self.samples_cached(r, min_t, max_t, &mut GroupCache::default()).await
+    }
+
+    /// [`Block::samples`] that keeps the last decompressed chunk group in `cache`. Series are
+    /// written in label order, so the series a select visits in order share groups (a 256 KiB
+    /// group holds the chunks of ~100 series): with the cache each group is read and
+    /// decompressed once per select instead of once per series. One group at most is held.
+    pub async fn samples_cached(&self, r: BlockSeriesRef, min_t: i64, max_t: i64, cache: &mut GroupCache) -> Result<Vec<Sample>, BlockError> {
         let series = self.series(r);
         let deleted: Vec<(i64, i64)> = self
             .tombstones
@@ -221,14 +238,14 @@ impl Block {
             .filter(|t| *t.tenant == *series.tenant && matches_all(&t.matchers, &series.labels))
             .map(|t| (t.min_t, t.max_t))
             .collect();
-        let chunks: Vec<&ChunkMeta> = series.chunks.iter().filter(|c| c.max_t >= min_t && c.min_t <= max_t).collect();
         let mut out = Vec::new();
-        let mut group: Option<(u64, Vec<u8>)> = None;
-        for chunk in chunks {
-            if group.as_ref().map(|(offset, _)| *offset) != Some(chunk.group_offset) {
-                group = Some((chunk.group_offset, self.read_group(chunk.group_offset).await?));
+        for chunk in series.chunks.iter().filter(|c| c.max_t >= min_t && c.min_t <= max_t) {
+            let key = (self.meta.seq, chunk.group_offset);
+            if cache.group.as_ref().map(|(k, _)| *k) != Some(key) {
+                cache.group = Some((key, self.read_group(chunk.group_offset).await?));
+                cache.reads += 1;
             }
-            let (_, data) = group.as_ref().expect("just read");
+            let (_, data) = cache.group.as_ref().expect("just read");
             self.decode_chunk(chunk, data, min_t, max_t, &deleted, &mut out)?;
         }
         Ok(out)
