@@ -204,57 +204,10 @@ fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Parses a Prometheus duration (`0s`, `30s`, `1h30m`, `1y`; integer terms, units `y w d h m s
-/// ms` from largest to smallest, each once) into milliseconds. Written here rather than taken
-/// from promql-parser, whose `parse_duration` panics on `-1` and `1e300` and refuses `0s`.
+/// Parses a Prometheus duration (`0`, `30s`, `1h30m`, `1y`) into milliseconds with
+/// `sextant_core::duration`, the parser the whole project shares; `field` says where it was.
 pub fn parse_duration_ms(field: &str, text: &str) -> Result<i64, ValidationError> {
-    const UNITS: [(&str, i64); 7] = [
-        ("y", 365 * 86_400_000),
-        ("w", 7 * 86_400_000),
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("ms", 1),
-        ("m", 60_000),
-        ("s", 1_000),
-    ];
-    if text.is_empty() {
-        return Err(invalid(field, "empty duration"));
-    }
-    let mut total: i64 = 0;
-    let mut rest = text;
-    let mut previous_unit_ms = i64::MAX;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(invalid(
-                field,
-                format!("duration {text:?}: expected a number at {rest:?}"),
-            ));
-        }
-        let number: i64 = rest[..digits]
-            .parse()
-            .map_err(|_| invalid(field, format!("duration {text:?}: number too large")))?;
-        rest = &rest[digits..];
-        let Some((unit, unit_ms)) = UNITS.iter().find(|(unit, _)| rest.starts_with(unit)) else {
-            return Err(invalid(
-                field,
-                format!("duration {text:?}: expected a unit (y, w, d, h, m, s, ms) at {rest:?}"),
-            ));
-        };
-        rest = &rest[unit.len()..];
-        if *unit_ms >= previous_unit_ms {
-            return Err(invalid(
-                field,
-                format!("duration {text:?}: units must go from largest to smallest, each once"),
-            ));
-        }
-        previous_unit_ms = *unit_ms;
-        total = number
-            .checked_mul(*unit_ms)
-            .and_then(|term| total.checked_add(term))
-            .ok_or_else(|| invalid(field, format!("duration {text:?} is too long")))?;
-    }
-    Ok(total)
+    sextant_core::duration::parse_duration_ms(text).map_err(|e| invalid(field, e))
 }
 
 fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
