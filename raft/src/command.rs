@@ -132,6 +132,11 @@ pub struct RuleGroup {
     /// Evaluation interval as a Prometheus duration (`1m`); `None` means the global default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Prometheus's `limit`: at most this many series per evaluation of a rule (alerts for an
+    /// alerting rule); `None` (or, as in Prometheus, a value <= 0) means no limit. Skipped when
+    /// `None` so entries and snapshots written before the field existed keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
     pub rules: Vec<Rule>,
 }
 
@@ -146,6 +151,10 @@ pub struct Rule {
     /// Alerting rules only: how long the condition must hold (`5m`).
     #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
     pub for_duration: Option<String>,
+    /// Alerting rules only: how long an alert keeps firing after its condition stops (`10m`).
+    /// Skipped when `None`, like `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_firing_for: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -235,7 +244,17 @@ fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Va
     Ok(())
 }
 
+/// Checks a rule group the way `promtool check rules` does (see `rule_file`), with Prometheus
+/// 3.x UTF-8 names, plus Sextant's size limits. Fields are reported as `group.rules[2].expr`.
 pub fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
+    check_rule_group_with(group, sextant_core::labels::NameValidation::Utf8)
+}
+
+/// [`check_rule_group`] with a choice of name rules (`Legacy` is Prometheus 2.x's).
+pub fn check_rule_group_with(
+    group: &RuleGroup,
+    names: sextant_core::labels::NameValidation,
+) -> Result<(), ValidationError> {
     check_name("group.name", &group.name)?;
     if let Some(interval) = &group.interval {
         let ms = parse_duration_ms("group.interval", interval)?;
@@ -264,6 +283,12 @@ pub fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
                     return Err(invalid(
                         format!("{field}.for"),
                         "only alerting rules take `for`",
+                    ));
+                }
+                if rule.keep_firing_for.is_some() {
+                    return Err(invalid(
+                        format!("{field}.keep_firing_for"),
+                        "only alerting rules take `keep_firing_for`",
                     ));
                 }
             }
@@ -297,8 +322,12 @@ pub fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
         if let Some(for_duration) = &rule.for_duration {
             parse_duration_ms(&format!("{field}.for"), for_duration)?;
         }
+        if let Some(keep_firing_for) = &rule.keep_firing_for {
+            parse_duration_ms(&format!("{field}.keep_firing_for"), keep_firing_for)?;
+        }
         check_labels(&format!("{field}.labels"), &rule.labels)?;
         check_labels(&format!("{field}.annotations"), &rule.annotations)?;
+        crate::rule_file::check_rule_like_promtool(&field, rule, names)?;
     }
     Ok(())
 }
