@@ -69,7 +69,9 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
             .map_err(|_| error("out of range (at most 292 years)"))?;
         rest = &rest[digits..];
         let Some((unit, unit_ms)) = UNITS.iter().find(|(unit, _)| rest.starts_with(unit)) else {
-            return Err(error("expected a unit (y, w, d, h, m, s or ms) after each number"));
+            return Err(error(
+                "expected a unit (y, w, d, h, m, s or ms) after each number",
+            ));
         };
         rest = &rest[unit.len()..];
         if *unit_ms >= previous_unit_ms {
@@ -97,8 +99,14 @@ mod tests {
             (Ok(ms), Ok(want)) => assert_eq!(ms, want, "{text:?}"),
             (Err(error), Err(needle)) => {
                 let message = error.to_string();
-                assert!(message.starts_with(&format!("duration {text:?}: ")), "{message}");
-                assert!(message.contains(needle), "{text:?}: {message} lacks {needle:?}");
+                assert!(
+                    message.starts_with(&format!("duration {text:?}: ")),
+                    "{message}"
+                );
+                assert!(
+                    message.contains(needle),
+                    "{text:?}: {message} lacks {needle:?}"
+                );
             }
             (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
         }
@@ -122,7 +130,10 @@ mod tests {
         check("1h30m", Ok(5_400_000));
         check("1m5ms", Ok(60_005));
         check("01m", Ok(60_000));
-        check("1y2w3d4h5m6s7ms", Ok(31_536_000_000 + 1_209_600_000 + 259_200_000 + 14_400_000 + 300_000 + 6_007));
+        check(
+            "1y2w3d4h5m6s7ms",
+            Ok(31_536_000_000 + 1_209_600_000 + 259_200_000 + 14_400_000 + 300_000 + 6_007),
+        );
         check("292y", Ok(292 * 31_536_000_000));
         check("9223372036854ms", Ok(DURATION_MS_MAX));
         check("", Err("empty duration"));

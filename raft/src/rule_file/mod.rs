@@ -83,7 +83,9 @@ impl<'de> Deserialize<'de> for StrictMap {
                 let mut map = BTreeMap::new();
                 while let Some((key, value)) = access.next_entry::<String, Option<String>>()? {
                     if map.contains_key(&key) {
-                        return Err(de::Error::custom(format!("mapping key {key:?} given twice")));
+                        return Err(de::Error::custom(format!(
+                            "mapping key {key:?} given twice"
+                        )));
                     }
                     map.insert(key, value.unwrap_or_default());
                 }
@@ -115,11 +117,17 @@ pub fn parse_rule_file(text: &str) -> Result<Vec<RuleGroup>, ValidationError> {
 }
 
 /// [`parse_rule_file`] with a choice of name rules; `Legacy` is what promtool 2.42 applies.
-pub fn parse_rule_file_with(text: &str, names: NameValidation) -> Result<Vec<RuleGroup>, ValidationError> {
+pub fn parse_rule_file_with(
+    text: &str,
+    names: NameValidation,
+) -> Result<Vec<RuleGroup>, ValidationError> {
     if text.len() > RULE_FILE_BYTES_MAX {
         return Err(invalid(
             "file",
-            format!("{} bytes, at most {RULE_FILE_BYTES_MAX} allowed", text.len()),
+            format!(
+                "{} bytes, at most {RULE_FILE_BYTES_MAX} allowed",
+                text.len()
+            ),
         ));
     }
     // promtool reads only the first YAML document and ignores the rest; Sextant refuses a
@@ -145,12 +153,22 @@ pub fn parse_rule_file_with(text: &str, names: NameValidation) -> Result<Vec<Rul
             return Err(invalid(format!("groups[{g}].name"), "a group needs a name"));
         }
         if !seen.insert(name.clone()) {
-            return Err(invalid(&at, "a group of this name appears earlier in the file"));
+            return Err(invalid(
+                &at,
+                "a group of this name appears earlier in the file",
+            ));
         }
         let interval = nonzero_duration(&format!("{at}, interval"), file_group.interval)?;
         let mut rules = Vec::new();
         for (r, rule) in file_group.rules.unwrap_or_default().into_iter().enumerate() {
-            let rule_at = format!("{at}, rule {} {:?}", r + 1, rule.alert.as_deref().or(rule.record.as_deref()).unwrap_or(""));
+            let rule_at = format!(
+                "{at}, rule {} {:?}",
+                r + 1,
+                rule.alert
+                    .as_deref()
+                    .or(rule.record.as_deref())
+                    .unwrap_or("")
+            );
             let expr = rule.expr.unwrap_or_default();
             if expr.is_empty() {
                 return Err(invalid(format!("{rule_at}, expr"), "must be set"));
@@ -161,7 +179,10 @@ pub fn parse_rule_file_with(text: &str, names: NameValidation) -> Result<Vec<Rul
                 alert: rule.alert.filter(|a| !a.is_empty()),
                 expr,
                 for_duration: nonzero_duration(&format!("{rule_at}, for"), rule.for_duration)?,
-                keep_firing_for: nonzero_duration(&format!("{rule_at}, keep_firing_for"), rule.keep_firing_for)?,
+                keep_firing_for: nonzero_duration(
+                    &format!("{rule_at}, keep_firing_for"),
+                    rule.keep_firing_for,
+                )?,
                 labels: rule.labels.map(|m| m.0).unwrap_or_default(),
                 annotations: rule.annotations.map(|m| m.0).unwrap_or_default(),
             });
@@ -172,7 +193,8 @@ pub fn parse_rule_file_with(text: &str, names: NameValidation) -> Result<Vec<Rul
             limit: file_group.limit.filter(|limit| *limit != 0),
             rules,
         };
-        check_rule_group_with(&group, names).map_err(|e| invalid(locate(&at, &group, &e.field), e.message))?;
+        check_rule_group_with(&group, names)
+            .map_err(|e| invalid(locate(&at, &group, &e.field), e.message))?;
         groups.push(group);
     }
     Ok(groups)
@@ -184,7 +206,11 @@ fn locate(at: &str, group: &RuleGroup, field: &str) -> String {
     if let Some(indexed) = rest.strip_prefix(".rules[") {
         if let Some((index, tail)) = indexed.split_once(']') {
             if let Ok(i) = index.parse::<usize>() {
-                let name = group.rules.get(i).and_then(|r| r.alert.as_deref().or(r.record.as_deref())).unwrap_or("");
+                let name = group
+                    .rules
+                    .get(i)
+                    .and_then(|r| r.alert.as_deref().or(r.record.as_deref()))
+                    .unwrap_or("");
                 let tail = tail.trim_start_matches('.');
                 return match tail.is_empty() {
                     true => format!("{at}, rule {} {name:?}", i + 1),
@@ -198,13 +224,17 @@ fn locate(at: &str, group: &RuleGroup, field: &str) -> String {
 
 fn is_legacy_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 fn is_legacy_label_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -212,7 +242,11 @@ fn is_legacy_label_name(name: &str) -> bool {
 /// names are metric names (and, with UTF-8 names, free of `{}` as Prometheus 3 requires),
 /// label names are label names other than `__name__`, annotation names are label names, and
 /// an alerting rule's label and annotation values parse as templates.
-pub(crate) fn check_rule_like_promtool(field: &str, rule: &Rule, names: NameValidation) -> Result<(), ValidationError> {
+pub(crate) fn check_rule_like_promtool(
+    field: &str,
+    rule: &Rule,
+    names: NameValidation,
+) -> Result<(), ValidationError> {
     let label_name_ok = |name: &str| match names {
         NameValidation::Legacy => is_legacy_label_name(name),
         NameValidation::Utf8 => !name.is_empty(),
@@ -223,27 +257,40 @@ pub(crate) fn check_rule_like_promtool(field: &str, rule: &Rule, names: NameVali
             NameValidation::Utf8 => !record.contains(['{', '}']),
         };
         if !ok {
-            return Err(invalid(format!("{field}.record"), format!("{record:?} is not a valid metric name")));
+            return Err(invalid(
+                format!("{field}.record"),
+                format!("{record:?} is not a valid metric name"),
+            ));
         }
         if !rule.annotations.is_empty() {
-            return Err(invalid(format!("{field}.annotations"), "only alerting rules take annotations"));
+            return Err(invalid(
+                format!("{field}.annotations"),
+                "only alerting rules take annotations",
+            ));
         }
     }
     for name in rule.labels.keys() {
         if !label_name_ok(name) || name == "__name__" {
-            return Err(invalid(format!("{field}.labels"), format!("{name:?} is not a valid label name")));
+            return Err(invalid(
+                format!("{field}.labels"),
+                format!("{name:?} is not a valid label name"),
+            ));
         }
     }
     for name in rule.annotations.keys() {
         if !label_name_ok(name) {
-            return Err(invalid(format!("{field}.annotations"), format!("{name:?} is not a valid annotation name")));
+            return Err(invalid(
+                format!("{field}.annotations"),
+                format!("{name:?} is not a valid annotation name"),
+            ));
         }
     }
     if rule.alert.is_some() {
         for (kind, map) in [("labels", &rule.labels), ("annotations", &rule.annotations)] {
             for (name, value) in map {
-                check_alert_template(value)
-                    .map_err(|e| invalid(format!("{field}.{kind}.{name}"), format!("template: {e}")))?;
+                check_alert_template(value).map_err(|e| {
+                    invalid(format!("{field}.{kind}.{name}"), format!("template: {e}"))
+                })?;
             }
         }
     }
@@ -272,11 +319,23 @@ mod tests {
         check(good, Ok(1));
         check("", Ok(0));
         check("groups: []\n", Ok(0));
-        check("groups:\n- name: a\n  rules: []\n- name: a\n  rules: []\n", Err("appears earlier"));
-        check("groups:\n- name: g\n  rules:\n  - record: r\n    expr: sum(\n", Err("invalid group \"g\" (groups[0]), rule 1 \"r\", expr:"));
-        check("groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up\n    annotation: {a: b}\n", Err("unknown field `annotation`"));
+        check(
+            "groups:\n- name: a\n  rules: []\n- name: a\n  rules: []\n",
+            Err("appears earlier"),
+        );
+        check(
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: sum(\n",
+            Err("invalid group \"g\" (groups[0]), rule 1 \"r\", expr:"),
+        );
+        check(
+            "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up\n    annotation: {a: b}\n",
+            Err("unknown field `annotation`"),
+        );
         check("groups:\n- name: g\n  limit: 10\n  rules: []\n", Ok(1));
-        check("groups:\n- name: g\n  rules:\n  - expr: up\n", Err("neither `record` nor `alert`"));
+        check(
+            "groups:\n- name: g\n  rules:\n  - expr: up\n",
+            Err("neither `record` nor `alert`"),
+        );
         check("groups: {", Err("invalid file"));
     }
 
@@ -296,11 +355,28 @@ mod tests {
         // Zero durations and limits are Prometheus's "not set".
         let text = "groups:\n- name: g\n  interval: 0s\n  limit: 0\n  rules:\n  - record: r\n    expr: up\n    for: 0\n    keep_firing_for: 0s\n";
         let groups = parse_rule_file(text).unwrap();
-        assert_eq!(groups[0], RuleGroup { name: "g".into(), rules: vec![Rule { record: Some("r".into()), expr: "up".into(), ..Rule::default() }], ..RuleGroup::default() });
+        assert_eq!(
+            groups[0],
+            RuleGroup {
+                name: "g".into(),
+                rules: vec![Rule {
+                    record: Some("r".into()),
+                    expr: "up".into(),
+                    ..Rule::default()
+                }],
+                ..RuleGroup::default()
+            }
+        );
         let text = "groups:\n- name: g\n  limit: -5\n  rules:\n  - alert: A\n    expr: up\n    keep_firing_for: 10m\n    labels: {n: 1, e: }\n";
         let groups = parse_rule_file(text).unwrap();
         assert_eq!(groups[0].limit, Some(-5));
         assert_eq!(groups[0].rules[0].keep_firing_for.as_deref(), Some("10m"));
-        assert_eq!(groups[0].rules[0].labels, BTreeMap::from([("e".to_string(), String::new()), ("n".to_string(), "1".to_string())]));
+        assert_eq!(
+            groups[0].rules[0].labels,
+            BTreeMap::from([
+                ("e".to_string(), String::new()),
+                ("n".to_string(), "1".to_string())
+            ])
+        );
     }
 }

@@ -18,13 +18,52 @@
 /// Go's builtins and Prometheus 2.42's template functions (each checked against promtool).
 const FUNCTIONS: &[&str] = &[
     // Go text/template builtins.
-    "and", "call", "html", "index", "slice", "js", "len", "not", "or", "print", "printf",
-    "println", "urlquery", "eq", "ge", "gt", "le", "lt", "ne",
+    "and",
+    "call",
+    "html",
+    "index",
+    "slice",
+    "js",
+    "len",
+    "not",
+    "or",
+    "print",
+    "printf",
+    "println",
+    "urlquery",
+    "eq",
+    "ge",
+    "gt",
+    "le",
+    "lt",
+    "ne",
     // Prometheus (template/template.go).
-    "query", "first", "label", "value", "strvalue", "args", "reReplaceAll", "safeHtml", "match",
-    "title", "toUpper", "toLower", "graphLink", "tableLink", "sortByLabel", "humanize",
-    "humanize1024", "humanizeDuration", "humanizePercentage", "humanizeTimestamp", "toTime",
-    "pathPrefix", "externalURL", "parseDuration", "stripPort", "stripDomain",
+    "query",
+    "first",
+    "label",
+    "value",
+    "strvalue",
+    "args",
+    "reReplaceAll",
+    "safeHtml",
+    "match",
+    "title",
+    "toUpper",
+    "toLower",
+    "graphLink",
+    "tableLink",
+    "sortByLabel",
+    "humanize",
+    "humanize1024",
+    "humanizeDuration",
+    "humanizePercentage",
+    "humanizeTimestamp",
+    "toTime",
+    "pathPrefix",
+    "externalURL",
+    "parseDuration",
+    "stripPort",
+    "stripDomain",
 ];
 
 /// The variables Prometheus declares before every alert template.
@@ -532,7 +571,9 @@ impl Parser {
         let parenthesized = context == "parenthesized pipeline";
         let mut declared = 0;
         while declarations {
-            let Tok::Variable(name) = self.peek_non_space() else { break };
+            let Tok::Variable(name) = self.peek_non_space() else {
+                break;
+            };
             let save = self.at;
             self.next();
             match self.peek_non_space() {
@@ -585,8 +626,14 @@ impl Parser {
         }
         // Go's checkPipeline: later stages must be able to take the previous value.
         for (stage, first) in commands.iter().enumerate().skip(1) {
-            if matches!(first, Tok::Bool | Tok::Dot | Tok::Nil | Tok::Number(_) | Tok::Str | Tok::CharConst) {
-                return Err(format!("non executable command in pipeline stage {}", stage + 1));
+            if matches!(
+                first,
+                Tok::Bool | Tok::Dot | Tok::Nil | Tok::Number(_) | Tok::Str | Tok::CharConst
+            ) {
+                return Err(format!(
+                    "non executable command in pipeline stage {}",
+                    stage + 1
+                ));
             }
         }
         Ok(())
@@ -613,12 +660,17 @@ impl Parser {
 
     /// A term and any `.field` chain after it.
     fn operand(&mut self) -> Result<Option<Tok>, String> {
-        let Some(term) = self.term()? else { return Ok(None) };
+        let Some(term) = self.term()? else {
+            return Ok(None);
+        };
         if *self.peek() == Tok::Field {
             while *self.peek() == Tok::Field {
                 self.next();
             }
-            if matches!(term, Tok::Bool | Tok::Str | Tok::Number(_) | Tok::Nil | Tok::Dot | Tok::CharConst) {
+            if matches!(
+                term,
+                Tok::Bool | Tok::Str | Tok::Number(_) | Tok::Nil | Tok::Dot | Tok::CharConst
+            ) {
                 return Err("unexpected . after term".into());
             }
             return Ok(Some(Tok::Field));
@@ -644,7 +696,13 @@ impl Parser {
                 self.pipeline("parenthesized pipeline", false)?;
                 self.nesting -= 1;
             }
-            Tok::Dot | Tok::Nil | Tok::Field | Tok::Bool | Tok::CharConst | Tok::Number(_) | Tok::Str => {}
+            Tok::Dot
+            | Tok::Nil
+            | Tok::Field
+            | Tok::Bool
+            | Tok::CharConst
+            | Tok::Number(_)
+            | Tok::Str => {}
             _ => {
                 self.at -= 1;
                 return Ok(None);
@@ -668,13 +726,22 @@ fn describe(tok: &Tok) -> String {
 /// Checks that `text` parses as a Prometheus alert template; the error says what is wrong.
 pub fn check_alert_template(text: &str) -> Result<(), String> {
     if text.len() > TEMPLATE_BYTES_MAX {
-        return Err(format!("{} bytes, at most {TEMPLATE_BYTES_MAX} allowed", text.len()));
+        return Err(format!(
+            "{} bytes, at most {TEMPLATE_BYTES_MAX} allowed",
+            text.len()
+        ));
     }
     // Fast path: no action at all (the common case for plain values).
     if !text.contains("{{") {
         return Ok(());
     }
-    let toks = Lexer { src: text, pos: 0, paren_depth: 0, toks: Vec::new() }.run()?;
+    let toks = Lexer {
+        src: text,
+        pos: 0,
+        paren_depth: 0,
+        toks: Vec::new(),
+    }
+    .run()?;
     let mut parser = Parser {
         toks,
         at: 0,
@@ -694,7 +761,10 @@ mod tests {
         match (check_alert_template(text), expected) {
             (Ok(()), Ok(())) => {}
             (Err(error), Err(needle)) => {
-                assert!(error.contains(needle), "{text:?}: error {error:?} lacks {needle:?}")
+                assert!(
+                    error.contains(needle),
+                    "{text:?}: error {error:?} lacks {needle:?}"
+                )
             }
             (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
         }
@@ -707,49 +777,88 @@ mod tests {
     #[test]
     fn templates() {
         check("plain text }} too", Ok(()));
-        check("{{ $labels.job }} {{ $value | humanize }} {{ printf \"%.2f\" $value }}", Ok(()));
+        check(
+            "{{ $labels.job }} {{ $value | humanize }} {{ printf \"%.2f\" $value }}",
+            Ok(()),
+        );
         check("{{ $labels.job\n }}", Ok(()));
         check("{{ .Labels.job }} {{ (.Labels).job }} {{ $ }} {{ .5 }} {{ nil }} {{ 'a' }} {{ `raw` }}", Ok(()));
-        check("{{ if eq 1 2 }}a{{ else if true }}b{{ else }}c{{ end }}", Ok(()));
-        check("{{ range $i, $v := . }}{{ $v }}{{ break }}{{ else }}none{{ end }}", Ok(()));
+        check(
+            "{{ if eq 1 2 }}a{{ else if true }}b{{ else }}c{{ end }}",
+            Ok(()),
+        );
+        check(
+            "{{ range $i, $v := . }}{{ $v }}{{ break }}{{ else }}none{{ end }}",
+            Ok(()),
+        );
         check("{{ $x := 1 }}{{ $x }}{{ $x = 2 }}", Ok(()));
         check("{{/* hi */}}x{{- /* hi */ -}}{{- $value -}}", Ok(()));
-        check("{{ define \"x\" }}y{{ end }}{{ template \"x\" }}{{ template \"nosuch\" . }}", Ok(()));
+        check(
+            "{{ define \"x\" }}y{{ end }}{{ template \"x\" }}{{ template \"nosuch\" . }}",
+            Ok(()),
+        );
         check("{{ $value | }}", Ok(()));
         check("{{ $value 1 }}{{ 1 2 }}", Ok(()));
-        check("{{ query \"up\" | first | value | humanizeDuration }}", Ok(()));
+        check(
+            "{{ query \"up\" | first | value | humanizeDuration }}",
+            Ok(()),
+        );
         check("{{ $labels.job ", Err("unclosed action"));
         check("{{}}", Err("missing value for command"));
         check("{{ nosuch 1 }}", Err("function \"nosuch\" not defined"));
         check("{{ é }}", Err("function \"é\" not defined"));
         check("{{ $nosuch }}", Err("undefined variable \"$nosuch\""));
-        check("{{ define \"x\" }}{{ $labels }}{{ end }}", Err("undefined variable \"$labels\""));
-        check("{{ if true }}{{ $y := 1 }}{{ end }}{{ $y }}", Err("undefined variable \"$y\""));
+        check(
+            "{{ define \"x\" }}{{ $labels }}{{ end }}",
+            Err("undefined variable \"$labels\""),
+        );
+        check(
+            "{{ if true }}{{ $y := 1 }}{{ end }}{{ $y }}",
+            Err("undefined variable \"$y\""),
+        );
         check("{{ end }}", Err("unexpected {{end}}"));
         check("{{ else }}", Err("unexpected {{else}}"));
         check("{{ if true }}x", Err("unexpected EOF"));
         check("{{ if }}x{{ end }}", Err("missing value for if"));
         check("{{ break }}", Err("{{break}} outside {{range}}"));
-        check("{{ range . }}{{ else }}{{ continue }}{{ end }}", Err("{{continue}} outside {{range}}"));
-        check("{{ with $value }}x{{ else with 1 }}y{{ end }}", Err("unexpected <with> in else"));
+        check(
+            "{{ range . }}{{ else }}{{ continue }}{{ end }}",
+            Err("{{continue}} outside {{range}}"),
+        );
+        check(
+            "{{ with $value }}x{{ else with 1 }}y{{ end }}",
+            Err("unexpected <with> in else"),
+        );
         check("{{ $labels.job-1 }}", Err("bad character '-'"));
-        check("{{/* hi */ x}}", Err("comment ends before closing delimiter"));
+        check(
+            "{{/* hi */ x}}",
+            Err("comment ends before closing delimiter"),
+        );
         check("{{/* hi ", Err("unclosed comment"));
         check("{{ \"abc }}", Err("unterminated quoted string"));
         check("{{ 'a }}", Err("unterminated character constant"));
         check("{{ `a }}", Err("unterminated raw quoted string"));
         check("{{ (1 }}", Err("unclosed left paren"));
         check("{{ 1) }}", Err("unexpected right paren"));
-        check(&"{{ if 1 }}".repeat(NESTING_MAX + 1), Err("nested more than"));
+        check(
+            &"{{ if 1 }}".repeat(NESTING_MAX + 1),
+            Err("nested more than"),
+        );
         check("{{ | $value }}", Err("unexpected Pipe in command"));
-        check("{{ $value | 1 }}", Err("non executable command in pipeline stage 2"));
+        check(
+            "{{ $value | 1 }}",
+            Err("non executable command in pipeline stage 2"),
+        );
         check("{{ ! }}", Err("unexpected '!' in command"));
         check("{{ 1a }}", Err("bad number syntax"));
         check("{{-$value}}", Err("illegal number syntax"));
         check("{{ printf \"%s\" if }}", Err("unexpected <if> in operand"));
         check("{{ template $x }}", Err("in template clause"));
         check("{{ $a, $b := 1 }}", Err("too many declarations in command"));
-        check("{{ range $a, $b, $c := . }}{{end}}", Err("too many declarations in range"));
+        check(
+            "{{ range $a, $b, $c := . }}{{end}}",
+            Err("too many declarations in range"),
+        );
         check("{{ \u{1} }}", Err("unrecognized character"));
     }
 }
