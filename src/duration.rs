@@ -1,50 +1,15 @@
 //! Small parsers for the durations and byte sizes that flags and the config file take.
 //!
-//! Durations are Prometheus-style: one or more `<integer><unit>` terms with units `ms`, `s`,
-//! `m`, `h`, `d` (24 h) and `w` (7 d), largest first, e.g. `15d`, `1h30m`, `500ms`. A bare `0`
-//! means zero. Sizes are an integer with an optional unit: `B`, `KB`/`MB`/`GB`/`TB` (powers of
+//! Durations are Prometheus's (`sextant_core::duration`, the one parser the whole project
+//! shares): one or more `<integer><unit>` terms with units `y` (365 d), `w` (7 d), `d` (24 h),
+//! `h`, `m`, `s` and `ms`, largest first, e.g. `15d`, `1h30m`, `500ms`; a bare `0` means zero;
+//! at most 292 years. Flags and config values are trimmed first (Prometheus rule files are not).
+//! Sizes are an integer with an optional unit: `B`, `KB`/`MB`/`GB`/`TB` (powers of
 //! 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024), e.g. `4GiB`, `32MiB`, `1000000`.
 
 /// Parses a duration into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(0);
-    }
-    if text.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total: i64 = 0;
-    let mut rest = text;
-    let mut last_unit_ms = i64::MAX;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(format!("duration {text:?}: expected a number at {rest:?}"));
-        }
-        let number: i64 = rest[..digits].parse().map_err(|_| format!("duration {text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let unit_ms: i64 = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "" => return Err(format!("duration {text:?}: missing unit after {number} (use ms, s, m, h, d or w)")),
-            other => return Err(format!("duration {text:?}: unknown unit {other:?} (use ms, s, m, h, d or w)")),
-        };
-        if unit_ms >= last_unit_ms {
-            return Err(format!("duration {text:?}: units must go from largest to smallest, each once"));
-        }
-        last_unit_ms = unit_ms;
-        let term = number.checked_mul(unit_ms).ok_or_else(|| format!("duration {text:?} is too large"))?;
-        total = total.checked_add(term).ok_or_else(|| format!("duration {text:?} is too large"))?;
-    }
-    Ok(total)
+    sextant_core::duration::parse_duration_ms(text.trim()).map_err(|e| e.to_string())
 }
 
 /// Parses a byte size.
@@ -78,7 +43,7 @@ mod tests {
     // Method: one table of inputs and expected outcomes.
     #[test]
     fn durations() {
-        let ok = [("0", 0), ("500ms", 500), ("10s", 10_000), ("10m", 600_000), ("24h", 86_400_000), ("15d", 1_296_000_000), ("2w", 1_209_600_000), ("1h30m", 5_400_000)];
+        let ok = [("0", 0), (" 5m ", 300_000), ("1y", 31_536_000_000), ("500ms", 500), ("10s", 10_000), ("10m", 600_000), ("24h", 86_400_000), ("15d", 1_296_000_000), ("2w", 1_209_600_000), ("1h30m", 5_400_000)];
         for (text, ms) in ok {
             assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
         }

@@ -1,7 +1,7 @@
 //! sextant-core: the pure logic every other crate shares.
 //!
 //! Labels and series identity ([`labels`], [`series`]), samples ([`sample`]), the `Clock`
-//! trait ([`clock`]), the Gorilla chunk codec ([`chunk`]), the determinism shim
+//! trait ([`clock`]), Prometheus durations ([`duration`]), the Gorilla chunk codec ([`chunk`]), the determinism shim
 //! ([`determinism`]: seeded RNG and two-tier BUGGIFY), and deterministic node_exporter-shaped
 //! data for benchmarks, the load generator and the simulator ([`testdata`]).
 //!
@@ -12,6 +12,7 @@
 pub mod chunk;
 pub mod clock;
 pub mod determinism;
+pub mod duration;
 pub mod labels;
 pub mod matcher;
 pub mod promql;

@@ -132,6 +132,11 @@ pub struct RuleGroup {
     /// Evaluation interval as a Prometheus duration (`1m`); `None` means the global default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Prometheus's `limit`: at most this many series per evaluation of a rule (alerts for an
+    /// alerting rule); `None` (or, as in Prometheus, a value <= 0) means no limit. Skipped when
+    /// `None` so entries and snapshots written before the field existed keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
     pub rules: Vec<Rule>,
 }
 
@@ -146,6 +151,10 @@ pub struct Rule {
     /// Alerting rules only: how long the condition must hold (`5m`).
     #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
     pub for_duration: Option<String>,
+    /// Alerting rules only: how long an alert keeps firing after its condition stops (`10m`).
+    /// Skipped when `None`, like `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_firing_for: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -204,57 +213,10 @@ fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Parses a Prometheus duration (`0s`, `30s`, `1h30m`, `1y`; integer terms, units `y w d h m s
-/// ms` from largest to smallest, each once) into milliseconds. Written here rather than taken
-/// from promql-parser, whose `parse_duration` panics on `-1` and `1e300` and refuses `0s`.
+/// Parses a Prometheus duration (`0`, `30s`, `1h30m`, `1y`) into milliseconds with
+/// `sextant_core::duration`, the parser the whole project shares; `field` says where it was.
 pub fn parse_duration_ms(field: &str, text: &str) -> Result<i64, ValidationError> {
-    const UNITS: [(&str, i64); 7] = [
-        ("y", 365 * 86_400_000),
-        ("w", 7 * 86_400_000),
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("ms", 1),
-        ("m", 60_000),
-        ("s", 1_000),
-    ];
-    if text.is_empty() {
-        return Err(invalid(field, "empty duration"));
-    }
-    let mut total: i64 = 0;
-    let mut rest = text;
-    let mut previous_unit_ms = i64::MAX;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(invalid(
-                field,
-                format!("duration {text:?}: expected a number at {rest:?}"),
-            ));
-        }
-        let number: i64 = rest[..digits]
-            .parse()
-            .map_err(|_| invalid(field, format!("duration {text:?}: number too large")))?;
-        rest = &rest[digits..];
-        let Some((unit, unit_ms)) = UNITS.iter().find(|(unit, _)| rest.starts_with(unit)) else {
-            return Err(invalid(
-                field,
-                format!("duration {text:?}: expected a unit (y, w, d, h, m, s, ms) at {rest:?}"),
-            ));
-        };
-        rest = &rest[unit.len()..];
-        if *unit_ms >= previous_unit_ms {
-            return Err(invalid(
-                field,
-                format!("duration {text:?}: units must go from largest to smallest, each once"),
-            ));
-        }
-        previous_unit_ms = *unit_ms;
-        total = number
-            .checked_mul(*unit_ms)
-            .and_then(|term| total.checked_add(term))
-            .ok_or_else(|| invalid(field, format!("duration {text:?} is too long")))?;
-    }
-    Ok(total)
+    sextant_core::duration::parse_duration_ms(text).map_err(|e| invalid(field, e))
 }
 
 fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
@@ -282,7 +244,17 @@ fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Va
     Ok(())
 }
 
+/// Checks a rule group the way `promtool check rules` does (see `rule_file`), with Prometheus
+/// 3.x UTF-8 names, plus Sextant's size limits. Fields are reported as `group.rules[2].expr`.
 pub fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
+    check_rule_group_with(group, sextant_core::labels::NameValidation::Utf8)
+}
+
+/// [`check_rule_group`] with a choice of name rules (`Legacy` is Prometheus 2.x's).
+pub fn check_rule_group_with(
+    group: &RuleGroup,
+    names: sextant_core::labels::NameValidation,
+) -> Result<(), ValidationError> {
     check_name("group.name", &group.name)?;
     if let Some(interval) = &group.interval {
         let ms = parse_duration_ms("group.interval", interval)?;
@@ -311,6 +283,12 @@ pub fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
                     return Err(invalid(
                         format!("{field}.for"),
                         "only alerting rules take `for`",
+                    ));
+                }
+                if rule.keep_firing_for.is_some() {
+                    return Err(invalid(
+                        format!("{field}.keep_firing_for"),
+                        "only alerting rules take `keep_firing_for`",
                     ));
                 }
             }
@@ -344,8 +322,12 @@ pub fn check_rule_group(group: &RuleGroup) -> Result<(), ValidationError> {
         if let Some(for_duration) = &rule.for_duration {
             parse_duration_ms(&format!("{field}.for"), for_duration)?;
         }
+        if let Some(keep_firing_for) = &rule.keep_firing_for {
+            parse_duration_ms(&format!("{field}.keep_firing_for"), keep_firing_for)?;
+        }
         check_labels(&format!("{field}.labels"), &rule.labels)?;
         check_labels(&format!("{field}.annotations"), &rule.annotations)?;
+        crate::rule_file::check_rule_like_promtool(&field, rule, names)?;
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use sextant_storage::fs::FileSystem;
+use sextant_storage::fs::{replace_durably, FileSystem};
 
 use crate::command::Response;
 use crate::state::MetadataState;
@@ -242,20 +242,9 @@ impl StateMachineStore {
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let path = self.dir.join(SNAPSHOT_FILE);
         let bytes = encode_snapshot_file(snapshot);
-        let mut file = self.fs.create(&tmp).await.map_err(|e| io_error(&tmp, e))?;
-        file.write_all(&bytes)
+        replace_durably(self.fs.as_ref(), &path, &tmp, &bytes)
             .await
-            .map_err(|e| io_error(&tmp, e))?;
-        file.sync().await.map_err(|e| io_error(&tmp, e))?;
-        drop(file);
-        self.fs
-            .rename(&tmp, &path)
-            .await
-            .map_err(|e| io_error(&path, e))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .await
-            .map_err(|e| io_error(&self.dir, e))
+            .map_err(|e| io_error(&e.path, e.source))
     }
 
     /// Serializes the current state into a snapshot (no I/O).

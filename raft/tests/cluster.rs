@@ -165,6 +165,7 @@ fn put_group(name: &str) -> Command {
     let group = RuleGroup {
         name: name.into(),
         interval: None,
+        limit: None,
         rules: vec![],
     };
     Command {

@@ -120,6 +120,7 @@ fn put_group(name: &str) -> Command {
             group: RuleGroup {
                 name: name.into(),
                 interval: None,
+                limit: None,
                 rules: vec![],
             },
         },

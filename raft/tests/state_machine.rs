@@ -50,6 +50,7 @@ fn rule_group(name: &str, expr: &str) -> RuleGroup {
     RuleGroup {
         name: name.into(),
         interval: Some("1m".into()),
+        limit: None,
         rules: vec![Rule {
             record: Some("job:up:sum".into()),
             expr: expr.into(),
@@ -332,6 +333,7 @@ fn validate_table() {
     let alert = |expr: &str, for_duration: Option<&str>| RuleGroup {
         name: "alerts".into(),
         interval: None,
+        limit: None,
         rules: vec![Rule {
             alert: Some("HighLatency".into()),
             expr: expr.into(),
@@ -413,6 +415,7 @@ fn validate_table() {
                 group: RuleGroup {
                     name: "g".into(),
                     interval: None,
+                    limit: None,
                     rules: vec![Rule {
                         record: Some("a".into()),
                         alert: Some("b".into()),

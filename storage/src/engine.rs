@@ -406,14 +406,16 @@ fn shard_dir(id: ShardId) -> PathBuf {
 
 async fn write_atomically(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     let tmp = path.with_extension("tmp");
-    let io = |step| move |source| EngineError::Io { step, source };
-    let mut file = fs.create(&tmp).await.map_err(io("create temp file"))?;
-    file.write_all(bytes).await.map_err(io("write temp file"))?;
-    file.sync().await.map_err(io("fsync temp file"))?;
-    fs.rename(&tmp, path).await.map_err(io("rename temp file"))?;
-    let parent = path.parent().unwrap_or(Path::new(""));
-    fs.sync_dir(parent).await.map_err(io("fsync directory"))?;
-    Ok(())
+    crate::fs::replace_durably(fs, path, &tmp, bytes).await.map_err(|e| EngineError::Io {
+        step: match e.step {
+            "create" => "create temp file",
+            "write" => "write temp file",
+            "fsync" => "fsync temp file",
+            "rename" => "rename temp file",
+            _ => "fsync directory",
+        },
+        source: e.source,
+    })
 }
 
 impl Engine {

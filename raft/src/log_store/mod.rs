@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
-use sextant_storage::fs::{FileSystem, WritableFile};
+use sextant_storage::fs::{replace_durably, FileSystem, WritableFile};
 
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use format::{storage_page, HeaderCheck, SEGMENT_HEADER_BYTES};
@@ -359,18 +359,9 @@ impl LogStore {
     async fn write_meta_inner(&self, name: &str, bytes: &[u8]) -> Result<(), LogStoreError> {
         let tmp = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(name);
-        let mut file = self.fs.create(&tmp).await.map_err(|e| io_error(&tmp, e))?;
-        file.write_all(bytes).await.map_err(|e| io_error(&tmp, e))?;
-        file.sync().await.map_err(|e| io_error(&tmp, e))?;
-        drop(file);
-        self.fs
-            .rename(&tmp, &path)
+        replace_durably(self.fs.as_ref(), &path, &tmp, bytes)
             .await
-            .map_err(|e| io_error(&path, e))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .await
-            .map_err(|e| io_error(&self.dir, e))
+            .map_err(|e| io_error(&e.path, e.source))
     }
 
     fn check_poisoned(&self) -> Result<(), LogStoreError> {

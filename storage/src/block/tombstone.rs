@@ -9,7 +9,6 @@ use super::format::{
     check_file_header, decode_frame, encode_file_header, encode_frame, FILE_HEADER_BYTES, KIND_TOMBSTONES,
     TOMBSTONES_MAGIC,
 };
-use super::writer::write_file;
 use super::{BlockError, BLOCK_TOMBSTONE_COUNT_MAX, TMP_SUFFIX, TOMBSTONES_BYTES_MAX, TOMBSTONES_FILE};
 use crate::fs::FileSystem;
 
@@ -72,10 +71,9 @@ pub(crate) async fn write_tombstones(fs: &dyn FileSystem, dir: &Path, tombstones
     }
     let tmp = dir.join(format!("{TOMBSTONES_FILE}{TMP_SUFFIX}"));
     let path = dir.join(TOMBSTONES_FILE);
-    write_file(fs, &tmp, &bytes).await?;
-    fs.rename(&tmp, &path).await.map_err(BlockError::io(&path, "rename"))?;
-    fs.sync_dir(dir).await.map_err(BlockError::io(dir, "fsync directory"))?;
-    Ok(())
+    crate::fs::replace_durably(fs, &path, &tmp, &bytes)
+        .await
+        .map_err(|e| BlockError::io(&e.path, e.step)(e.source))
 }
 
 /// Reads the block's tombstones; a missing file means none. A leftover `tombstones.tmp` is
