@@ -15,6 +15,7 @@
 //! pieces (signals, the real filesystem, the process entry point) are behind
 //! `#[cfg(not(madsim))]`; the router and the accept loop run in both builds.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod duration;
