@@ -7,7 +7,8 @@
 //! and the ingest path), [`metrics`] (self-monitoring), [`http`] (the axum router),
 //! [`query_api`] (the Prometheus query API), [`query_scheduler`] (query admission, priority
 //! classes, shedding),
-//! [`server`] (the HTTP/1 accept loop and `sextant serve`).
+//! [`server`] (the HTTP/1 accept loop and `sextant serve`), [`admin`] (the admin gRPC service and
+//! the `sextant admin` CLI).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
 //! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
@@ -15,6 +16,7 @@
 //! pieces (signals, the real filesystem, the process entry point) are behind
 //! `#[cfg(not(madsim))]`; the router and the accept loop run in both builds.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod duration;

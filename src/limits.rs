@@ -331,6 +331,16 @@ impl SeriesTracker {
         }
     }
 
+    /// Active series per (tenant, metric), ordered by tenant then metric; one tenant when
+    /// `tenant` is given. For the admin API's cardinality report.
+    pub fn active_series_per_metric(&self, tenant: Option<&str>) -> Vec<(String, String, u64)> {
+        self.tenants
+            .iter()
+            .filter(|(name, _)| tenant.is_none_or(|t| t == name.as_str()))
+            .flat_map(|(name, state)| state.per_metric.iter().map(move |(metric, count)| (name.clone(), metric.to_string(), *count)))
+            .collect()
+    }
+
     /// Active series of all tenants.
     pub fn active_series_total(&self) -> u64 {
         self.tenants.values().map(|t| t.series.len() as u64).sum()

@@ -26,13 +26,45 @@ enum Command {
     /// SIGINT shut it down cleanly: in-flight writes finish, the WAL is closed, no
     /// acknowledged write is lost.
     Serve(ServeArgs),
+    /// Operate a cluster over gRPC: status, nodes, shard map, rules, dashboards, limits,
+    /// blocked labels, cardinality, snapshots. Human tables by default, `--output json` for
+    /// scripts; errors are one line on stderr and a non-zero exit code.
+    Admin(sextant::admin::cli::AdminArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Admin(args) => admin(args),
     }
+}
+
+#[cfg(not(madsim))]
+fn admin(args: sextant::admin::cli::AdminArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sextant admin: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sextant::admin::cli::run(&args)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sextant admin: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(madsim)]
+fn admin(_args: sextant::admin::cli::AdminArgs) -> ExitCode {
+    eprintln!("sextant: this binary was built with --cfg madsim; run the admin CLI from a normal build");
+    ExitCode::FAILURE
 }
 
 #[cfg(not(madsim))]

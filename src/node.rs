@@ -316,6 +316,11 @@ impl Node {
         self.tracker.lock().expect("tracker lock").active_series(tenant, metric)
     }
 
+    /// Active series per (tenant, metric) counted by this node, by tenant then metric.
+    pub fn active_series_per_metric(&self, tenant: Option<&str>) -> Vec<(String, String, u64)> {
+        self.tracker.lock().expect("tracker lock").active_series_per_metric(tenant)
+    }
+
     /// Ingests one decoded remote-write request for `tenant` (see the module documentation).
     pub async fn ingest(&self, tenant: &str, request: WriteRequest) -> IngestOutcome {
         let engine = match self.engine() {

@@ -19,6 +19,8 @@ pub const NAME_BYTES_MAX: usize = 256;
 pub const DASHBOARD_JSON_BYTES_MAX: usize = 1024 * 1024;
 /// A rule group holds at most this many rules.
 pub const RULES_PER_GROUP_MAX: usize = 1_000;
+/// Rule groups put by one command (one rule file).
+pub const RULE_GROUPS_PER_COMMAND_MAX: usize = 1_000;
 /// A PromQL expression in a rule is at most this long.
 pub const RULE_EXPR_BYTES_MAX: usize = 64 * 1024;
 /// Labels or annotations on a rule, each.
@@ -103,6 +105,11 @@ pub enum Action {
     },
     DeleteRetention {
         tenant: String,
+    },
+    /// Creates or replaces several rule groups at once (a whole rule file): validated group by
+    /// group, applied all together in one entry, so readers never see half a file.
+    PutRuleGroups {
+        groups: Vec<RuleGroup>,
     },
 }
 
@@ -419,6 +426,31 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
         }
         Action::PutRuleGroup { group } => check_rule_group(group)?,
         Action::DeleteRuleGroup { name } => check_name("name", name)?,
+        Action::PutRuleGroups { groups } => {
+            if groups.is_empty() {
+                return Err(invalid("groups", "no rule groups to put"));
+            }
+            if groups.len() > RULE_GROUPS_PER_COMMAND_MAX {
+                return Err(invalid(
+                    "groups",
+                    format!(
+                        "{} groups, at most {RULE_GROUPS_PER_COMMAND_MAX} allowed in one command",
+                        groups.len()
+                    ),
+                ));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for (i, group) in groups.iter().enumerate() {
+                check_rule_group(group)
+                    .map_err(|e| invalid(format!("groups[{i}] ({:?}): {}", group.name, e.field), e.message))?;
+                if !names.insert(group.name.as_str()) {
+                    return Err(invalid(
+                        format!("groups[{i}] ({:?}).name", group.name),
+                        "a group of this name appears earlier in the command",
+                    ));
+                }
+            }
+        }
         Action::PutDashboard { uid, title, json } => {
             check_name("uid", uid)?;
             if title.len() > NAME_BYTES_MAX {

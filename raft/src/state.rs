@@ -282,6 +282,20 @@ impl MetadataState {
                 );
                 Outcome::Applied
             }
+            Action::PutRuleGroups { groups } => {
+                // validate() refused empty lists and duplicate names; whatever arrives is put
+                // as a whole, in order, so a later duplicate would simply win.
+                for group in groups {
+                    self.rule_groups.insert(
+                        group.name.clone(),
+                        VersionedRuleGroup {
+                            group: group.clone(),
+                            version: index,
+                        },
+                    );
+                }
+                Outcome::Applied
+            }
             Action::DeleteRuleGroup { name } => match self.rule_groups.remove(name) {
                 Some(_) => Outcome::Applied,
                 None => no_op(format!("rule group {name:?} does not exist")),
@@ -351,6 +365,10 @@ fn describe(action: &Action) -> String {
             group.rules.len()
         ),
         Action::DeleteRuleGroup { name } => format!("delete rule group {name:?}"),
+        Action::PutRuleGroups { groups } => {
+            let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+            format!("put {} rule groups {names:?}", groups.len())
+        }
         Action::PutDashboard { uid, title, json } => {
             format!("put dashboard {uid:?} {title:?} ({} bytes)", json.len())
         }

@@ -91,6 +91,31 @@ fn check(
 #[test]
 fn apply_table() {
     check(
+        "a rule file's groups go in together, at one version, beside the groups already there",
+        vec![
+            Action::PutRuleGroup {
+                group: rule_group("kept", "up"),
+            },
+            Action::PutRuleGroups {
+                groups: vec![rule_group("a", "sum(up)"), rule_group("b", "count(up)")],
+            },
+        ],
+        vec![Outcome::Applied; 2],
+        |state| {
+            let versions: Vec<(&str, u64)> = state
+                .rule_groups
+                .iter()
+                .map(|(name, g)| (name.as_str(), g.version))
+                .collect();
+            assert_eq!(versions, vec![("a", 2), ("b", 2), ("kept", 1)]);
+            assert_eq!(state.rule_groups["b"].group.rules[0].expr, "count(up)");
+            assert_eq!(
+                state.audit.back().unwrap().what,
+                "put 2 rule groups [\"a\", \"b\"]"
+            );
+        },
+    );
+    check(
         "versions are the index of the last change",
         vec![
             Action::PutRuleGroup {
@@ -425,6 +450,32 @@ fn validate_table() {
                 },
             },
             Err("invalid group.rules[0]: has both"),
+        ),
+        (
+            "rule groups together",
+            Action::PutRuleGroups {
+                groups: vec![rule_group("a", "up"), rule_group("b", "up")],
+            },
+            Ok(()),
+        ),
+        (
+            "rule groups: none",
+            Action::PutRuleGroups { groups: vec![] },
+            Err("invalid groups: no rule groups to put"),
+        ),
+        (
+            "rule groups: one bad group refuses all, naming it",
+            Action::PutRuleGroups {
+                groups: vec![rule_group("a", "up"), rule_group("b", "sum(")],
+            },
+            Err("invalid groups[1] (\"b\"): group.rules[0].expr:"),
+        ),
+        (
+            "rule groups: duplicate names",
+            Action::PutRuleGroups {
+                groups: vec![rule_group("a", "up"), rule_group("a", "up")],
+            },
+            Err("invalid groups[1] (\"a\").name: a group of this name appears earlier"),
         ),
         (
             "long name",

@@ -1,0 +1,301 @@
+//! What `sextant admin` prints: human tables, or JSON with stable field names (`--output json`).
+
+use serde_json::{json, Value};
+
+use super::convert::consistency_name;
+use super::pb;
+
+/// A plain-text table: a header row, columns padded to their widest cell, two spaces apart,
+/// no trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 < cells.len() {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                out.push_str(cell);
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn consistency_of(value: i32) -> &'static str {
+    pb::Consistency::try_from(value).map(consistency_name).unwrap_or("unknown")
+}
+
+pub fn read_json(read: &Option<pb::ReadInfo>) -> Value {
+    match read {
+        Some(r) => json!({"node_id": r.node_id, "applied_index": r.applied_index, "consistency": consistency_of(r.consistency)}),
+        None => Value::Null,
+    }
+}
+
+/// The last line of every read: which node answered, at which applied index.
+pub fn read_line(read: &Option<pb::ReadInfo>) -> String {
+    match read {
+        Some(r) => format!("answered by node {} at applied index {} ({})\n", r.node_id, r.applied_index, consistency_of(r.consistency)),
+        None => String::new(),
+    }
+}
+
+pub fn write_json(write: &Option<pb::WriteReply>) -> Value {
+    match write {
+        Some(w) => json!({"node_id": w.node_id, "index": w.index, "applied": w.applied, "reason": w.reason, "who": w.who, "at_ms": w.at_ms}),
+        None => Value::Null,
+    }
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
+}
+
+pub fn cluster_status_table(reply: &pb::ClusterStatusReply) -> String {
+    let mut out = format!("leader: {}  term: {}  commit index: {}  last log index: {}\n", opt(reply.leader_id), reply.term, reply.commit_index, reply.last_log_index);
+    let rows: Vec<Vec<String>> = reply
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.node_id.to_string(),
+                m.role.clone(),
+                if m.state.is_empty() { "-".to_string() } else { m.state.clone() },
+                m.grpc_addr.clone(),
+                m.http_addr.clone(),
+                if m.reachable { m.applied_index.to_string() } else { "-".to_string() },
+                opt(m.matched_index),
+                opt(m.lag_entries),
+                m.health.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["ID", "ROLE", "STATE", "GRPC", "HTTP", "APPLIED", "MATCHED", "LAG", "HEALTH"], &rows));
+    out.push_str(&read_line(&reply.read));
+    out
+}
+
+pub fn cluster_status_json(reply: &pb::ClusterStatusReply) -> Value {
+    let members: Vec<Value> = reply
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "node_id": m.node_id, "role": m.role, "state": m.state, "grpc_addr": m.grpc_addr, "http_addr": m.http_addr,
+                "leader": m.leader, "reachable": m.reachable, "applied_index": m.applied_index, "ready": m.ready,
+                "health": m.health, "matched_index": m.matched_index, "lag_entries": m.lag_entries,
+            })
+        })
+        .collect();
+    json!({"read": read_json(&reply.read), "leader_id": reply.leader_id, "term": reply.term, "commit_index": reply.commit_index, "last_log_index": reply.last_log_index, "members": members})
+}
+
+pub fn membership_text(verb: &str, id: u64, reply: &pb::MembershipReply) -> String {
+    format!("{verb} node {id} at log index {}; voters {:?}, learners {:?}\n", reply.index, reply.voters, reply.learners)
+}
+
+pub fn membership_json(reply: &pb::MembershipReply) -> Value {
+    json!({"node_id": reply.node_id, "index": reply.index, "voters": reply.voters, "learners": reply.learners})
+}
+
+pub fn shard_map_table(reply: &pb::ShardMapReply) -> String {
+    if !reply.exists {
+        return format!("no shard map yet\n{}", read_line(&reply.read));
+    }
+    let rows: Vec<Vec<String>> = reply.shards.iter().map(|s| vec![s.shard.to_string(), opt(s.primary), opt(s.secondary), s.epoch.to_string(), s.version.to_string()]).collect();
+    let mut out = format!("{} shards, version {}\n", reply.shards.len(), reply.version);
+    out.push_str(&table(&["SHARD", "PRIMARY", "SECONDARY", "EPOCH", "VERSION"], &rows));
+    out.push_str(&read_line(&reply.read));
+    out
+}
+
+pub fn shard_map_json(reply: &pb::ShardMapReply) -> Value {
+    let shards: Vec<Value> = reply.shards.iter().map(|s| json!({"shard": s.shard, "primary": s.primary, "secondary": s.secondary, "epoch": s.epoch, "version": s.version})).collect();
+    json!({"read": read_json(&reply.read), "exists": reply.exists, "version": reply.version, "shards": shards})
+}
+
+/// A write's one-line summary.
+pub fn write_text(what: &str, write: &Option<pb::WriteReply>) -> String {
+    match write {
+        Some(w) if w.applied => format!("{what} at log index {}\n", w.index),
+        Some(w) => format!("{what}: nothing changed at log index {}: {}\n", w.index, w.reason),
+        None => format!("{what}\n"),
+    }
+}
+
+fn pairs_json(pairs: &[pb::Pair]) -> Value {
+    Value::Object(pairs.iter().map(|p| (p.name.clone(), Value::String(p.value.clone()))).collect())
+}
+
+pub fn rule_group_json(group: &pb::RuleGroup) -> Value {
+    let rules: Vec<Value> = group
+        .rules
+        .iter()
+        .map(|r| json!({"record": r.record, "alert": r.alert, "expr": r.expr, "for": r.for_duration, "labels": pairs_json(&r.labels), "annotations": pairs_json(&r.annotations)}))
+        .collect();
+    json!({"name": group.name, "interval": group.interval, "version": group.version, "rules": rules})
+}
+
+pub fn rule_groups_table(reply: &pb::RuleGroupsReply) -> String {
+    let rows: Vec<Vec<String>> = reply
+        .groups
+        .iter()
+        .map(|g| {
+            let alerts = g.rules.iter().filter(|r| !r.alert.is_empty()).count();
+            vec![g.name.clone(), if g.interval.is_empty() { "default".to_string() } else { g.interval.clone() }, (g.rules.len() - alerts).to_string(), alerts.to_string(), g.version.to_string()]
+        })
+        .collect();
+    let mut out = table(&["GROUP", "INTERVAL", "RECORDING", "ALERTING", "VERSION"], &rows);
+    out.push_str(&read_line(&reply.read));
+    out
+}
+
+/// One group as a Prometheus rule file would hold it (YAML), so it can be edited and applied.
+pub fn rule_group_text(reply: &pb::RuleGroupsReply) -> String {
+    let mut out = String::new();
+    for group in &reply.groups {
+        out.push_str(&format!("# version {}\ngroups:\n- name: {}\n", group.version, yaml_string(&group.name)));
+        if !group.interval.is_empty() {
+            out.push_str(&format!("  interval: {}\n", group.interval));
+        }
+        out.push_str("  rules:\n");
+        for rule in &group.rules {
+            if !rule.record.is_empty() {
+                out.push_str(&format!("  - record: {}\n", yaml_string(&rule.record)));
+            } else {
+                out.push_str(&format!("  - alert: {}\n", yaml_string(&rule.alert)));
+            }
+            out.push_str(&format!("    expr: {}\n", yaml_string(&rule.expr)));
+            if !rule.for_duration.is_empty() {
+                out.push_str(&format!("    for: {}\n", rule.for_duration));
+            }
+            for (key, pairs) in [("labels", &rule.labels), ("annotations", &rule.annotations)] {
+                if !pairs.is_empty() {
+                    out.push_str(&format!("    {key}:\n"));
+                    for pair in pairs {
+                        out.push_str(&format!("      {}: {}\n", yaml_string(&pair.name), yaml_string(&pair.value)));
+                    }
+                }
+            }
+        }
+    }
+    out.push_str(&read_line(&reply.read));
+    out
+}
+
+/// A YAML scalar: JSON's double-quoted string is valid YAML and escapes everything.
+fn yaml_string(text: &str) -> String {
+    Value::String(text.to_string()).to_string()
+}
+
+pub fn dashboard_version_json(d: &pb::DashboardVersion, with_json: bool) -> Value {
+    let mut value = json!({"uid": d.uid, "version": d.version, "title": d.title, "json_bytes": d.json_bytes, "who": d.who, "at_ms": d.at_ms});
+    if with_json {
+        // The dashboard itself, parsed (it was validated as a JSON object when saved).
+        value["dashboard"] = serde_json::from_str(&d.json).unwrap_or(Value::String(d.json.clone()));
+    }
+    value
+}
+
+pub fn dashboards_table(rows_in: &[pb::DashboardVersion], read: &Option<pb::ReadInfo>, uid_column: bool) -> String {
+    let rows: Vec<Vec<String>> = rows_in
+        .iter()
+        .map(|d| {
+            let mut row = Vec::new();
+            if uid_column {
+                row.push(d.uid.clone());
+            }
+            row.extend([d.version.to_string(), d.title.clone(), d.json_bytes.to_string(), d.who.clone(), d.at_ms.to_string()]);
+            row
+        })
+        .collect();
+    let mut header = Vec::new();
+    if uid_column {
+        header.push("UID");
+    }
+    header.extend(["VERSION", "TITLE", "BYTES", "WHO", "AT_MS"]);
+    let mut out = table(&header, &rows);
+    out.push_str(&read_line(read));
+    out
+}
+
+pub fn limits_rows(limits: &pb::TenantLimits) -> Vec<(&'static str, String)> {
+    vec![
+        ("series_per_metric_max", limits.series_per_metric_max.to_string()),
+        ("series_per_tenant_max", limits.series_per_tenant_max.to_string()),
+        ("ingest_rate_samples_per_s_max", limits.ingest_rate_samples_per_s_max.to_string()),
+        ("query_samples_max", limits.query_samples_max.to_string()),
+        ("query_series_max", limits.query_series_max.to_string()),
+        ("query_range_ms_max", limits.query_range_ms_max.to_string()),
+        ("query_timeout_ms", limits.query_timeout_ms.to_string()),
+    ]
+}
+
+pub fn limits_json(limits: &Option<pb::TenantLimits>) -> Value {
+    match limits {
+        Some(limits) => Value::Object(limits_rows(limits).into_iter().map(|(k, v)| (k.to_string(), Value::Number(v.parse::<i64>().map(Into::into).unwrap_or_else(|_| 0.into())))).collect()),
+        None => Value::Null,
+    }
+}
+
+pub fn tenant_limits_table(reply: &pb::TenantLimitsReply) -> String {
+    let source = if reply.set_in_cluster { format!("set in the cluster, version {}", reply.version) } else { "not set in the cluster: the answering node's defaults".to_string() };
+    let mut out = format!("tenant {:?}: {source}\n", reply.tenant);
+    let mut rows: Vec<Vec<String>> = reply.limits.as_ref().map(limits_rows).unwrap_or_default().into_iter().map(|(k, v)| vec![k.to_string(), v]).collect();
+    rows.push(vec!["blocked_labels".to_string(), if reply.blocked_labels.is_empty() { "-".to_string() } else { reply.blocked_labels.join(",") }]);
+    out.push_str(&table(&["LIMIT", "VALUE"], &rows));
+    out.push_str(&read_line(&reply.read));
+    out
+}
+
+pub fn tenant_limits_json(reply: &pb::TenantLimitsReply) -> Value {
+    json!({"read": read_json(&reply.read), "tenant": reply.tenant, "set_in_cluster": reply.set_in_cluster, "version": reply.version, "limits": limits_json(&reply.limits), "blocked_labels": reply.blocked_labels})
+}
+
+pub fn cardinality_table(reply: &pb::CardinalityReply) -> String {
+    let rows: Vec<Vec<String>> = reply
+        .rows
+        .iter()
+        .map(|r| {
+            let per_node: Vec<String> = r.per_node.iter().map(|n| format!("{}:{}", n.node_id, n.active_series)).collect();
+            vec![r.tenant.clone(), r.metric.clone(), r.active_series.to_string(), per_node.join(",")]
+        })
+        .collect();
+    let mut out = table(&["TENANT", "METRIC", "ACTIVE_SERIES", "PER_NODE"], &rows);
+    for node in &reply.nodes {
+        if !node.reachable {
+            out.push_str(&format!("node {} did not answer: {}\n", node.node_id, node.error));
+        } else if node.truncated {
+            out.push_str(&format!("node {} answered only its largest metrics\n", node.node_id));
+        }
+    }
+    let answered = reply.nodes.iter().filter(|n| n.reachable).count();
+    out.push_str(&format!("answered by {answered} of {} nodes (merged by node {})\n", reply.nodes.len(), reply.node_id));
+    out
+}
+
+pub fn cardinality_json(reply: &pb::CardinalityReply) -> Value {
+    let rows: Vec<Value> = reply
+        .rows
+        .iter()
+        .map(|r| {
+            let per_node: Vec<Value> = r.per_node.iter().map(|n| json!({"node_id": n.node_id, "active_series": n.active_series})).collect();
+            json!({"tenant": r.tenant, "metric": r.metric, "active_series": r.active_series, "per_node": per_node})
+        })
+        .collect();
+    let nodes: Vec<Value> = reply.nodes.iter().map(|n| json!({"node_id": n.node_id, "reachable": n.reachable, "error": n.error, "truncated": n.truncated})).collect();
+    json!({"node_id": reply.node_id, "rows": rows, "nodes": nodes})
+}
