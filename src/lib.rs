@@ -7,7 +7,9 @@
 //! and the ingest path), [`metrics`] (self-monitoring), [`http`] (the axum router),
 //! [`query_api`] (the Prometheus query API), [`query_scheduler`] (query admission, priority
 //! classes, shedding),
-//! [`server`] (the HTTP/1 accept loop and `sextant serve`).
+//! [`server`] (the HTTP/1 accept loop and `sextant serve`), [`cluster`] (the node's member of
+//! the metadata group: formation, seeding, following its limits), [`tenant_limits`] (the
+//! limits in force per tenant: cluster values over this node's flags).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
 //! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
@@ -16,6 +18,7 @@
 //! `#[cfg(not(madsim))]`; the router and the accept loop run in both builds.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod duration;
 pub mod hll;
@@ -28,3 +31,4 @@ pub mod query_scheduler;
 pub mod remote_write;
 pub mod server;
 pub mod shard;
+pub mod tenant_limits;
