@@ -164,7 +164,7 @@ pub struct Node {
     query_scheduler: Arc<QueryScheduler>,
     /// The limits in force; replaced whole when the metadata group's applied state changes.
     limits: RwLock<Arc<LimitsView>>,
-    metadata: Mutex<MetadataStatus>,
+    metadata_status: Mutex<MetadataStatus>,
     pub metrics: Metrics,
 }
 
@@ -201,7 +201,7 @@ impl Node {
             metadata: Mutex::new(BTreeMap::new()),
             query_scheduler,
             limits: RwLock::new(Arc::new(LimitsView::from_flags(&config))),
-            metadata: Mutex::new(MetadataStatus::Standalone),
+            metadata_status: Mutex::new(MetadataStatus::Standalone),
             metrics,
             config,
             clock,
@@ -244,11 +244,11 @@ impl Node {
     }
 
     pub fn metadata_status(&self) -> MetadataStatus {
-        self.metadata.lock().expect("metadata status lock").clone()
+        self.metadata_status.lock().expect("metadata status lock").clone()
     }
 
     pub fn set_metadata_status(&self, status: MetadataStatus) {
-        *self.metadata.lock().expect("metadata status lock") = status;
+        *self.metadata_status.lock().expect("metadata status lock") = status;
     }
 
     pub fn set_engine(&self, slot: EngineSlot) {
