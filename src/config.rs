@@ -5,7 +5,7 @@
 //! `blocked_label = ["session_id"]`); unknown keys are an error so a typo cannot silently
 //! leave a default in place.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -33,10 +33,36 @@ pub struct ServeArgs {
     /// /-/ready. [default: 127.0.0.1:9480]
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
-    /// Address reserved for the gRPC admin and internal services. Parsed and validated, but
-    /// not served yet: the admin API arrives with the admin issue. [default: 127.0.0.1:9481]
+    /// Address of the gRPC server: the metadata group's raft transport (and the admin
+    /// service `sextant admin` talks to). [default: 127.0.0.1:9481]
     #[arg(long, value_name = "ADDR")]
     pub grpc_listen: Option<String>,
+    /// This node's id in the cluster (a positive integer, unique in the cluster, never
+    /// reused). [default: 1]
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+    /// gRPC address other nodes use to reach this one, recorded in the cluster's membership
+    /// (HOST:PORT). [default: this node's entry in --initial-cluster, else --grpc-listen]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_grpc: Option<String>,
+    /// HTTP address other nodes and clients use to reach this one, registered in the cluster
+    /// metadata (HOST:PORT). [default: --http-listen]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_http: Option<String>,
+    /// Creates a new cluster of these voters on first start: `1=HOST:GRPC,2=HOST:GRPC,…`,
+    /// the same list on every node, containing this node's --node-id. Ignored once the node
+    /// has a raft log. Without it (and without --join) a node with an empty log forms a
+    /// one-voter cluster of itself. [default: none]
+    #[arg(long, value_name = "ID=HOST:PORT,…")]
+    pub initial_cluster: Option<String>,
+    /// Start with an empty raft log and wait to be added by `sextant admin node add`; never
+    /// form a cluster alone. Not with --initial-cluster.
+    #[arg(long)]
+    pub join: bool,
+    /// Shards of a new cluster's shard map (fixed for the cluster's life; only used when the
+    /// cluster is created). [default: 16]
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<u32>,
     /// Delete blocks whose newest sample is older than this (e.g. 15d, 90d; 0 keeps
     /// everything). [default: 15d]
     #[arg(long, value_name = "DURATION")]
@@ -158,6 +184,12 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http_listen: Option<String>,
     grpc_listen: Option<String>,
+    node_id: Option<u64>,
+    advertise_grpc: Option<String>,
+    advertise_http: Option<String>,
+    initial_cluster: Option<String>,
+    join: Option<bool>,
+    shard_count: Option<u32>,
     retention: Option<String>,
     fsync: Option<String>,
     fsync_interval: Option<String>,
@@ -187,6 +219,66 @@ struct FileConfig {
     query_alert_reserved: Option<usize>,
     query_queue_max: Option<usize>,
     query_queue_wait_max: Option<String>,
+}
+
+/// How a node with an empty raft log gets into a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Formation {
+    /// A one-voter cluster of itself (no cluster flags).
+    Single,
+    /// `--initial-cluster`: bootstrap these voters (id → gRPC address).
+    Initial(BTreeMap<u64, String>),
+    /// `--join`: wait to be added.
+    Join,
+}
+
+/// The node's place in the metadata group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    /// `None`: decided when the listener is bound (its address, or the `--initial-cluster`
+    /// entry).
+    pub advertise_grpc: Option<String>,
+    pub advertise_http: Option<String>,
+    pub formation: Formation,
+    pub shard_count: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { node_id: 1, advertise_grpc: None, advertise_http: None, formation: Formation::Single, shard_count: sextant_raft::command::SHARD_COUNT_DEFAULT }
+    }
+}
+
+/// Checks `HOST:PORT` (a host name or an IP, a numeric port).
+fn host_port(setting: &str, text: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("--{setting} {text:?}: {why} (expected HOST:PORT, e.g. 10.0.0.1:9481)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    port.parse::<u16>().map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    if text.len() > sextant_raft::command::NAME_BYTES_MAX || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("too long or contains spaces or control characters"));
+    }
+    Ok(text.to_string())
+}
+
+/// Parses `--initial-cluster 1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("--initial-cluster: {item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("--initial-cluster: node id {id:?} is not a positive integer"))?;
+        if id == 0 {
+            return Err("--initial-cluster: node id 0 is not allowed (ids start at 1)".into());
+        }
+        let addr = host_port("initial-cluster", addr.trim())?;
+        if members.insert(id, addr).is_some() {
+            return Err(format!("--initial-cluster: node id {id} is listed twice"));
+        }
+    }
+    Ok(members)
 }
 
 /// Limits of the query path (`--query-*` flags; docs/design/http-api.md).
@@ -268,6 +360,7 @@ pub struct ServeConfig {
     pub tokens_file: Option<PathBuf>,
     pub maintain_interval_ms: i64,
     pub query: QueryConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for ServeConfig {
@@ -284,6 +377,7 @@ impl Default for ServeConfig {
             tokens_file: None,
             maintain_interval_ms: 60_000,
             query: QueryConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -323,6 +417,48 @@ impl ServeConfig {
         }
         if let Some(text) = pick(&args.grpc_listen, &file.grpc_listen) {
             config.grpc_listen = address("grpc-listen", &text)?;
+        }
+        let cluster = &mut config.cluster;
+        if let Some(id) = pick(&args.node_id, &file.node_id) {
+            if id == 0 {
+                return Err("--node-id 0: node ids start at 1".into());
+            }
+            cluster.node_id = id;
+        }
+        if let Some(text) = pick(&args.advertise_grpc, &file.advertise_grpc) {
+            cluster.advertise_grpc = Some(host_port("advertise-grpc", &text)?);
+        }
+        if let Some(text) = pick(&args.advertise_http, &file.advertise_http) {
+            cluster.advertise_http = Some(host_port("advertise-http", &text)?);
+        }
+        if let Some(n) = pick(&args.shard_count, &file.shard_count) {
+            let max = sextant_raft::command::SHARD_COUNT_MAX;
+            if n == 0 || n > max {
+                return Err(format!("--shard-count {n}: must be between 1 and {max}"));
+            }
+            cluster.shard_count = n;
+        }
+        let join = args.join || file.join.unwrap_or(false);
+        match (pick(&args.initial_cluster, &file.initial_cluster), join) {
+            (Some(_), true) => return Err("--join and --initial-cluster exclude each other: a joining node is added by `sextant admin node add`".into()),
+            (Some(text), false) => {
+                let members = parse_initial_cluster(&text)?;
+                let Some(own) = members.get(&cluster.node_id) else {
+                    return Err(format!("--initial-cluster does not list this node's --node-id {} (it lists {:?})", cluster.node_id, members.keys().collect::<Vec<_>>()));
+                };
+                // Every node must bootstrap the same membership (openraft: initializing with
+                // different memberships is split brain), so this node's advertised gRPC
+                // address is its entry in the list.
+                match &cluster.advertise_grpc {
+                    Some(advertised) if advertised != own => {
+                        return Err(format!("--advertise-grpc {advertised:?} differs from this node's --initial-cluster entry {own:?}; they must be the same address"));
+                    }
+                    _ => cluster.advertise_grpc = Some(own.clone()),
+                }
+                cluster.formation = Formation::Initial(members);
+            }
+            (None, true) => cluster.formation = Formation::Join,
+            (None, false) => cluster.formation = Formation::Single,
         }
         if let Some(text) = pick(&args.retention, &file.retention) {
             let ms = duration("retention", &text)?;
@@ -471,6 +607,31 @@ mod tests {
         assert_eq!(both.limits.blocked_label_names.iter().cloned().collect::<Vec<_>>(), vec!["a".to_string(), "b".to_string()]);
     }
 
+    // Goal: the cluster flags — defaults (node 1, a one-voter cluster, 16 shards), the
+    // formations, the advertised gRPC address taken from the node's --initial-cluster entry,
+    // and the same settings from the file.
+    #[test]
+    fn cluster_flags() {
+        let check = |args: ServeArgs, file: Option<&str>, expected: ClusterConfig| {
+            assert_eq!(ServeConfig::resolve(&args, file).unwrap().cluster, expected);
+        };
+        check(ServeArgs::default(), None, ClusterConfig::default());
+        assert_eq!(ClusterConfig::default().shard_count, 16);
+        let members: BTreeMap<u64, String> = [(1, "h1:9481".to_string()), (2, "h2:9481".to_string()), (3, "10.0.0.3:7000".to_string())].into();
+        check(
+            ServeArgs { node_id: Some(2), initial_cluster: Some("1=h1:9481, 2=h2:9481,3=10.0.0.3:7000".into()), advertise_http: Some("h2:9480".into()), shard_count: Some(32), ..Default::default() },
+            None,
+            ClusterConfig { node_id: 2, advertise_grpc: Some("h2:9481".into()), advertise_http: Some("h2:9480".into()), formation: Formation::Initial(members.clone()), shard_count: 32 },
+        );
+        check(
+            ServeArgs::default(),
+            Some("node_id = 2\ninitial_cluster = \"1=h1:9481,2=h2:9481,3=10.0.0.3:7000\"\nshard_count = 32\nadvertise_http = \"h2:9480\"\n"),
+            ClusterConfig { node_id: 2, advertise_grpc: Some("h2:9481".into()), advertise_http: Some("h2:9480".into()), formation: Formation::Initial(members), shard_count: 32 },
+        );
+        check(ServeArgs { node_id: Some(4), join: true, advertise_grpc: Some("h4:9481".into()), ..Default::default() }, None, ClusterConfig { node_id: 4, advertise_grpc: Some("h4:9481".into()), formation: Formation::Join, ..ClusterConfig::default() });
+        check(ServeArgs::default(), Some("join = true\n"), ClusterConfig { formation: Formation::Join, ..ClusterConfig::default() });
+    }
+
     // Goal: malformed settings are errors that name the setting, never panics or silent
     // defaults.
     #[test]
@@ -484,6 +645,18 @@ mod tests {
             (ServeArgs { query_concurrency_max: Some(2), query_alert_reserved: Some(2), ..Default::default() }, None, "--query-alert-reserved"),
             (ServeArgs { query_timeout: Some("0".into()), ..Default::default() }, None, "--query-timeout"),
             (ServeArgs::default(), Some("query_memory_max = \"lots\""), "--query-memory-max"),
+            (ServeArgs { node_id: Some(0), ..Default::default() }, None, "--node-id 0"),
+            (ServeArgs { shard_count: Some(0), ..Default::default() }, None, "--shard-count 0"),
+            (ServeArgs { shard_count: Some(5000), ..Default::default() }, None, "--shard-count 5000"),
+            (ServeArgs { advertise_http: Some("nohost".into()), ..Default::default() }, None, "--advertise-http \"nohost\": no port"),
+            (ServeArgs { advertise_grpc: Some(":9481".into()), ..Default::default() }, None, "--advertise-grpc \":9481\": no host"),
+            (ServeArgs { initial_cluster: Some("1=a:1,x=b:2".into()), ..Default::default() }, None, "node id \"x\" is not a positive integer"),
+            (ServeArgs { initial_cluster: Some("1=a:1,1=b:2".into()), ..Default::default() }, None, "node id 1 is listed twice"),
+            (ServeArgs { initial_cluster: Some("1=a:1,2b:2".into()), ..Default::default() }, None, "\"2b:2\" is not ID=HOST:PORT"),
+            (ServeArgs { initial_cluster: Some("1=a:99999".into()), ..Default::default() }, None, "not a number from 0 to 65535"),
+            (ServeArgs { node_id: Some(3), initial_cluster: Some("1=a:1,2=b:2".into()), ..Default::default() }, None, "does not list this node's --node-id 3"),
+            (ServeArgs { initial_cluster: Some("1=a:1".into()), join: true, ..Default::default() }, None, "--join and --initial-cluster"),
+            (ServeArgs { initial_cluster: Some("1=a:1".into()), advertise_grpc: Some("b:1".into()), ..Default::default() }, None, "differs from this node's --initial-cluster entry"),
         ];
         for (args, file, needle) in cases {
             let error = ServeConfig::resolve(&args, file).unwrap_err();

@@ -196,6 +196,8 @@ async fn status_tsdb_inner(node: &Node, headers: &HeaderMap, limit: Option<usize
     let value_counts: Vec<serde_json::Value> = by_label.iter().take(limit).map(|(name, values, _)| serde_json::json!({"name": name, "value": values})).collect();
     let label_pairs: u64 = report.labels.iter().map(|(_, values, _)| values).sum();
     let runaway = node.runaway(&tenant);
+    let view = node.limits_view();
+    let limits = view.for_tenant(&tenant);
     let body = serde_json::json!({
         "status": "success",
         "data": {
@@ -208,9 +210,12 @@ async fn status_tsdb_inner(node: &Node, headers: &HeaderMap, limit: Option<usize
             "tenant": tenant,
             "activeSeries": node.active_series(&tenant, None),
             "limits": {
-                "seriesPerMetricMax": node.config().limits.series_per_metric_max,
-                "seriesPerTenantMax": node.config().limits.series_per_tenant_max,
-                "ingestRateSamplesPerSecondMax": node.config().limits.ingest_rate_samples_per_s_max,
+                "seriesPerMetricMax": limits.series_per_metric_max,
+                "seriesPerTenantMax": limits.series_per_tenant_max,
+                "ingestRateSamplesPerSecondMax": limits.ingest_rate_samples_per_s_max,
+                "blockedLabels": limits.blocked_labels,
+                // The metadata group's applied index these limits come from (0: the node's flags).
+                "version": view.version,
             },
             "runawayMetrics": runaway,
         }

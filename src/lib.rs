@@ -8,7 +8,9 @@
 //! [`query_api`] (the Prometheus query API), [`query_scheduler`] (query admission, priority
 //! classes, shedding),
 //! [`server`] (the HTTP/1 accept loop and `sextant serve`), [`admin`] (the admin gRPC service and
-//! the `sextant admin` CLI).
+//! the `sextant admin` CLI), [`cluster`] (the node's member of the metadata group: formation,
+//! seeding, following its limits), [`tenant_limits`] (the limits in force per tenant: cluster
+//! values over this node's flags).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
 //! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
@@ -18,6 +20,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod duration;
 pub mod hll;
@@ -30,3 +33,4 @@ pub mod query_scheduler;
 pub mod remote_write;
 pub mod server;
 pub mod shard;
+pub mod tenant_limits;

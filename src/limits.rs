@@ -57,6 +57,22 @@ impl TokenBucket {
         TokenBucket { rate_per_s: rate_per_s as f64, capacity, tokens: capacity, last_ns: now_ns }
     }
 
+    /// The refill rate, samples per second.
+    pub fn rate_per_s(&self) -> u64 {
+        self.rate_per_s as u64
+    }
+
+    /// Changes the rate (the cluster changed the tenant's limit): what accrued so far at the
+    /// old rate is kept, capped by the new burst, and refilling continues at the new rate.
+    pub fn set_rate(&mut self, rate_per_s: u64, now_ns: u64) {
+        let elapsed_s = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
+        self.last_ns = self.last_ns.max(now_ns);
+        self.tokens = (self.tokens + elapsed_s * self.rate_per_s).min(self.capacity);
+        self.rate_per_s = rate_per_s as f64;
+        self.capacity = rate_per_s as f64 * 2.0;
+        self.tokens = self.tokens.min(self.capacity);
+    }
+
     /// True when the bucket has refilled completely (it can be dropped and recreated).
     pub fn is_full(&self, now_ns: u64) -> bool {
         let elapsed_s = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
@@ -143,11 +159,17 @@ pub struct RunawayMetric {
     pub flagged_since_ms: i64,
 }
 
+/// The series limits of one tenant, passed on each admission: they come from the metadata
+/// group and change while the node runs (`tenant_limits`), so the tracker does not keep them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeriesLimits {
+    pub per_metric_max: u64,
+    pub per_tenant_max: u64,
+}
+
 /// Settings of the tracker.
 #[derive(Clone, Debug)]
 pub struct TrackerLimits {
-    pub series_per_metric_max: u64,
-    pub series_per_tenant_max: u64,
     pub tenants_max: usize,
     pub runaway_new_series_max: u64,
     pub runaway_window_ms: i64,
@@ -175,7 +197,9 @@ impl SeriesTracker {
     }
 
     /// Admits a series (see the module documentation). `metric` is its `__name__`.
-    pub fn admit(&mut self, tenant: &str, key: SeriesAccountKey, metric: &str, now_ms: i64) -> Admission {
+    /// A lowered limit refuses new series until the count falls below it; series already
+    /// counted keep ingesting.
+    pub fn admit(&mut self, tenant: &str, key: SeriesAccountKey, metric: &str, now_ms: i64, series: SeriesLimits) -> Admission {
         let limits = self.limits.clone();
         let state = self.tenants.entry(tenant.to_string()).or_default();
         if let Some(active) = state.series.get_mut(&key) {
@@ -216,11 +240,11 @@ impl SeriesTracker {
         }
         let state = self.tenants.get_mut(tenant).expect("inserted above");
         let metric_count = state.per_metric.get(metric).copied().unwrap_or(0);
-        if metric_count >= limits.series_per_metric_max {
-            return Admission::MetricLimit { metric: metric.to_string(), limit: limits.series_per_metric_max };
+        if metric_count >= series.per_metric_max {
+            return Admission::MetricLimit { metric: metric.to_string(), limit: series.per_metric_max };
         }
-        if state.series.len() as u64 >= limits.series_per_tenant_max {
-            return Admission::TenantLimit { limit: limits.series_per_tenant_max };
+        if state.series.len() as u64 >= series.per_tenant_max {
+            return Admission::TenantLimit { limit: series.per_tenant_max };
         }
         let metric: Arc<str> = match state.per_metric.get_key_value(metric) {
             Some((name, _)) => name.clone(),
@@ -356,8 +380,10 @@ mod tests {
     use super::*;
 
     fn limits() -> TrackerLimits {
-        TrackerLimits { series_per_metric_max: 3, series_per_tenant_max: 5, tenants_max: 2, runaway_new_series_max: 4, runaway_window_ms: 1000, series_idle_ms_max: 10_000 }
+        TrackerLimits { tenants_max: 2, runaway_new_series_max: 4, runaway_window_ms: 1000, series_idle_ms_max: 10_000 }
     }
+
+    const SERIES: SeriesLimits = SeriesLimits { per_metric_max: 3, per_tenant_max: 5 };
 
     // Goal: the per-metric and per-tenant limits refuse only new series; existing series
     // and other metrics keep being admitted; idle series stop counting.
@@ -365,22 +391,22 @@ mod tests {
     fn limits_refuse_only_new_series() {
         let mut tracker = SeriesTracker::new(limits(), 0);
         for key in 0..3u128 {
-            assert_eq!(tracker.admit("t", key, "a", 0), Admission::New);
+            assert_eq!(tracker.admit("t", key, "a", 0, SERIES), Admission::New);
         }
-        assert_eq!(tracker.admit("t", 3, "a", 0), Admission::MetricLimit { metric: "a".into(), limit: 3 });
-        assert_eq!(tracker.admit("t", 0, "a", 1), Admission::Existing);
-        assert_eq!(tracker.admit("t", 10, "b", 1), Admission::New);
-        assert_eq!(tracker.admit("t", 11, "b", 1), Admission::New);
-        assert_eq!(tracker.admit("t", 12, "c", 1), Admission::TenantLimit { limit: 5 });
+        assert_eq!(tracker.admit("t", 3, "a", 0, SERIES), Admission::MetricLimit { metric: "a".into(), limit: 3 });
+        assert_eq!(tracker.admit("t", 0, "a", 1, SERIES), Admission::Existing);
+        assert_eq!(tracker.admit("t", 10, "b", 1, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 11, "b", 1, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 12, "c", 1, SERIES), Admission::TenantLimit { limit: 5 });
         assert_eq!(tracker.active_series("t", None), 5);
         assert_eq!(tracker.active_series("t", Some("a")), 3);
         tracker.forget("t", 11);
-        assert_eq!(tracker.admit("t", 12, "c", 1), Admission::New);
+        assert_eq!(tracker.admit("t", 12, "c", 1, SERIES), Admission::New);
         // Series 1 and 2 idle past 10 s; 0 was written at 9 000.
-        assert_eq!(tracker.admit("t", 0, "a", 9_000), Admission::Existing);
+        assert_eq!(tracker.admit("t", 0, "a", 9_000, SERIES), Admission::Existing);
         tracker.maintain(10_500);
         assert_eq!(tracker.active_series("t", Some("a")), 1);
-        assert_eq!(tracker.admit("t", 3, "a", 10_500), Admission::New);
+        assert_eq!(tracker.admit("t", 3, "a", 10_500, SERIES), Admission::New);
         assert!(tracker.tenant_allowed("t"));
         assert!(tracker.tenant_allowed("u"));
     }
@@ -396,10 +422,10 @@ mod tests {
         }
         tracker.seed("t", 0, "a", 0);
         assert_eq!(tracker.active_series("t", Some("a")), 4, "over the limit of 3, as the head holds them");
-        assert_eq!(tracker.admit("t", 9, "a", 1), Admission::MetricLimit { metric: "a".into(), limit: 3 });
-        assert_eq!(tracker.admit("t", 2, "a", 1), Admission::Existing);
-        assert_eq!(tracker.admit("t", 10, "b", 1), Admission::New);
-        assert_eq!(tracker.admit("t", 11, "b", 1), Admission::TenantLimit { limit: 5 });
+        assert_eq!(tracker.admit("t", 9, "a", 1, SERIES), Admission::MetricLimit { metric: "a".into(), limit: 3 });
+        assert_eq!(tracker.admit("t", 2, "a", 1, SERIES), Admission::Existing);
+        assert_eq!(tracker.admit("t", 10, "b", 1, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 11, "b", 1, SERIES), Admission::TenantLimit { limit: 5 });
         tracker.maintain(10_001);
         assert_eq!(tracker.active_series("t", Some("a")), 1, "only series 2 was written since");
     }
@@ -411,11 +437,11 @@ mod tests {
     fn runaway_flagged_once_and_cleared() {
         let mut tracker = SeriesTracker::new(limits(), 0);
         for _ in 0..10 {
-            tracker.admit("t", 100, "bomb", 0);
+            tracker.admit("t", 100, "bomb", 0, SERIES);
         }
         assert!(tracker.runaway("t").is_empty());
         for key in 0..20u128 {
-            tracker.admit("t", key << 64, "bomb", 0);
+            tracker.admit("t", key << 64, "bomb", 0, SERIES);
         }
         let flagged = tracker.take_newly_flagged();
         assert_eq!(flagged.len(), 1);
@@ -426,6 +452,36 @@ mod tests {
         assert_eq!(tracker.runaway("t").len(), 1, "window that flagged it was still hot");
         tracker.maintain(2_000);
         assert!(tracker.runaway("t").is_empty());
+    }
+
+    // Goal: limits handed in per admission take effect at once — a raised limit admits the
+    // next new series, a lowered one refuses new series while existing ones keep ingesting.
+    #[test]
+    fn limits_change_between_admissions() {
+        let mut tracker = SeriesTracker::new(limits(), 0);
+        let two = SeriesLimits { per_metric_max: 2, per_tenant_max: 100 };
+        assert_eq!(tracker.admit("t", 1, "a", 0, two), Admission::New);
+        assert_eq!(tracker.admit("t", 2, "a", 0, two), Admission::New);
+        assert_eq!(tracker.admit("t", 3, "a", 0, two), Admission::MetricLimit { metric: "a".into(), limit: 2 });
+        let three = SeriesLimits { per_metric_max: 3, ..two };
+        assert_eq!(tracker.admit("t", 3, "a", 0, three), Admission::New);
+        let one = SeriesLimits { per_metric_max: 1, ..two };
+        assert_eq!(tracker.admit("t", 4, "a", 0, one), Admission::MetricLimit { metric: "a".into(), limit: 1 });
+        assert_eq!(tracker.admit("t", 2, "a", 0, one), Admission::Existing);
+        assert_eq!(tracker.active_series("t", Some("a")), 3);
+    }
+
+    // Goal: a rate change keeps what accrued (capped by the new burst) and refills at the
+    // new rate.
+    #[test]
+    fn token_bucket_rate_change() {
+        let mut bucket = TokenBucket::new(100, 0);
+        assert_eq!(bucket.try_take(200, 0), Ok(()));
+        bucket.set_rate(10, 1_000_000_000); // 100 tokens accrued, capped at the new burst of 20
+        assert_eq!(bucket.rate_per_s(), 10);
+        assert_eq!(bucket.try_take(20, 1_000_000_000), Ok(()));
+        assert_eq!(bucket.try_take(10, 1_000_000_000), Err(1000));
+        assert_eq!(bucket.try_take(10, 2_000_000_000), Ok(()));
     }
 
     // Goal: the bucket admits the burst, refuses beyond it with a wait, and refills with

@@ -81,6 +81,10 @@ pub struct Metrics {
     pub queries: Family<QueryOutcomeLabels, Counter>,
     pub query_queue_depth: Gauge,
     pub queries_running: Gauge,
+    /// The metadata group's applied index the limits in force were built from (0: flags only).
+    pub metadata_applied_index: Gauge,
+    /// 1 when the limits in force are the cluster's, 0 when they are this node's flags.
+    pub limits_from_cluster: Gauge,
     pub query_duration_seconds: Family<ClassLabels, Histogram, fn() -> Histogram>,
     pub query_queue_wait_seconds: Histogram,
     /// Last engine counters seen, to turn them into counter increments.
@@ -123,6 +127,8 @@ impl Metrics {
             queries: Family::default(),
             query_queue_depth: Gauge::default(),
             queries_running: Gauge::default(),
+            metadata_applied_index: Gauge::default(),
+            limits_from_cluster: Gauge::default(),
             query_duration_seconds: Family::new_with_constructor(query_duration_histogram as fn() -> Histogram),
             query_queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             last_wal: Mutex::new(WalStats::default()),
@@ -154,6 +160,8 @@ impl Metrics {
         registry.register("queries", "PromQL queries (query, query_range), by priority class and outcome", m.queries.clone());
         registry.register("query_queue_depth", "Queries waiting for a query slot", m.query_queue_depth.clone());
         registry.register("queries_running", "Queries holding a query slot", m.queries_running.clone());
+        registry.register("metadata_applied_index", "Applied index of the metadata group that the limits in force come from (0: this node's flags only)", m.metadata_applied_index.clone());
+        registry.register("limits_from_cluster", "1 when the tenant limits in force are the cluster's, 0 when they are this node's flags", m.limits_from_cluster.clone());
         registry.register("query_duration_seconds", "Time from a query's arrival to its answer (queueing included), by priority class", m.query_duration_seconds.clone());
         registry.register("query_queue_wait_seconds", "Time admitted queries waited for a query slot", m.query_queue_wait_seconds.clone());
         Metrics { registry, ..m }

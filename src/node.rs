@@ -19,7 +19,7 @@
 //!    ever follows a request whose every other sample was stored.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sextant_core::clock::Clock;
 use sextant_core::labels::{Label, Labels};
@@ -30,11 +30,12 @@ use sextant_storage::wal::WalError;
 
 use crate::auth::Tokens;
 use crate::config::ServeConfig;
-use crate::limits::{series_account_key, Admission, SeriesAccountKey, SeriesTracker, TokenBucket, TrackerLimits};
+use crate::limits::{series_account_key, Admission, SeriesAccountKey, SeriesLimits, SeriesTracker, TokenBucket, TrackerLimits};
 use crate::metrics::Metrics;
 use crate::query_scheduler::{QueryScheduler, SchedulerLimits};
 use crate::remote_write::{MetricMetadata, MetricType, WriteRequest};
 use crate::shard::shard_for;
+use crate::tenant_limits::{EffectiveLimits, LimitsSource, LimitsView};
 
 /// Reasons quoted in a 400 body; the rest are counted.
 pub const REASONS_SHOWN_MAX: usize = 5;
@@ -55,6 +56,19 @@ pub enum EngineSlot {
     Failed(String),
     /// Shutting down; writes answer 503.
     Closing,
+}
+
+/// Where the node's member of the metadata group is (see `cluster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataStatus {
+    /// No metadata group: the node runs on its flags alone (the simulator, most tests).
+    Standalone,
+    /// `sextant serve` is starting the raft member; the node is not ready.
+    Starting,
+    /// The raft member runs (it need not be the leader).
+    Started,
+    /// The raft member failed to start; the node stays up to say why on /-/ready.
+    Failed(String),
 }
 
 /// Metadata of one metric family, as Prometheus's `/api/v1/metadata` serves it.
@@ -148,6 +162,9 @@ pub struct Node {
     metadata: Mutex<BTreeMap<String, BTreeMap<String, StoredMetadata>>>,
     tokens: Option<Tokens>,
     query_scheduler: Arc<QueryScheduler>,
+    /// The limits in force; replaced whole when the metadata group's applied state changes.
+    limits: RwLock<Arc<LimitsView>>,
+    metadata_status: Mutex<MetadataStatus>,
     pub metrics: Metrics,
 }
 
@@ -162,8 +179,6 @@ impl Node {
     pub fn new(config: ServeConfig, clock: Arc<dyn Clock>, tokens: Option<Tokens>) -> Arc<Node> {
         let limits = &config.limits;
         let tracker_limits = TrackerLimits {
-            series_per_metric_max: limits.series_per_metric_max,
-            series_per_tenant_max: limits.series_per_tenant_max,
             tenants_max: limits.tenants_max,
             runaway_new_series_max: limits.runaway_new_series_max,
             runaway_window_ms: limits.runaway_window_ms,
@@ -185,6 +200,8 @@ impl Node {
             buckets: Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(BTreeMap::new()),
             query_scheduler,
+            limits: RwLock::new(Arc::new(LimitsView::from_flags(&config))),
+            metadata_status: Mutex::new(MetadataStatus::Standalone),
             metrics,
             config,
             clock,
@@ -207,6 +224,31 @@ impl Node {
     /// Admission of queries (concurrency, priority classes, shedding).
     pub fn query_scheduler(&self) -> &Arc<QueryScheduler> {
         &self.query_scheduler
+    }
+
+    /// The limits in force for every tenant, and the metadata version they reflect.
+    pub fn limits_view(&self) -> Arc<LimitsView> {
+        self.limits.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The limits in force for `tenant`.
+    pub fn tenant_limits(&self, tenant: &str) -> Arc<EffectiveLimits> {
+        self.limits_view().for_tenant(tenant)
+    }
+
+    /// Puts a new view of the limits in force (the cluster's applied state changed).
+    pub fn set_limits_view(&self, view: LimitsView) {
+        self.metrics.metadata_applied_index.set(i64::try_from(view.version).unwrap_or(i64::MAX));
+        self.metrics.limits_from_cluster.set(i64::from(view.source == LimitsSource::Cluster));
+        *self.limits.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(view);
+    }
+
+    pub fn metadata_status(&self) -> MetadataStatus {
+        self.metadata_status.lock().expect("metadata status lock").clone()
+    }
+
+    pub fn set_metadata_status(&self, status: MetadataStatus) {
+        *self.metadata_status.lock().expect("metadata status lock") = status;
     }
 
     pub fn set_engine(&self, slot: EngineSlot) {
@@ -259,6 +301,11 @@ impl Node {
 
     /// Ok when the node accepts writes; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
+        match self.metadata_status() {
+            MetadataStatus::Standalone | MetadataStatus::Started => {}
+            MetadataStatus::Starting => return Err("the metadata raft member is starting".into()),
+            MetadataStatus::Failed(reason) => return Err(format!("the metadata raft member failed to start: {reason}")),
+        }
         let engine = self.engine()?;
         if engine.wal_stats().poisoned {
             return Err("WAL poisoned by an fsync error; writes are refused until the node restarts".into());
@@ -342,11 +389,15 @@ impl Node {
         if samples_total == 0 {
             return IngestOutcome::new(204, "");
         }
-        let rate = limits.ingest_rate_samples_per_s_max;
+        let tenant_limits = self.tenant_limits(tenant);
+        let rate = tenant_limits.ingest_rate_samples_per_s_max;
         if rate > 0 {
             let now_ns = self.clock.now_monotonic_ns();
             let mut buckets = self.buckets.lock().expect("bucket lock");
             let bucket = buckets.entry(tenant.to_string()).or_insert_with(|| TokenBucket::new(rate, now_ns));
+            if bucket.rate_per_s() != rate {
+                bucket.set_rate(rate, now_ns);
+            }
             if let Err(wait_ms) = bucket.try_take(samples_total, now_ns) {
                 drop(buckets);
                 self.metrics.refused("rate_limit", samples_total);
@@ -362,6 +413,7 @@ impl Node {
         let mut per_shard: BTreeMap<u32, Vec<WriteSeries>> = BTreeMap::new();
         let mut new_keys: BTreeMap<u32, Vec<SeriesAccountKey>> = BTreeMap::new();
         let now_ms = self.clock.now_wall_ms();
+        let series_limits = SeriesLimits { per_metric_max: tenant_limits.series_per_metric_max, per_tenant_max: tenant_limits.series_per_tenant_max };
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for series in request.timeseries {
@@ -385,15 +437,15 @@ impl Node {
                         continue;
                     }
                 };
-                if let Some(blocked) = labels.iter().find(|l| limits.blocked_label_names.contains(&l.name)) {
+                if let Some(blocked) = labels.iter().find(|l| tenant_limits.blocked_labels.contains(&l.name)) {
                     self.metrics.refused("blocked_label", n);
-                    refusals.add(n, || format!("{}: label name {:?} is blocked on this node", quoted(), blocked.name));
+                    refusals.add(n, || format!("{}: label name {:?} is blocked for tenant {tenant:?}", quoted(), blocked.name));
                     continue;
                 }
                 let key = series_account_key(tenant, &labels);
                 let metric = labels.metric_name().to_string();
                 let shard = shard_for(fingerprint(tenant, &labels), shard_count);
-                match tracker.admit(tenant, key, &metric, now_ms) {
+                match tracker.admit(tenant, key, &metric, now_ms, series_limits) {
                     Admission::Existing => {}
                     Admission::New => new_keys.entry(shard).or_default().push(key),
                     Admission::MetricLimit { metric, limit } => {

@@ -451,7 +451,8 @@ pub enum QueryKind {
 pub struct QueryRequest {
     pub text: String,
     pub kind: QueryKind,
-    /// The effective timeout: the `timeout` parameter capped by `--query-timeout`.
+    /// The effective timeout: the `timeout` parameter capped by the tenant's query timeout
+    /// (the cluster default is seeded from `--query-timeout`).
     pub timeout_ms: i64,
     pub class: Priority,
 }
@@ -496,12 +497,14 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// The query limits of this node, for one request.
-fn query_limits(node: &Node) -> QueryLimits {
+/// The query limits of one request of `tenant`: samples and series from the tenant's limits
+/// (the metadata group's, applied live), memory from this node's flags.
+fn query_limits(node: &Node, tenant: &str) -> QueryLimits {
     let config = &node.config().query;
+    let tenant_limits = node.tenant_limits(tenant);
     QueryLimits {
-        samples_max: config.samples_max,
-        series_max: config.series_max,
+        samples_max: tenant_limits.query_samples_max,
+        series_max: tenant_limits.query_series_max,
         bytes_max: config.bytes_max,
         // The API has already refused more than RANGE_POINTS_MAX steps after the first.
         steps_max: RANGE_POINTS_MAX as usize + 1,
@@ -556,7 +559,7 @@ pub async fn execute(node: &Arc<Node>, tenant: &str, request: &QueryRequest, arr
     node.metrics.query_queue_wait_seconds.observe(permit.waited_ns as f64 / 1e9);
     deadline.check_in("while waiting for a query slot").map_err(query_error)?;
 
-    let limits = query_limits(node);
+    let limits = query_limits(node, tenant);
     let plan = match request.kind {
         QueryKind::Instant { t_ms } => promql::plan_instant(&expr, t_ms, limits.lookback_ms),
         QueryKind::Range { start_ms, end_ms, step_ms } => promql::plan_range(&expr, start_ms, end_ms, step_ms, limits.lookback_ms),
@@ -585,8 +588,8 @@ pub async fn execute(node: &Arc<Node>, tenant: &str, request: &QueryRequest, arr
     Ok(output)
 }
 
-fn timeout_param(node: &Node, params: &Params) -> Result<i64, ApiError> {
-    let max_ms = node.config().query.timeout_ms;
+fn timeout_param(node: &Node, tenant: &str, params: &Params) -> Result<i64, ApiError> {
+    let max_ms = node.tenant_limits(tenant).query_timeout_ms;
     match params.get("timeout") {
         None => Ok(max_ms),
         Some(text) => {
@@ -603,16 +606,17 @@ fn query_text(params: &Params) -> Result<String, ApiError> {
     params.get("query").map(str::to_string).ok_or_else(|| ApiError::bad_param("query", "missing: give a PromQL expression in query="))
 }
 
-/// Parses `/api/v1/query` parameters.
-pub fn instant_request(node: &Node, params: &Params, headers: &HeaderMap) -> Result<QueryRequest, ApiError> {
+/// Parses `/api/v1/query` parameters for `tenant` (whose limits cap the timeout).
+pub fn instant_request(node: &Node, tenant: &str, params: &Params, headers: &HeaderMap) -> Result<QueryRequest, ApiError> {
     let text = query_text(params)?;
     let t_ms = time_param(params, "time", node.clock().now_wall_ms())?;
-    let timeout_ms = timeout_param(node, params)?;
+    let timeout_ms = timeout_param(node, tenant, params)?;
     Ok(QueryRequest { text, kind: QueryKind::Instant { t_ms }, timeout_ms, class: priority_of(params, headers)? })
 }
 
 /// Parses `/api/v1/query_range` parameters with Prometheus's checks, in Prometheus's order.
-pub fn range_request(node: &Node, params: &Params, headers: &HeaderMap) -> Result<QueryRequest, ApiError> {
+/// `tenant`'s limits cap the timeout and the range (`end - start`).
+pub fn range_request(node: &Node, tenant: &str, params: &Params, headers: &HeaderMap) -> Result<QueryRequest, ApiError> {
     let required = |name: &str| params.get(name).ok_or_else(|| ApiError::bad_param(name, "cannot parse \"\" to a valid timestamp"));
     let start_ms = parse_time_ms(required("start")?).map_err(|e| ApiError::bad_param("start", e))?;
     let end_ms = parse_time_ms(required("end")?).map_err(|e| ApiError::bad_param("end", e))?;
@@ -628,7 +632,14 @@ pub fn range_request(node: &Node, params: &Params, headers: &HeaderMap) -> Resul
     if (end_ms as i128 - start_ms as i128) / step_ms as i128 > RANGE_POINTS_MAX as i128 {
         return Err(ApiError::new(ErrorKind::BadData, "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"));
     }
-    let timeout_ms = timeout_param(node, params)?;
+    let range_ms_max = node.tenant_limits(tenant).query_range_ms_max;
+    if range_ms_max > 0 && end_ms as i128 - start_ms as i128 > range_ms_max as i128 {
+        return Err(ApiError::new(
+            ErrorKind::BadData,
+            format!("the query range of {} ms (end - start) exceeds tenant {tenant:?}'s limit of {range_ms_max} ms (query_range_ms_max); query a shorter range", end_ms as i128 - start_ms as i128),
+        ));
+    }
+    let timeout_ms = timeout_param(node, tenant, params)?;
     let text = query_text(params)?;
     Ok(QueryRequest { text, kind: QueryKind::Range { start_ms, end_ms, step_ms }, timeout_ms, class: priority_of(params, headers)? })
 }
@@ -653,7 +664,7 @@ async fn query_handler(node: Arc<Node>, method: Method, headers: HeaderMap, uri:
     let mut class = Priority::Adhoc;
     let result: Result<(QueryOutput, promql::Annotations), ApiError> = async {
         let params = read_params(&method, &headers, &uri, body).await?;
-        let request = if range { range_request(&node, &params, &headers)? } else { instant_request(&node, &params, &headers)? };
+        let request = if range { range_request(&node, &tenant, &params, &headers)? } else { instant_request(&node, &tenant, &params, &headers)? };
         class = request.class;
         execute(&node, &tenant, &request, arrival_ns).await
     }
@@ -693,7 +704,7 @@ pub async fn query_range(State(node): State<Arc<Node>>, method: Method, headers:
 /// node's query budget (the same one a query has: these endpoints read samples too).
 async fn matching_series(node: &Node, tenant: &str, match_sets: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Result<Vec<Labels>, ApiError> {
     let engine = node.engine().map_err(|reason| ApiError::new(ErrorKind::Unavailable, reason))?;
-    let limits = query_limits(node);
+    let limits = query_limits(node, tenant);
     let mut budget = SelectBudget::new(limits.series_max, limits.samples_max, limits.bytes_max);
     let mut out = BTreeSet::new();
     for matchers in match_sets {

@@ -20,7 +20,7 @@ pub const HTTP_CONNECTIONS_MAX: usize = 1024;
 
 /// Resolves once `shutdown` is true (or its sender is gone). The watch guard is dropped
 /// inside, so callers' futures stay `Send`.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
@@ -71,23 +71,28 @@ pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: wat
 }
 
 #[cfg(not(madsim))]
-pub use real::run;
+pub use real::{run, Server};
 
 #[cfg(not(madsim))]
 mod real {
+    use std::net::SocketAddr;
     use std::sync::Arc;
     use std::time::Duration;
 
+    use sextant_raft::RaftHandle;
     use sextant_storage::clock::SystemClock;
     use sextant_storage::engine::{Engine, EngineConfig};
     use sextant_storage::fs::real::RealFs;
+    use sextant_storage::fs::FileSystem;
     use sextant_storage::wal::WalConfig;
     use tokio::net::TcpListener;
     use tokio::sync::watch;
+    use tokio::task::JoinHandle;
 
     use crate::auth::Tokens;
+    use crate::cluster::ClusterMember;
     use crate::config::ServeConfig;
-    use crate::node::{EngineSlot, Node};
+    use crate::node::{EngineSlot, MetadataStatus, Node};
 
     async fn wait_for_signal() {
         let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -106,79 +111,151 @@ mod real {
 
     /// Runs `sextant serve` until SIGTERM or SIGINT.
     pub async fn run(config: ServeConfig) -> Result<(), String> {
-        let tokens = match &config.tokens_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("--tokens-file {path:?}: {e}"))?;
-                let tokens = Tokens::parse(&text).map_err(|e| format!("--tokens-file {path:?}: {e}"))?;
-                tracing::info!(tokens = tokens.len(), "bearer-token authentication on");
-                Some(tokens)
-            }
-            None => None,
-        };
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("--data-dir {:?}: {e}", config.data_dir))?;
-        // Two servers on one data directory would corrupt it: hold an exclusive lock.
-        let lock_path = config.data_dir.join("LOCK");
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| format!("{lock_path:?}: {e}"))?;
-        lock.try_lock().map_err(|e| format!("data directory {:?} is in use by another process ({e})", config.data_dir))?;
-
-        let clock = Arc::new(SystemClock::new());
-        let node = Node::new(config.clone(), clock.clone(), tokens);
-        let listener = TcpListener::bind(config.http_listen).await.map_err(|e| format!("--http-listen {}: {e}", config.http_listen))?;
-        tracing::info!(http = %config.http_listen, grpc_reserved = %config.grpc_listen, data_dir = ?config.data_dir, "sextant serve starting (gRPC is not served yet)");
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let server = tokio::spawn(super::serve_http(listener, crate::http::router(node.clone()), shutdown_rx.clone(), super::HTTP_CONNECTIONS_MAX));
-
-        let engine_config = EngineConfig {
-            wal: WalConfig { fsync: config.fsync, ..WalConfig::default() },
-            acceptance: config.acceptance,
-            retention_ms: config.retention_ms,
-            memory_bytes_max: config.memory_bytes_max,
-            ..EngineConfig::default()
-        };
-        let opener = {
-            let node = node.clone();
-            let fs = Arc::new(RealFs::new(config.data_dir.clone()));
-            tokio::spawn(async move {
-                tracing::info!("opening storage (loading blocks, replaying the WAL)");
-                match Engine::open(fs, clock, engine_config).await {
-                    Ok(engine) => {
-                        let status = engine.status().await;
-                        tracing::info!(head_series = status.head_series, blocks = status.blocks, replay_records = status.replay_records, "storage open; ready");
-                        node.set_engine_ready(engine).await;
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "storage failed to open");
-                        node.set_engine(EngineSlot::Failed(error.to_string()));
-                    }
-                }
-            })
-        };
-        let maintainer = {
-            let node = node.clone();
-            let mut stop = shutdown_rx.clone();
-            let interval = Duration::from_millis(config.maintain_interval_ms as u64);
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => node.maintain().await,
-                        _ = super::stopped(&mut stop) => break,
-                    }
-                }
-            })
-        };
-
+        let server = Server::start(config).await?;
         wait_for_signal().await;
-        let _ = shutdown_tx.send(true);
-        // Stop taking requests and let in-flight ones finish (each is acknowledged only once
-        // durable), then close the engine, which waits for queued WAL records.
-        let _ = server.await;
-        let _ = maintainer.await;
-        let _ = opener.await;
-        if let Some(engine) = node.take_engine_for_close() {
-            engine.close().await.map_err(|e| format!("closing storage: {e}"))?;
+        server.shutdown().await
+    }
+
+    /// A running `sextant serve`: HTTP, the storage engine, the metadata group's member and
+    /// the maintenance loop. [`run`] is `start`, a signal, `shutdown`; tests call the parts.
+    pub struct Server {
+        node: Arc<Node>,
+        cluster: ClusterMember,
+        http_addr: SocketAddr,
+        grpc_addr: SocketAddr,
+        shutdown_tx: watch::Sender<bool>,
+        http: JoinHandle<()>,
+        maintainer: JoinHandle<()>,
+        opener: JoinHandle<()>,
+        lock: std::fs::File,
+    }
+
+    impl Server {
+        /// Binds `--http-listen` and `--grpc-listen` and starts.
+        pub async fn start(config: ServeConfig) -> Result<Server, String> {
+            let http = TcpListener::bind(config.http_listen).await.map_err(|e| format!("--http-listen {}: {e}", config.http_listen))?;
+            let grpc = TcpListener::bind(config.grpc_listen).await.map_err(|e| format!("--grpc-listen {}: {e}", config.grpc_listen))?;
+            Server::start_with_listeners(config, http, grpc).await
         }
-        tracing::info!("storage closed; bye");
-        drop(lock);
-        Ok(())
+
+        /// Starts on listeners the caller bound (tests bind port 0 and build
+        /// `--initial-cluster` from the ports they got). Unset advertised addresses default to
+        /// the listeners' addresses.
+        pub async fn start_with_listeners(config: ServeConfig, http_listener: TcpListener, grpc_listener: TcpListener) -> Result<Server, String> {
+            let tokens = match &config.tokens_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| format!("--tokens-file {path:?}: {e}"))?;
+                    let tokens = Tokens::parse(&text).map_err(|e| format!("--tokens-file {path:?}: {e}"))?;
+                    tracing::info!(tokens = tokens.len(), "bearer-token authentication on");
+                    Some(tokens)
+                }
+                None => None,
+            };
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("--data-dir {:?}: {e}", config.data_dir))?;
+            // Two servers on one data directory would corrupt it: hold an exclusive lock.
+            let lock_path = config.data_dir.join("LOCK");
+            let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| format!("{lock_path:?}: {e}"))?;
+            lock.try_lock().map_err(|e| format!("data directory {:?} is in use by another process ({e})", config.data_dir))?;
+            let http_addr = http_listener.local_addr().map_err(|e| format!("--http-listen: {e}"))?;
+            let grpc_addr = grpc_listener.local_addr().map_err(|e| format!("--grpc-listen: {e}"))?;
+            let advertise = sextant_raft::Node {
+                http_addr: config.cluster.advertise_http.clone().unwrap_or_else(|| http_addr.to_string()),
+                grpc_addr: config.cluster.advertise_grpc.clone().unwrap_or_else(|| grpc_addr.to_string()),
+            };
+
+            let clock = Arc::new(SystemClock::new());
+            let node = Node::new(config.clone(), clock.clone(), tokens);
+            node.set_metadata_status(MetadataStatus::Starting);
+            tracing::info!(node_id = config.cluster.node_id, http = %http_addr, grpc = %grpc_addr, advertise = %advertise, data_dir = ?config.data_dir, "sextant serve starting");
+            let (shutdown_tx, shutdown_rx) = watch::channel(false);
+            let http = tokio::spawn(super::serve_http(http_listener, crate::http::router(node.clone()), shutdown_rx.clone(), super::HTTP_CONNECTIONS_MAX));
+
+            let fs: Arc<dyn FileSystem> = Arc::new(RealFs::new(config.data_dir.clone()));
+            let cluster = match ClusterMember::start(node.clone(), fs.clone(), grpc_listener, advertise).await {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    node.set_metadata_status(MetadataStatus::Failed(error.clone()));
+                    let _ = shutdown_tx.send(true);
+                    let _ = http.await;
+                    return Err(error);
+                }
+            };
+            node.set_metadata_status(MetadataStatus::Started);
+
+            let engine_config = EngineConfig {
+                wal: WalConfig { fsync: config.fsync, ..WalConfig::default() },
+                acceptance: config.acceptance,
+                retention_ms: config.retention_ms,
+                memory_bytes_max: config.memory_bytes_max,
+                ..EngineConfig::default()
+            };
+            let opener = {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    tracing::info!("opening storage (loading blocks, replaying the WAL)");
+                    match Engine::open(fs, clock, engine_config).await {
+                        Ok(engine) => {
+                            let status = engine.status().await;
+                            tracing::info!(head_series = status.head_series, blocks = status.blocks, replay_records = status.replay_records, "storage open; ready");
+                            node.set_engine_ready(engine).await;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "storage failed to open");
+                            node.set_engine(EngineSlot::Failed(error.to_string()));
+                        }
+                    }
+                })
+            };
+            let maintainer = {
+                let node = node.clone();
+                let mut stop = shutdown_rx.clone();
+                let interval = Duration::from_millis(config.maintain_interval_ms as u64);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(interval) => node.maintain().await,
+                            _ = super::stopped(&mut stop) => break,
+                        }
+                    }
+                })
+            };
+            Ok(Server { node, cluster, http_addr, grpc_addr, shutdown_tx, http, maintainer, opener, lock })
+        }
+
+        pub fn node(&self) -> &Arc<Node> {
+            &self.node
+        }
+
+        /// The metadata group's member.
+        pub fn raft(&self) -> &RaftHandle {
+            self.cluster.handle()
+        }
+
+        pub fn http_addr(&self) -> SocketAddr {
+            self.http_addr
+        }
+
+        pub fn grpc_addr(&self) -> SocketAddr {
+            self.grpc_addr
+        }
+
+        /// Stops taking requests and lets in-flight ones finish (each is acknowledged only
+        /// once durable), closes the engine (which waits for queued WAL records), then stops
+        /// the metadata group's member.
+        pub async fn shutdown(self) -> Result<(), String> {
+            let _ = self.shutdown_tx.send(true);
+            let _ = self.http.await;
+            let _ = self.maintainer.await;
+            let _ = self.opener.await;
+            let closed = match self.node.take_engine_for_close() {
+                Some(engine) => engine.close().await.map_err(|e| format!("closing storage: {e}")),
+                None => Ok(()),
+            };
+            tracing::info!("storage closed");
+            let stopped = self.cluster.shutdown().await.map_err(|e| format!("stopping the metadata raft member: {e}"));
+            tracing::info!("metadata raft member stopped; bye");
+            drop(self.lock);
+            closed.and(stopped)
+        }
     }
 }

@@ -6,12 +6,12 @@
 //! proposer, once, *before* the command enters the log. Applying a command never fails and
 //! never reads a clock (see `state.rs`), so every node turns the same log into the same state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::NodeId;
+use crate::types::{Node, NodeId};
 
 /// Names (tenants, rule groups, rules, dashboard uids, labels) are at most this long.
 pub const NAME_BYTES_MAX: usize = 256;
@@ -111,6 +111,53 @@ pub enum Action {
     PutRuleGroups {
         groups: Vec<RuleGroup>,
     },
+    /// Seeds a new cluster, once: creates the shard map (if none exists yet) and records the
+    /// default tenant limits, both taken from the first leader's `serve` flags. Applied to a
+    /// cluster that is already seeded (`defaults` present) it is a no-op, so every node of a
+    /// new cluster may race to propose it.
+    SeedCluster {
+        shard_count: u32,
+        assignments: BTreeMap<u32, ShardAssignment>,
+        defaults: ClusterDefaults,
+    },
+    /// A node records (or updates) its own HTTP and gRPC addresses. `--initial-cluster` only
+    /// names gRPC addresses, so every member registers itself after start; the same addresses
+    /// again are a no-op. Only members (voters or learners) may register.
+    RegisterNode {
+        id: NodeId,
+        node: Node,
+    },
+}
+
+/// The limits a tenant without its own entry gets, and what a tenant entry's zero fields
+/// fall back to. Seeded from the first leader's `serve` flags when the cluster is created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDefaults {
+    /// Here 0 keeps the `serve` flag's meaning (`ingest_rate_samples_per_s_max` and
+    /// `query_range_ms_max` 0: unlimited).
+    pub limits: TenantLimits,
+    /// Label names refused for every tenant (a tenant's own blocked labels add to these).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub blocked_labels: BTreeSet<String>,
+}
+
+/// Spreads `shard_count` shards round-robin over `voters` (taken in the given order): shard
+/// `i` has primary `voters[i % n]` and, with two or more voters, secondary
+/// `voters[(i + 1) % n]`, so a secondary is never its shard's primary. No voters: no
+/// assignments (the shards start unassigned).
+pub fn round_robin_assignments(shard_count: u32, voters: &[NodeId]) -> BTreeMap<u32, ShardAssignment> {
+    let n = voters.len();
+    if n == 0 {
+        return BTreeMap::new();
+    }
+    (0..shard_count)
+        .map(|shard| {
+            let i = shard as usize;
+            let primary = voters[i % n];
+            let secondary = (n >= 2).then(|| voters[(i + 1) % n]);
+            (shard, ShardAssignment { primary: Some(primary), secondary })
+        })
+        .collect()
 }
 
 /// A shard's replicas. `None` means unassigned.
@@ -120,7 +167,9 @@ pub struct ShardAssignment {
     pub secondary: Option<NodeId>,
 }
 
-/// Per-tenant limits, applied live by every node's ingest and query paths.
+/// Per-tenant limits, applied live by every node's ingest and query paths. In a tenant's own
+/// entry a field of 0 means "the cluster default" ([`ClusterDefaults`]), so an entry created
+/// only to block a label inherits every limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantLimits {
     pub series_per_metric_max: u64,
@@ -362,6 +411,28 @@ fn check_shard(field: &str, assignment: &ShardAssignment) -> Result<(), Validati
     Ok(())
 }
 
+fn check_shard_map(
+    shard_count: u32,
+    assignments: &BTreeMap<u32, ShardAssignment>,
+) -> Result<(), ValidationError> {
+    if shard_count == 0 || shard_count > SHARD_COUNT_MAX {
+        return Err(invalid(
+            "shard_count",
+            format!("{shard_count} is not in 1..={SHARD_COUNT_MAX}"),
+        ));
+    }
+    for (shard, assignment) in assignments {
+        if *shard >= shard_count {
+            return Err(invalid(
+                format!("assignments[{shard}]"),
+                format!("only {shard_count} shards"),
+            ));
+        }
+        check_shard(&format!("assignments[{shard}]"), assignment)?;
+    }
+    Ok(())
+}
+
 /// Checks a command before it is proposed. A command that passes may still apply as a no-op
 /// (the state may have changed meanwhile), but it never makes apply fail.
 pub fn validate(command: &Command) -> Result<(), ValidationError> {
@@ -387,21 +458,32 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
         Action::CreateShardMap {
             shard_count,
             assignments,
+        } => check_shard_map(*shard_count, assignments)?,
+        Action::SeedCluster {
+            shard_count,
+            assignments,
+            defaults,
         } => {
-            if *shard_count == 0 || *shard_count > SHARD_COUNT_MAX {
+            check_shard_map(*shard_count, assignments)?;
+            check_limits(&defaults.limits)?;
+            if defaults.blocked_labels.len() > BLOCKED_LABELS_MAX {
                 return Err(invalid(
-                    "shard_count",
-                    format!("{shard_count} is not in 1..={SHARD_COUNT_MAX}"),
+                    "defaults.blocked_labels",
+                    format!(
+                        "{} names, at most {BLOCKED_LABELS_MAX} allowed",
+                        defaults.blocked_labels.len()
+                    ),
                 ));
             }
-            for (shard, assignment) in assignments {
-                if shard >= shard_count {
-                    return Err(invalid(
-                        format!("assignments[{shard}]"),
-                        format!("only {shard_count} shards"),
-                    ));
-                }
-                check_shard(&format!("assignments[{shard}]"), assignment)?;
+            for label in &defaults.blocked_labels {
+                check_name("defaults.blocked_labels", label)?;
+            }
+        }
+        Action::RegisterNode { id: _, node } => {
+            check_name("node.grpc_addr", &node.grpc_addr)?;
+            // The HTTP address may be unknown (empty) but not oversized.
+            if !node.http_addr.is_empty() {
+                check_name("node.http_addr", &node.http_addr)?;
             }
         }
         Action::AssignShard { shard, assignment } => {

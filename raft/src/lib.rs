@@ -24,7 +24,10 @@ pub mod state;
 pub mod state_machine;
 pub mod types;
 
-pub use command::{validate, Action, Command, Outcome, Response, ValidationError};
+pub use command::{
+    round_robin_assignments, validate, Action, ClusterDefaults, Command, Outcome, Response, TenantLimits,
+    ValidationError,
+};
 pub use log_store::{LogStore, LogStoreConfig, LogStoreError};
 pub use network::TransportConfig;
 pub use node::{MembershipError, RaftHandle, RaftNode, RaftNodeConfig, ReadError, StateRead, WriteError};

@@ -292,6 +292,21 @@ impl RaftHandle {
             .map_err(|e| e.to_string())
     }
 
+    /// Like [`RaftHandle::initialize`], but a node that already has a log or a vote (a
+    /// restart) is not an error: answers whether this call bootstrapped the cluster. openraft
+    /// 0.9 refuses `initialize` unless the log is empty and the vote is (0, 0), so calling this
+    /// on every restart, or on every node listed in the same initial membership, is safe.
+    pub async fn initialize_if_pristine(
+        &self,
+        members: BTreeMap<NodeId, Node>,
+    ) -> Result<bool, String> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// Bootstraps a one-voter cluster of this node.
     pub async fn initialize_single(&self) -> Result<(), String> {
         self.initialize(BTreeMap::from([(self.config.id, self.config.node.clone())]))
@@ -392,6 +407,17 @@ impl RaftHandle {
             });
         }
         Ok(self.local_read())
+    }
+
+    /// Projects this node's own applied copy without copying all of it; `read` gets the
+    /// state, whose `last_applied` says which version it is.
+    pub fn read_local<T>(&self, read: impl FnOnce(&MetadataState) -> T) -> T {
+        self.state_machine.with_state(read)
+    }
+
+    /// This node's addresses as configured.
+    pub fn node(&self) -> &Node {
+        &self.config.node
     }
 
     /// This node's own applied copy, with the index it reflects (what the hot paths use).

@@ -13,9 +13,9 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Action, Command, Outcome, Response, RuleGroup, ShardAssignment, TenantLimits,
+    Action, ClusterDefaults, Command, Outcome, Response, RuleGroup, ShardAssignment, TenantLimits,
 };
-use crate::types::{Entry, LogId, NodeId, StoredMembership};
+use crate::types::{Entry, LogId, Node, NodeId, StoredMembership};
 
 /// The audit trail keeps the last this many entries.
 pub const AUDIT_ENTRIES_MAX: usize = 10_000;
@@ -90,6 +90,20 @@ pub struct Retention {
     pub version: u64,
 }
 
+/// The cluster's default tenant limits and the log index that seeded them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionedDefaults {
+    pub defaults: ClusterDefaults,
+    pub version: u64,
+}
+
+/// A node's own addresses, as it registered them ([`Action::RegisterNode`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredNode {
+    pub node: Node,
+    pub version: u64,
+}
+
 /// One audited change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -114,6 +128,27 @@ pub struct MetadataState {
     pub retention: BTreeMap<String, Retention>,
     /// Oldest first, at most [`AUDIT_ENTRIES_MAX`].
     pub audit: VecDeque<AuditEntry>,
+    /// Set once, by [`Action::SeedCluster`]; `None` until the cluster is seeded. Absent from
+    /// older snapshots (serde default) and not written while `None`, so a state without it
+    /// serializes to the same bytes as before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<VersionedDefaults>,
+    /// Each node's self-registered addresses (HTTP included, which `--initial-cluster` does
+    /// not carry). Same compatibility rule as `defaults`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<NodeId, RegisteredNode>,
+}
+
+impl MetadataState {
+    /// True once [`Action::SeedCluster`] has applied.
+    pub fn is_seeded(&self) -> bool {
+        self.defaults.is_some()
+    }
+
+    /// The current voters, in id order.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        self.membership.membership().voter_ids().collect()
+    }
 }
 
 fn no_op(reason: impl Into<String>) -> Outcome {
@@ -183,30 +218,49 @@ impl MetadataState {
                         "the shard map already exists; its shard count is fixed at creation",
                     );
                 }
-                // validate() bounds these; apply re-checks whatever it relies on, without failing.
-                if *shard_count == 0 {
-                    return no_op("shard count 0");
+                match shard_map_of(index, *shard_count, assignments) {
+                    Ok(map) => {
+                        self.shard_map = Some(map);
+                        Outcome::Applied
+                    }
+                    Err(reason) => no_op(reason),
                 }
-                if let Some(shard) = assignments.keys().find(|shard| **shard >= *shard_count) {
-                    return no_op(format!("assignment for shard {shard} of {shard_count}"));
+            }
+            Action::SeedCluster {
+                shard_count,
+                assignments,
+                defaults,
+            } => {
+                if self.defaults.is_some() {
+                    return no_op("the cluster is already seeded");
                 }
-                let shards = (0..*shard_count)
-                    .map(|id| {
-                        let assignment = assignments.get(&id).cloned().unwrap_or_default();
-                        let epoch = u64::from(assignment.primary.is_some());
-                        let shard = Shard {
-                            primary: assignment.primary,
-                            secondary: assignment.secondary,
-                            epoch,
-                            version: index,
-                        };
-                        (id, shard)
-                    })
-                    .collect();
-                self.shard_map = Some(ShardMap {
-                    shards,
+                // A shard map an operator created before the seed stays as it is.
+                if self.shard_map.is_none() {
+                    match shard_map_of(index, *shard_count, assignments) {
+                        Ok(map) => self.shard_map = Some(map),
+                        Err(reason) => return no_op(reason),
+                    }
+                }
+                self.defaults = Some(VersionedDefaults {
+                    defaults: defaults.clone(),
                     version: index,
                 });
+                Outcome::Applied
+            }
+            Action::RegisterNode { id, node } => {
+                if self.membership.membership().get_node(id).is_none() {
+                    return no_op(format!("node {id} is not a member"));
+                }
+                if self.nodes.get(id).is_some_and(|known| &known.node == node) {
+                    return no_op(format!("node {id} already registered these addresses"));
+                }
+                self.nodes.insert(
+                    *id,
+                    RegisteredNode {
+                        node: node.clone(),
+                        version: index,
+                    },
+                );
                 Outcome::Applied
             }
             Action::AssignShard { shard, assignment } => {
@@ -339,6 +393,38 @@ impl MetadataState {
     }
 }
 
+/// A new shard map, or why the request does not fit (validate() bounds these; apply re-checks
+/// whatever it relies on, without failing).
+fn shard_map_of(
+    index: u64,
+    shard_count: u32,
+    assignments: &BTreeMap<u32, ShardAssignment>,
+) -> Result<ShardMap, String> {
+    if shard_count == 0 {
+        return Err("shard count 0".to_string());
+    }
+    if let Some(shard) = assignments.keys().find(|shard| **shard >= shard_count) {
+        return Err(format!("assignment for shard {shard} of {shard_count}"));
+    }
+    let shards = (0..shard_count)
+        .map(|id| {
+            let assignment = assignments.get(&id).cloned().unwrap_or_default();
+            let epoch = u64::from(assignment.primary.is_some());
+            let shard = Shard {
+                primary: assignment.primary,
+                secondary: assignment.secondary,
+                epoch,
+                version: index,
+            };
+            (id, shard)
+        })
+        .collect();
+    Ok(ShardMap {
+        shards,
+        version: index,
+    })
+}
+
 /// A one-line description of an action for the audit trail (no bulky payloads).
 fn describe(action: &Action) -> String {
     match action {
@@ -378,5 +464,15 @@ fn describe(action: &Action) -> String {
             retention_ms,
         } => format!("set retention of tenant {tenant:?} to {retention_ms} ms"),
         Action::DeleteRetention { tenant } => format!("delete retention of tenant {tenant:?}"),
+        Action::SeedCluster {
+            shard_count,
+            defaults,
+            ..
+        } => format!(
+            "seed the cluster: {shard_count} shards, default limits {:?}, {} blocked labels",
+            defaults.limits,
+            defaults.blocked_labels.len()
+        ),
+        Action::RegisterNode { id, node } => format!("register node {id}: {node}"),
     }
 }

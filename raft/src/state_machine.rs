@@ -237,6 +237,12 @@ impl StateMachineStore {
         self.lock().state.clone()
     }
 
+    /// Reads the applied state in place (the hot paths project what they need instead of
+    /// copying dashboards and the audit trail).
+    pub fn with_state<T>(&self, read: impl FnOnce(&MetadataState) -> T) -> T {
+        read(&self.lock().state)
+    }
+
     /// Writes a snapshot file durably: temp file, fsync, rename, directory fsync.
     async fn persist(&self, snapshot: &StoredSnapshot) -> Result<(), SnapshotError> {
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
