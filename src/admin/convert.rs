@@ -20,16 +20,18 @@ pub fn rule(rule: &Rule) -> pb::Rule {
         alert: rule.alert.clone().unwrap_or_default(),
         expr: rule.expr.clone(),
         for_duration: rule.for_duration.clone().unwrap_or_default(),
+        keep_firing_for: rule.keep_firing_for.clone().unwrap_or_default(),
         labels: pairs(&rule.labels),
         annotations: pairs(&rule.annotations),
     }
 }
 
 pub fn rule_group(group: &VersionedRuleGroup) -> pb::RuleGroup {
-    let RuleGroup { name, interval, rules } = &group.group;
+    let RuleGroup { name, interval, limit, rules } = &group.group;
     pb::RuleGroup {
         name: name.clone(),
         interval: interval.clone().unwrap_or_default(),
+        limit: *limit,
         rules: rules.iter().map(rule).collect(),
         version: group.version,
     }

@@ -144,9 +144,9 @@ pub fn rule_group_json(group: &pb::RuleGroup) -> Value {
     let rules: Vec<Value> = group
         .rules
         .iter()
-        .map(|r| json!({"record": r.record, "alert": r.alert, "expr": r.expr, "for": r.for_duration, "labels": pairs_json(&r.labels), "annotations": pairs_json(&r.annotations)}))
+        .map(|r| json!({"record": r.record, "alert": r.alert, "expr": r.expr, "for": r.for_duration, "keep_firing_for": r.keep_firing_for, "labels": pairs_json(&r.labels), "annotations": pairs_json(&r.annotations)}))
         .collect();
-    json!({"name": group.name, "interval": group.interval, "version": group.version, "rules": rules})
+    json!({"name": group.name, "interval": group.interval, "limit": group.limit, "version": group.version, "rules": rules})
 }
 
 pub fn rule_groups_table(reply: &pb::RuleGroupsReply) -> String {
@@ -171,6 +171,9 @@ pub fn rule_group_text(reply: &pb::RuleGroupsReply) -> String {
         if !group.interval.is_empty() {
             out.push_str(&format!("  interval: {}\n", group.interval));
         }
+        if let Some(limit) = group.limit {
+            out.push_str(&format!("  limit: {limit}\n"));
+        }
         out.push_str("  rules:\n");
         for rule in &group.rules {
             if !rule.record.is_empty() {
@@ -181,6 +184,9 @@ pub fn rule_group_text(reply: &pb::RuleGroupsReply) -> String {
             out.push_str(&format!("    expr: {}\n", yaml_string(&rule.expr)));
             if !rule.for_duration.is_empty() {
                 out.push_str(&format!("    for: {}\n", rule.for_duration));
+            }
+            if !rule.keep_firing_for.is_empty() {
+                out.push_str(&format!("    keep_firing_for: {}\n", rule.keep_firing_for));
             }
             for (key, pairs) in [("labels", &rule.labels), ("annotations", &rule.annotations)] {
                 if !pairs.is_empty() {
