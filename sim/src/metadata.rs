@@ -180,8 +180,9 @@ impl FileSystem for UnsyncedLogFs {
     }
 }
 
-/// One client write and what became of it.
+/// One client write and what became of it. The reasons are read through `Debug`, in the trace.
 #[derive(Clone, Debug)]
+#[allow(dead_code)]
 enum WriteOutcome {
     Pending,
     /// Acknowledged: applied (or a no-op) at this log index.
@@ -348,6 +349,14 @@ struct Member {
 impl Member {
     fn node(&self) -> Option<Arc<RaftNode>> {
         self.live.lock().expect("live").clone()
+    }
+
+    /// A handle that spawns on the member's *current* incarnation. The `NodeHandle` kept from
+    /// `build()` spawns on the first incarnation forever: after a restart its tasks are
+    /// dropped at once (madsim 0.2.34: the handle holds the `NodeInfo` it was built with, and
+    /// `restart` replaces it). `Handle::get_node` reads the current one.
+    fn spawner(&self) -> NodeHandle {
+        Handle::current().get_node(self.handle.id()).expect("the member's machine exists")
     }
 }
 
@@ -550,7 +559,7 @@ async fn propose(shared: &Shared, cluster: &MetaCluster, target: usize, command:
     let Some(node) = cluster.members[target].node() else {
         return WriteOutcome::Refused(format!("meta-{target} is down"));
     };
-    let task = cluster.members[target].handle.spawn(async move { node.client_write(command).await });
+    let task = cluster.members[target].spawner().spawn(async move { node.client_write(command).await });
     match tokio::time::timeout(Duration::from_millis(shared.config.request_timeout_ms), task).await {
         Err(_) => WriteOutcome::Unknown("timed out".into()),
         Ok(Err(error)) => WriteOutcome::Unknown(format!("the member died during the call: {error:?}")),
@@ -613,7 +622,7 @@ where
         let leader = cluster.leader();
         if let Some(node) = leader.and_then(|index| cluster.members[index].node()) {
             let index = leader.expect("a leader");
-            let task = cluster.members[index].handle.spawn(call(node));
+            let task = cluster.members[index].spawner().spawn(call(node));
             match tokio::time::timeout(Duration::from_millis(MEMBERSHIP_CALL_TIMEOUT_MS), task).await {
                 Ok(Ok(Ok(value))) => return Some(value),
                 Ok(Ok(Err(error))) => shared.event(format!("operator: {what} at meta-{index}: {error}")),
@@ -901,11 +910,22 @@ pub async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule
         match converge(&shared, &cluster, phase).await {
             Ok(states) => check_states(&shared, &states, phase),
             Err(evidence) => {
-                // Say why, member by member, before giving up on this phase.
+                // Say why, member by member, before giving up on this phase. A final member
+                // that cannot start holds none of the acknowledged writes in an applied state.
                 let mut why = evidence;
+                let acked: Vec<u64> = shared.writes.lock().expect("writes").values().filter_map(|w| match w.outcome {
+                    WriteOutcome::Acked { index, .. } => Some(index),
+                    _ => None,
+                }).collect();
                 for member in &cluster.members {
                     if let Some(error) = member.start_error.lock().expect("start error").clone() {
                         why.push_str(&format!("; meta-{} cannot start: {error}", member.index));
+                        if !acked.is_empty() && !shared.decommissioned.lock().expect("decommissioned").contains(&member.index) {
+                            shared.violate(
+                                "a-acked-durable",
+                                format!("{phase}: meta-{} has none of the {} acknowledged writes (up to index {}) applied: it cannot start: {error}", member.index, acked.len(), acked.iter().max().copied().unwrap_or(0)),
+                            );
+                        }
                     }
                 }
                 shared.violate("b-converged", format!("{phase}: members did not converge within {CONVERGE_MS_MAX} ms: {why}"));
@@ -928,9 +948,11 @@ pub async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule
     }
     let writes_acked = shared.writes.lock().expect("writes").values().filter(|w| matches!(w.outcome, WriteOutcome::Acked { .. })).count() as u64;
     shared.count("client: writes acked", writes_acked);
+    let violations = shared.violations.lock().expect("violations").clone();
+    let effective = shared.effective.lock().expect("effective").clone();
     MetaOutcome {
-        violations: shared.violations.lock().expect("violations").clone(),
-        effective: shared.effective.lock().expect("effective").clone(),
+        violations,
+        effective,
         trace_hash: hasher.digest(),
         writes_acked,
     }

@@ -269,6 +269,9 @@ impl Schedule {
                         let delta_ms = rng.gen_range(-15 * 60_000..=15 * 60_000);
                         Fault::ClockJump { node, delta_ms }
                     }
+                    // Only the metadata scenario has members to cut apart; a single-node run
+                    // given `--faults partition` records it as not applicable.
+                    FaultKind::Partition => Fault::Partition { node, duration_ms },
                     FaultKind::Clog => Fault::Clog {
                         writer: rng.gen_range(0..config.writers.max(1)),
                         node,
