@@ -824,10 +824,17 @@ pub struct MetaOutcome {
 
 /// One metadata run (inside the madsim runtime).
 pub async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) -> MetaOutcome {
-    let shared = Arc::new(Shared {
-        config: config.clone(),
+    let shared = Arc::new(Shared::new(config.clone(), options.verbose));
+    shared.event(format!("seed {} scenario {} schedule {}", config.seed, config.scenario, schedule.to_json()));
+    simulate_with(shared, config, schedule).await
+}
+
+impl Shared {
+    fn new(config: SimConfig, verbose: bool) -> Shared {
+        Shared {
+        config,
         trace: Mutex::new(Xxh64::new(0)),
-        verbose: options.verbose,
+        verbose,
         violations: Mutex::new(Vec::new()),
         reported: Mutex::new(BTreeSet::new()),
         effective: Mutex::new(BTreeMap::new()),
@@ -840,8 +847,11 @@ pub async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule
         decommissioned: Mutex::new(BTreeSet::new()),
         down: Mutex::new(BTreeSet::new()),
         paused: Mutex::new(BTreeSet::new()),
-    });
-    shared.event(format!("seed {} scenario {} schedule {}", config.seed, config.scenario, schedule.to_json()));
+        }
+    }
+}
+
+async fn simulate_with(shared: Arc<Shared>, config: SimConfig, schedule: Schedule) -> MetaOutcome {
     let cluster = Arc::new(MetaCluster::start(&shared, &schedule));
     // Wait for the members to serve, then bootstrap the first three as voters.
     let mut first = None;
@@ -996,5 +1006,44 @@ pub fn draw_schedule(config: &SimConfig, kinds: &BTreeSet<FaultKind>) -> Schedul
         node_skew_ms,
         node_drift_ppm,
         events: crate::schedule::drop_clashing_faults(events),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sextant_raft::state::Retention;
+
+    // Goal: oracles c and d can fail. Method: feed the recorders what a monitor would see —
+    // two members leading one term; a version that goes back, then an object that vanishes —
+    // and check each is reported once, under its oracle, while legal sequences are not.
+    #[madsim::test]
+    async fn leader_and_monotonic_oracles_fire() {
+        let shared = Shared::new(SimConfig::new(1, crate::config::Scenario::Metadata), false);
+        let oracles = |shared: &Shared| shared.violations.lock().unwrap().iter().map(|v| v.oracle.clone()).collect::<Vec<_>>();
+        shared.saw_leader(0, 3);
+        shared.saw_leader(0, 3);
+        shared.saw_leader(1, 4);
+        assert!(oracles(&shared).is_empty());
+        shared.saw_leader(2, 4);
+        shared.saw_leader(2, 4);
+        assert_eq!(oracles(&shared), vec!["c-one-leader-per-term"]);
+
+        let with_retention = |version: Option<u64>| {
+            let mut state = MetadataState::default();
+            if let Some(version) = version {
+                state.retention.insert("tenant-0".into(), Retention { retention_ms: 1, version });
+            }
+            state
+        };
+        shared.saw_state(0, &with_retention(Some(10)));
+        shared.saw_state(0, &with_retention(Some(12)));
+        // Another member's lower version is not a regression of this one.
+        shared.saw_state(1, &with_retention(Some(5)));
+        assert_eq!(oracles(&shared).len(), 1);
+        shared.saw_state(0, &with_retention(Some(11)));
+        shared.saw_state(0, &with_retention(None));
+        let all = oracles(&shared);
+        assert_eq!(all, vec!["c-one-leader-per-term", "d-monotonic", "d-monotonic"], "{:?}", shared.violations.lock().unwrap());
     }
 }
