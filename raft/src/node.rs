@@ -53,6 +53,17 @@ impl RaftNodeConfig {
             },
         }
     }
+
+    /// Builds a snapshot every `entries` applied entries and keeps no log behind it, so a
+    /// member that falls behind (or a new one) can only catch up by snapshot install. For the
+    /// simulator and tests, which must reach snapshot install within a short run; callers
+    /// outside this crate set it here because only raft/ names openraft's types.
+    pub fn with_snapshot_every(mut self, entries: u64) -> RaftNodeConfig {
+        self.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(entries);
+        self.raft.max_in_snapshot_log_to_keep = 0;
+        self.raft.purge_batch_size = 1;
+        self
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

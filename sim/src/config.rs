@@ -22,10 +22,19 @@ pub enum Scenario {
     Bomb,
     /// Everything above at once, at lower rates (what CI runs most).
     Mixed,
+    /// The metadata raft group alone (sim/src/metadata.rs): three members over the real raft
+    /// gRPC transport, clients proposing through any member, partitions, crashes (the leader
+    /// too), pauses and clock jumps, a fourth member added by snapshot and one removed.
+    Metadata,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [Scenario::Steady, Scenario::Crash, Scenario::Disk, Scenario::Skew, Scenario::Bomb, Scenario::Mixed];
+    /// Every scenario, for parsing.
+    pub const ALL: [Scenario; 7] = [Scenario::Steady, Scenario::Crash, Scenario::Disk, Scenario::Skew, Scenario::Bomb, Scenario::Mixed, Scenario::Metadata];
+    /// The single-node (ingest) scenarios that a seed without `--scenario` rotates through.
+    /// `metadata` is not in the rotation: `ci/sim` runs its seeds as a sweep of their own, so
+    /// the ingest seeds keep the scenario they always had.
+    pub const ROTATION: [Scenario; 6] = [Scenario::Steady, Scenario::Crash, Scenario::Disk, Scenario::Skew, Scenario::Bomb, Scenario::Mixed];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,12 +44,13 @@ impl Scenario {
             Scenario::Skew => "skew",
             Scenario::Bomb => "bomb",
             Scenario::Mixed => "mixed",
+            Scenario::Metadata => "metadata",
         }
     }
 
     /// The scenario CI's mix gives a seed that names none: seeds rotate through all of them.
     pub fn for_seed(seed: u64) -> Scenario {
-        Scenario::ALL[(seed % Scenario::ALL.len() as u64) as usize]
+        Scenario::ROTATION[(seed % Scenario::ROTATION.len() as u64) as usize]
     }
 }
 
@@ -67,14 +77,22 @@ pub enum PlantedBug {
     /// Acknowledge writes once written, fsync only every 10 s (the WAL's `interval` policy
     /// run where `always` is promised): acked samples die with the power.
     AckBeforeFsync,
+    /// Metadata scenario: the raft log's segment files never reach the disk — every fsync of a
+    /// `*.seg` file answers success and syncs nothing, so the log store tells openraft entries
+    /// are durable (and the leader acknowledges writes) while they sit in the page cache. The
+    /// same as a log store that signals completion before its fsync. Planted at the disk seam
+    /// the simulator hands the member (sim/src/metadata.rs `UnsyncedLogFs`), so raft/'s real
+    /// code path is untouched and nothing of it exists outside the simulator.
+    RaftLogUnsynced,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 1] = [PlantedBug::AckBeforeFsync];
+    pub const ALL: [PlantedBug; 2] = [PlantedBug::AckBeforeFsync, PlantedBug::RaftLogUnsynced];
 
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::AckBeforeFsync => "ack-before-fsync",
+            PlantedBug::RaftLogUnsynced => "raft-log-unsynced",
         }
     }
 }
@@ -158,14 +176,17 @@ impl SimConfig {
     /// The configuration of `scenario` for `seed`.
     pub fn new(seed: u64, scenario: Scenario) -> SimConfig {
         let skewed = matches!(scenario, Scenario::Skew | Scenario::Mixed);
+        let metadata = scenario == Scenario::Metadata;
         SimConfig {
             seed,
             scenario,
-            nodes: 2,
-            writers: 3,
+            // Metadata: the initial voters (a fourth member joins during the run); writers are
+            // the clients proposing commands.
+            nodes: if metadata { 3 } else { 2 },
+            writers: if metadata { 2 } else { 3 },
             series_per_writer: 24,
             write_interval_ms: 1_000,
-            fault_phase_ms: 60_000,
+            fault_phase_ms: if metadata { 40_000 } else { 60_000 },
             quiet_phase_ms: 10_000,
             liveness_ms_max: 20_000,
             request_timeout_ms: 3_000,

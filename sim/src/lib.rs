@@ -29,6 +29,8 @@ pub mod clock;
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
+pub mod metadata;
+#[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod sweep;

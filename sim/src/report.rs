@@ -112,6 +112,7 @@ pub struct RunReport {
     pub trace_hash: u64,
     pub sim_ms: u64,
     pub wall_ms: u64,
+    /// Samples acknowledged (metadata scenario: metadata writes acknowledged).
     pub samples_acked: u64,
 }
 
@@ -129,9 +130,10 @@ impl RunReport {
         let _ = writeln!(out, "schedule = {}", self.schedule.to_json());
         let _ = writeln!(
             out,
-            "simulated = {:.1} s, wall = {:.2} s, samples acked = {}",
+            "simulated = {:.1} s, wall = {:.2} s, {} acked = {}",
             self.sim_ms as f64 / 1000.0,
             self.wall_ms as f64 / 1000.0,
+            if self.options.scenario == Scenario::Metadata { "metadata writes" } else { "samples" },
             self.samples_acked
         );
         let _ = writeln!(out, "buggify = {}", if self.buggify_on { "on" } else { "off" });

@@ -427,6 +427,11 @@ async fn apply(shared: Arc<Shared>, cluster: Arc<Cluster>, event: FaultEvent) {
             shared.clogged.lock().expect("clogged").remove(&(writer, node));
             cluster.clog(writer, node, false);
         }
+        // Faults between raft members: the single-node scenarios have no members to cut apart
+        // (a pinned schedule naming them is replayed without them, and says so).
+        Fault::Partition { .. } | Fault::CrashLeader { .. } => {
+            shared.event(format!("fault not applicable to scenario {}: {fault:?}", shared.config.scenario));
+        }
     }
 }
 
@@ -767,7 +772,14 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
 /// state are per thread), and reports. A panic inside the simulation is a failure.
 pub fn run(options: &RunOptions) -> RunReport {
     let config = options.config();
-    let schedule = options.schedule.clone().unwrap_or_else(|| Schedule::draw(&config, &options.fault_kinds()));
+    let metadata = config.scenario == crate::config::Scenario::Metadata;
+    let schedule = options.schedule.clone().unwrap_or_else(|| {
+        if metadata {
+            crate::metadata::draw_schedule(&config, &options.fault_kinds())
+        } else {
+            Schedule::draw(&config, &options.fault_kinds())
+        }
+    });
     let thread_options = options.clone();
     let (thread_config, thread_schedule) = (config.clone(), schedule.clone());
     let started = std::time::Instant::now();
@@ -782,7 +794,12 @@ pub fn run(options: &RunOptions) -> RunReport {
             runtime.set_time_limit(Duration::from_millis(limit_ms));
             let result = runtime.block_on(async move {
                 sextant_core::determinism::buggify_enable(buggify_on);
-                let result = simulate(thread_options, thread_config, thread_schedule).await;
+                let result = if metadata {
+                    let outcome = crate::metadata::simulate(thread_options, thread_config, thread_schedule).await;
+                    (outcome.violations, Vec::new(), outcome.effective, outcome.trace_hash, outcome.writes_acked)
+                } else {
+                    simulate(thread_options, thread_config, thread_schedule).await
+                };
                 (result, now_ms())
             });
             let buggify: BTreeMap<String, (u64, u64)> = sextant_core::determinism::buggify_counts()

@@ -25,10 +25,26 @@ pub enum FaultKind {
     Slow,
     Jump,
     Clog,
+    /// Metadata scenario: one raft member cut off from the other members (both ways).
+    Partition,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    /// Every kind, for parsing and reports.
+    pub const ALL: [FaultKind; 9] = [
+        FaultKind::Crash,
+        FaultKind::Pause,
+        FaultKind::Eio,
+        FaultKind::Enospc,
+        FaultKind::Corrupt,
+        FaultKind::Slow,
+        FaultKind::Jump,
+        FaultKind::Clog,
+        FaultKind::Partition,
+    ];
+
+    /// The kinds the single-node (ingest) scenarios can inject; `mixed` draws from all of them.
+    pub const INGEST: [FaultKind; 8] = [
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::Eio,
@@ -49,6 +65,7 @@ impl FaultKind {
             FaultKind::Slow => "slow",
             FaultKind::Jump => "jump",
             FaultKind::Clog => "clog",
+            FaultKind::Partition => "partition",
         }
     }
 
@@ -61,7 +78,8 @@ impl FaultKind {
             Scenario::Disk => &[Crash, Eio, Enospc, Corrupt, Slow],
             Scenario::Skew => &[Jump, Clog, Pause],
             Scenario::Bomb => &[Crash, Clog],
-            Scenario::Mixed => &FaultKind::ALL,
+            Scenario::Mixed => &FaultKind::INGEST,
+            Scenario::Metadata => &[Crash, Pause, Partition, Jump],
         };
         kinds.iter().copied().collect()
     }
@@ -117,6 +135,12 @@ pub enum Fault {
     ClockJump { node: usize, delta_ms: i64 },
     /// The network link between a writer and a node drops everything, both ways.
     Clog { writer: usize, node: usize, duration_ms: u64 },
+    /// Metadata scenario: every link between raft member `node` and the other members drops
+    /// everything, both ways (a minority isolated; when `node` leads, an isolated leader).
+    Partition { node: usize, duration_ms: u64 },
+    /// Metadata scenario: like `Crash`, aimed at whichever member leads when it fires (`node`
+    /// when no live member knows a leader then).
+    CrashLeader { node: usize, mode: CrashKind, down_ms: u64 },
 }
 
 impl Fault {
@@ -130,6 +154,8 @@ impl Fault {
             Fault::SlowDisk { .. } => FaultKind::Slow,
             Fault::ClockJump { .. } => FaultKind::Jump,
             Fault::Clog { .. } => FaultKind::Clog,
+            Fault::Partition { .. } => FaultKind::Partition,
+            Fault::CrashLeader { .. } => FaultKind::Crash,
         }
     }
 
@@ -142,20 +168,23 @@ impl Fault {
             | Fault::CorruptReads { node, .. }
             | Fault::SlowDisk { node, .. }
             | Fault::ClockJump { node, .. }
-            | Fault::Clog { node, .. } => node,
+            | Fault::Clog { node, .. }
+            | Fault::Partition { node, .. }
+            | Fault::CrashLeader { node, .. } => node,
         }
     }
 
     /// How long the fault lasts (0 for instantaneous ones).
     pub fn duration_ms(&self) -> u64 {
         match *self {
-            Fault::Crash { down_ms, .. } => down_ms,
+            Fault::Crash { down_ms, .. } | Fault::CrashLeader { down_ms, .. } => down_ms,
             Fault::Pause { duration_ms, .. }
             | Fault::SyncEio { duration_ms, .. }
             | Fault::NoSpace { duration_ms, .. }
             | Fault::CorruptReads { duration_ms, .. }
             | Fault::SlowDisk { duration_ms, .. }
-            | Fault::Clog { duration_ms, .. } => duration_ms,
+            | Fault::Clog { duration_ms, .. }
+            | Fault::Partition { duration_ms, .. } => duration_ms,
             Fault::ClockJump { .. } => 0,
         }
     }
@@ -240,6 +269,9 @@ impl Schedule {
                         let delta_ms = rng.gen_range(-15 * 60_000..=15 * 60_000);
                         Fault::ClockJump { node, delta_ms }
                     }
+                    // Only the metadata scenario has members to cut apart; a single-node run
+                    // given `--faults partition` records it as not applicable.
+                    FaultKind::Partition => Fault::Partition { node, duration_ms },
                     FaultKind::Clog => Fault::Clog {
                         writer: rng.gen_range(0..config.writers.max(1)),
                         node,
@@ -269,7 +301,7 @@ impl Schedule {
 }
 
 fn is_process_fault(fault: &Fault) -> bool {
-    matches!(fault, Fault::Crash { .. } | Fault::Pause { .. })
+    matches!(fault, Fault::Crash { .. } | Fault::CrashLeader { .. } | Fault::Pause { .. })
 }
 
 fn overlaps(a: &FaultEvent, b: &FaultEvent) -> bool {
@@ -279,13 +311,13 @@ fn overlaps(a: &FaultEvent, b: &FaultEvent) -> bool {
 /// Removes crashes that would overlap corrupt reads on the same node, and process faults
 /// (crash, pause) that would overlap an earlier process fault of the same node: a node is
 /// never paused while down, nor crashed while paused.
-fn drop_clashing_faults(events: Vec<FaultEvent>) -> Vec<FaultEvent> {
+pub(crate) fn drop_clashing_faults(events: Vec<FaultEvent>) -> Vec<FaultEvent> {
     let mut kept: Vec<FaultEvent> = Vec::new();
     for event in events {
         let node = event.fault.node();
         let same_node = |e: &&FaultEvent| e.fault.node() == node && overlaps(e, &event);
         let clash = match event.fault {
-            Fault::Crash { .. } => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::CorruptReads { .. }) || is_process_fault(&e.fault)),
+            Fault::Crash { .. } | Fault::CrashLeader { .. } => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::CorruptReads { .. }) || is_process_fault(&e.fault)),
             Fault::Pause { .. } => kept.iter().filter(same_node).any(|e| is_process_fault(&e.fault)),
             Fault::CorruptReads { .. } => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::Crash { .. })),
             _ => false,
