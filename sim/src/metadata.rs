@@ -503,6 +503,7 @@ fn draw_command(rng: &mut DeterministicRng, id: &str, sequence: u64, at_ms: i64)
             group: RuleGroup {
                 name: format!("group-{}", rng.gen_range(0..4u32)),
                 interval: None,
+                limit: None,
                 rules: vec![Rule {
                     record: Some(format!("sim:write_{}", id.replace('-', "_"))),
                     expr: format!("sum(rate(sim_requests_total[{}m]))", 1 + sequence % 5),
