@@ -233,7 +233,7 @@ def run(cluster, work):
         if names != want_groups:
             fail(f"linearizable rules list at node {node}: {names}, want {want_groups}")
         _, dash = cluster.admin(node, "dashboards", "get", "node-overview")
-        if json.loads(dash["dashboard"]["json"]) != DASHBOARD_V2:
+        if dash["dashboard"]["dashboard"] != DASHBOARD_V2:
             fail(f"linearizable dashboard at node {node} is not the latest version: {dash}")
     indexes = wait_for("applied indexes converging", 30, lambda: converged(cluster, (1, 2, 3), max(acked)))
     print(f"applied indexes converged: {indexes}")
