@@ -84,15 +84,22 @@ pub enum PlantedBug {
     /// the simulator hands the member (sim/src/metadata.rs `UnsyncedLogFs`), so raft/'s real
     /// code path is untouched and nothing of it exists outside the simulator.
     RaftLogUnsynced,
+    /// Metadata scenario: the readers' admin reads are served from the answering member's own
+    /// applied copy (`local_read`) where a linearizable read (`linearizable_read`: the leader
+    /// confirms its leadership with a quorum and waits to apply up to its commit index) was
+    /// asked for — what an admin service that ignored `--consistency linearizable` would do.
+    /// Planted in the simulator's reader, so raft/'s code is untouched.
+    StaleAdminRead,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 2] = [PlantedBug::AckBeforeFsync, PlantedBug::RaftLogUnsynced];
+    pub const ALL: [PlantedBug; 3] = [PlantedBug::AckBeforeFsync, PlantedBug::RaftLogUnsynced, PlantedBug::StaleAdminRead];
 
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::AckBeforeFsync => "ack-before-fsync",
             PlantedBug::RaftLogUnsynced => "raft-log-unsynced",
+            PlantedBug::StaleAdminRead => "stale-admin-read",
         }
     }
 }

@@ -17,6 +17,7 @@
 //! them; it never reaches into the node's internals to make an oracle pass.
 
 pub mod config;
+pub mod linearizable;
 pub mod ledger;
 pub mod report;
 pub mod schedule;

@@ -33,7 +33,12 @@
 //! - `d-monotonic`: on every member, across restarts, the applied index and every object's
 //!   version (shard epochs and versions, dashboard versions, rule groups, tenants, retention)
 //!   never go backwards, and no object disappears (the workload deletes nothing);
-//! - `e-liveness`: every member starts, and a write proposed in the quiet phase is acknowledged.
+//! - `e-liveness`: every member starts, and a write proposed in the quiet phase is acknowledged;
+//! - `f-linearizable-reads`: readers ask members (the leader mostly) for linearizable reads,
+//!   as the admin service's default `--consistency linearizable` does, and the recorded history
+//!   of acknowledged writes and answered reads is checked by `crate::linearizable` (no stale
+//!   read, no read going back in time, one state per index). Planted bug `stale-admin-read`
+//!   (reads served from the member's own copy) is what it catches.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -56,6 +61,7 @@ use xxhash_rust::xxh64::Xxh64;
 
 use crate::clock::SimClock;
 use crate::config::{PlantedBug, SimConfig};
+use crate::linearizable::{AckedWrite, ObservedRead};
 use crate::report::{RunOptions, TimedViolation};
 use crate::schedule::{CrashKind, Fault, FaultEvent, FaultKind, Schedule};
 
@@ -197,6 +203,8 @@ enum WriteOutcome {
 struct WriteRecord {
     command: Command,
     outcome: WriteOutcome,
+    /// Simulated time at which the client learned the write was acknowledged.
+    acked_at_ms: Option<u64>,
 }
 
 /// Per-member, the highest value of every watched version seen so far (oracle d).
@@ -254,6 +262,8 @@ struct Shared {
     /// Members currently killed or paused by a fault.
     down: Mutex<BTreeSet<usize>>,
     paused: Mutex<BTreeSet<usize>>,
+    /// Every read that returned a state (oracle f).
+    reads: Mutex<Vec<ObservedRead>>,
 }
 
 impl Shared {
@@ -594,6 +604,7 @@ async fn client_loop(shared: Arc<Shared>, cluster: Arc<MetaCluster>, client: usi
             WriteRecord {
                 command: command.clone(),
                 outcome: WriteOutcome::Pending,
+                acked_at_ms: None,
             },
         );
         let outcome = propose(&shared, &cluster, target, command).await;
@@ -606,8 +617,81 @@ async fn client_loop(shared: Arc<Shared>, cluster: Arc<MetaCluster>, client: usi
             }
             _ => {}
         }
-        shared.writes.lock().expect("writes").get_mut(&id).expect("recorded").outcome = outcome;
+        let acked_at_ms = matches!(outcome, WriteOutcome::Acked { .. }).then(now_ms);
+        {
+            let mut writes = shared.writes.lock().expect("writes");
+            let record = writes.get_mut(&id).expect("recorded");
+            record.outcome = outcome;
+            record.acked_at_ms = acked_at_ms;
+        }
         sleep_ms(rng.gen_range(200..=1_200)).await;
+    }
+}
+
+/// Readers per run (oracle f).
+const READERS: usize = 2;
+
+/// A reader: asks a member (the one it believes leads, four times in five) for a linearizable
+/// read on that member's machine, as the admin service would, and records what it answered.
+async fn reader_loop(shared: Arc<Shared>, cluster: Arc<MetaCluster>, reader: usize) {
+    let mut rng = DeterministicRng::from_seed(shared.config.seed).fork(&format!("meta-reader-{reader}"));
+    let stale = shared.config.planted_bug == Some(PlantedBug::StaleAdminRead);
+    sleep_ms(rng.gen_range(100..=1_000)).await;
+    let mut sequence = 0u64;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let target = match cluster.leader() {
+            Some(leader) if rng.gen_bool(0.8) => leader,
+            _ => rng.gen_range(0..MEMBERS),
+        };
+        let id = format!("r{reader}-{sequence}");
+        sequence += 1;
+        if let Some(node) = cluster.members[target].node() {
+            let invoked_at_ms = now_ms();
+            let task = cluster.members[target].spawner().spawn(async move {
+                let read = if stale { Ok(node.local_read()) } else { node.linearizable_read().await };
+                read.map(|read| {
+                    let mut hasher = Xxh64::new(0);
+                    hasher.update(&encode_state(&read.state));
+                    (read.applied_index, hasher.digest())
+                })
+            });
+            match tokio::time::timeout(Duration::from_millis(shared.config.request_timeout_ms), task).await {
+                Ok(Ok(Ok((index, state_hash)))) => {
+                    let completed_at_ms = now_ms();
+                    shared.event(format!("{id} via meta-{target}: index {index} state {state_hash:016x}"));
+                    shared.count("reader: linearizable reads answered", 1);
+                    shared.reads.lock().expect("reads").push(ObservedRead { id, member: target, invoked_at_ms, completed_at_ms, index, state_hash });
+                }
+                Ok(Ok(Err(error))) => {
+                    shared.event(format!("{id} via meta-{target}: {error}"));
+                    shared.count("reader: reads refused (not the leader, raft error)", 1);
+                }
+                Ok(Err(_)) | Err(_) => shared.count("reader: reads with no answer (timeout, member died)", 1),
+            }
+        }
+        sleep_ms(rng.gen_range(100..=700)).await;
+    }
+}
+
+/// Oracle f over the whole run's history.
+fn check_linearizable(shared: &Shared) {
+    let writes: Vec<AckedWrite> = shared
+        .writes
+        .lock()
+        .expect("writes")
+        .iter()
+        .filter_map(|(id, record)| match (&record.outcome, record.acked_at_ms) {
+            (WriteOutcome::Acked { index, .. }, Some(acked_at_ms)) => Some(AckedWrite { id: id.clone(), index: *index, acked_at_ms }),
+            _ => None,
+        })
+        .collect();
+    let reads = shared.reads.lock().expect("reads").clone();
+    if reads.is_empty() {
+        shared.violate("f-linearizable-reads", "no read was answered during the whole run".into());
+    }
+    // A few lines of evidence are enough; the trace has the rest.
+    for evidence in crate::linearizable::check(&writes, &reads).into_iter().take(5) {
+        shared.violate("f-linearizable-reads", evidence);
     }
 }
 
@@ -848,6 +932,7 @@ impl Shared {
         decommissioned: Mutex::new(BTreeSet::new()),
         down: Mutex::new(BTreeSet::new()),
         paused: Mutex::new(BTreeSet::new()),
+        reads: Mutex::new(Vec::new()),
         }
     }
 }
@@ -874,6 +959,9 @@ async fn simulate_with(shared: Arc<Shared>, config: SimConfig, schedule: Schedul
     for client in 0..config.writers {
         tasks.push(tokio::spawn(client_loop(shared.clone(), cluster.clone(), client)));
     }
+    for reader in 0..READERS {
+        tasks.push(tokio::spawn(reader_loop(shared.clone(), cluster.clone(), reader)));
+    }
     let operator_task = tokio::spawn(operator(shared.clone(), cluster.clone()));
 
     let mut faults = Vec::new();
@@ -899,6 +987,7 @@ async fn simulate_with(shared: Arc<Shared>, config: SimConfig, schedule: Schedul
     if *shared.quiet_acks.lock().expect("quiet") == 0 {
         shared.violate("e-liveness", "no write proposed in the quiet phase was acknowledged".into());
     }
+    check_linearizable(&shared);
 
     for phase in ["after the quiet phase", "after every member lost power at once"] {
         if phase.starts_with("after every") {

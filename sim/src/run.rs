@@ -772,14 +772,7 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
 /// state are per thread), and reports. A panic inside the simulation is a failure.
 pub fn run(options: &RunOptions) -> RunReport {
     let config = options.config();
-    let metadata = config.scenario == crate::config::Scenario::Metadata;
-    let schedule = options.schedule.clone().unwrap_or_else(|| {
-        if metadata {
-            crate::metadata::draw_schedule(&config, &options.fault_kinds())
-        } else {
-            Schedule::draw(&config, &options.fault_kinds())
-        }
-    });
+    let schedule = schedule_of(options, &config);
     let thread_options = options.clone();
     let (thread_config, thread_schedule) = (config.clone(), schedule.clone());
     let started = std::time::Instant::now();
@@ -788,20 +781,11 @@ pub fn run(options: &RunOptions) -> RunReport {
         .spawn(move || {
             let seed = thread_config.seed;
             sextant_core::determinism::buggify_reset();
-            let buggify_on = DeterministicRng::from_seed(seed).fork("buggify").gen_bool(0.5);
+            let buggify_on = buggify_on_for(seed);
             let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
             let limit_ms = thread_config.fault_phase_ms + thread_config.quiet_phase_ms + 600_000;
             runtime.set_time_limit(Duration::from_millis(limit_ms));
-            let result = runtime.block_on(async move {
-                sextant_core::determinism::buggify_enable(buggify_on);
-                let result = if metadata {
-                    let outcome = crate::metadata::simulate(thread_options, thread_config, thread_schedule).await;
-                    (outcome.violations, Vec::new(), outcome.effective, outcome.trace_hash, outcome.writes_acked)
-                } else {
-                    simulate(thread_options, thread_config, thread_schedule).await
-                };
-                (result, now_ms())
-            });
+            let result = runtime.block_on(simulate_seed(thread_options, thread_config, thread_schedule, buggify_on));
             let buggify: BTreeMap<String, (u64, u64)> = sextant_core::determinism::buggify_counts()
                 .into_iter()
                 .map(|(site, c)| (site.to_string(), (c.reached_count, c.fired_count)))
@@ -850,6 +834,68 @@ pub fn run(options: &RunOptions) -> RunReport {
             }
         }
     }
+}
+
+/// Whether BUGGIFY sites may fire in this seed's run (half of the seeds).
+fn buggify_on_for(seed: u64) -> bool {
+    DeterministicRng::from_seed(seed).fork("buggify").gen_bool(0.5)
+}
+
+/// The schedule a run uses: the pinned one, or the one its scenario draws from the seed.
+fn schedule_of(options: &RunOptions, config: &SimConfig) -> Schedule {
+    options.schedule.clone().unwrap_or_else(|| {
+        if config.scenario == crate::config::Scenario::Metadata {
+            crate::metadata::draw_schedule(config, &options.fault_kinds())
+        } else {
+            Schedule::draw(config, &options.fault_kinds())
+        }
+    })
+}
+
+/// What one seed's simulation returns: (violations, known gaps, effective counts, trace hash,
+/// acked count), and the simulated time it ended at.
+type SeedResult = ((Vec<TimedViolation>, Vec<String>, BTreeMap<String, u64>, u64, u64), u64);
+
+/// One seed's simulation inside its runtime (the thread's BUGGIFY state already reset).
+async fn simulate_seed(options: RunOptions, config: SimConfig, schedule: Schedule, buggify_on: bool) -> SeedResult {
+    sextant_core::determinism::buggify_enable(buggify_on);
+    let result = if config.scenario == crate::config::Scenario::Metadata {
+        let outcome = crate::metadata::simulate(options, config, schedule).await;
+        (outcome.violations, Vec::new(), outcome.effective, outcome.trace_hash, outcome.writes_acked)
+    } else {
+        simulate(options, config, schedule).await
+    };
+    (result, now_ms())
+}
+
+/// The inputs of the seeds under `check_determinism`, by seed: madsim's check takes a plain
+/// `fn()` future factory, which reads its seed from the runtime and its inputs from here.
+static DETERMINISM_INPUTS: Mutex<BTreeMap<u64, (RunOptions, SimConfig, Schedule)>> = Mutex::new(BTreeMap::new());
+
+async fn determinism_run() -> u64 {
+    let seed = madsim::runtime::Handle::current().seed();
+    let (options, config, schedule) = DETERMINISM_INPUTS.lock().expect("determinism inputs").get(&seed).cloned().expect("inputs registered for the seed");
+    sextant_core::determinism::buggify_reset();
+    let ((_, _, _, trace_hash, _), _) = simulate_seed(options, config, schedule, buggify_on_for(seed)).await;
+    trace_hash
+}
+
+/// Runs one seed twice under madsim's own determinism check (`Runtime::check_determinism`, what
+/// `MADSIM_TEST_CHECK_DETERMINISM` does for `#[madsim::test]`): the first run logs every random
+/// draw of the runtime (scheduling, network, our seeded draws through madsim), the second
+/// panics at the first draw that differs. This catches nondeterminism the trace hash may not
+/// (a draw whose effect does not reach the trace). Returns the trace hash of the second run, or
+/// the panic's message. Without a time limit: use it on seeds known to finish.
+pub fn check_determinism(options: &RunOptions) -> Result<u64, String> {
+    let config = options.config();
+    let schedule = schedule_of(options, &config);
+    let seed = config.seed;
+    DETERMINISM_INPUTS.lock().expect("determinism inputs").insert(seed, (options.clone(), config, schedule));
+    let result = std::panic::catch_unwind(|| Runtime::check_determinism(seed, madsim::Config::default(), determinism_run));
+    DETERMINISM_INPUTS.lock().expect("determinism inputs").remove(&seed);
+    result.map_err(|payload| {
+        payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "non-string panic".into())
+    })
 }
 
 #[cfg(test)]

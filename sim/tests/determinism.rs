@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use sextant_sim::config::Scenario;
 use sextant_sim::report::RunOptions;
-use sextant_sim::run::run;
+use sextant_sim::run::{check_determinism, run};
 use sextant_sim::schedule::Schedule;
 
 #[test]
@@ -40,4 +40,34 @@ fn a_pinned_schedule_replays_the_run() {
     let pinned = Schedule::from_json(&original.schedule.to_json()).expect("the printed schedule parses");
     let replay = run(&RunOptions { schedule: Some(pinned), ..options });
     assert_eq!(original.trace_hash, replay.trace_hash);
+}
+
+/// madsim's own check (every random draw of the second run compared with the first's log) on
+/// a sample of seeds across the scenarios, the metadata one included; its trace hash is the
+/// normal runner's.
+#[test]
+fn madsim_check_determinism_on_sample_seeds() {
+    for (seed, scenario) in [(2, Scenario::Steady), (9, Scenario::Mixed), (4, Scenario::Metadata)] {
+        let options = RunOptions::new(seed, scenario);
+        let checked = check_determinism(&options).unwrap_or_else(|panic| panic!("seed {seed} ({scenario}) is not deterministic: {panic}"));
+        assert_eq!(checked, run(&options).trace_hash, "seed {seed} ({scenario})");
+    }
+}
+
+/// The check above can fail: state that survives from the first run into the second (here a
+/// static counter, the shape of a global cache or BUGGIFY state not reset between seeds) moves
+/// a timer, so the second run's draws happen at other simulated times and madsim panics.
+#[test]
+fn madsim_check_catches_state_leaking_between_runs() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let result = std::panic::catch_unwind(|| {
+        madsim::runtime::Runtime::check_determinism(1, madsim::Config::default(), || async {
+            let run = RUNS.fetch_add(1, Ordering::SeqCst);
+            madsim::time::sleep(std::time::Duration::from_millis(1 + run)).await;
+            let _: u64 = madsim::rand::random();
+        })
+    });
+    let message = result.err().and_then(|p| p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())));
+    assert!(message.as_deref().is_some_and(|m| m.contains("non-determinism")), "{message:?}");
 }

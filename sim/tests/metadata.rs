@@ -6,7 +6,8 @@
 //! seed twice gives the same trace hash and different seeds different ones; with the planted
 //! bug `raft-log-unsynced` (log segments never fsynced, so writes are acknowledged before
 //! they are durable) the normal metadata mix fails within a few seeds, and the same seed
-//! passes without it.
+//! passes without it; likewise `stale-admin-read` (reads from a member's own copy) fails the
+//! linearizability oracle and nothing else.
 
 use std::collections::BTreeMap;
 
@@ -73,4 +74,26 @@ fn raft_log_unsynced_is_caught() {
     }
     let seed = caught.expect("raft-log-unsynced survived 20 seeds of the metadata scenario");
     eprintln!("raft-log-unsynced caught at seed {seed}");
+}
+
+#[test]
+fn stale_admin_read_is_caught_by_the_linearizability_check() {
+    let mut caught = None;
+    for seed in 1..=20u64 {
+        let report = run(&RunOptions {
+            planted_bug: Some(PlantedBug::StaleAdminRead),
+            ..metadata(seed)
+        });
+        if !report.passed() {
+            // Only oracle f may fire: the bug changes what reads answer, nothing else.
+            assert!(report.violations.iter().all(|v| v.oracle == "f-linearizable-reads"), "caught by an unexpected oracle:\n{}", report.render());
+            let clean = run(&metadata(seed));
+            assert!(clean.passed(), "{}", clean.render());
+            assert!(clean.effective.get("reader: linearizable reads answered").copied().unwrap_or(0) > 0, "{}", clean.render());
+            caught = Some(seed);
+            break;
+        }
+    }
+    let seed = caught.expect("stale-admin-read survived 20 seeds of the metadata scenario");
+    eprintln!("stale-admin-read caught at seed {seed}");
 }
