@@ -269,6 +269,12 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let snapshot = self.snapshot_of_state();
+        // BUGGIFY: a slow snapshot — entries keep being applied after the state was captured,
+        // so the snapshot persisted below is behind the applied state when it lands.
+        if sextant_core::buggify!("raft.snapshot.slow_build") {
+            const SLOW_SNAPSHOT_MS: u64 = 300;
+            tokio::time::sleep(std::time::Duration::from_millis(SLOW_SNAPSHOT_MS)).await;
+        }
         self.persist(&snapshot)
             .await
             .map_err(|e| storage_error(ErrorVerb::Write, e))?;

@@ -29,7 +29,12 @@
 //!   log index is applied, and an applied (not no-op) write has its audit entry (index, who);
 //! - `b-converged`: the final members reach one applied index and their states encode to the
 //!   same bytes (the snapshot's data encoding);
-//! - `c-one-leader-per-term`: no two members were ever seen leading the same term;
+//! - `c-log-matching`: no log index is ever applied with two different log ids (term and
+//!   leader) on any members. (Not "one leader per term": openraft 0.9 without its
+//!   `single-term-leader` feature identifies a leader by (term, node id), totally ordered, so a
+//!   voter may move its vote from T-N3 to T-N4 within a term and two members may lead term T
+//!   one after the other; log ids carry the leader's node id, so entries stay distinct. The
+//!   BUGGIFY'd vote delays make that common: seed 195 of the first sweep showed it.);
 //! - `d-monotonic`: on every member, across restarts, the applied index and every object's
 //!   version (shard epochs and versions, dashboard versions, rule groups, tenants, retention)
 //!   never go backwards, and no object disappears (the workload deletes nothing);
@@ -253,8 +258,10 @@ struct Shared {
     quiet: AtomicBool,
     quiet_acks: Mutex<u64>,
     writes: Mutex<BTreeMap<String, WriteRecord>>,
-    /// term → members seen leading it.
+    /// term → members seen leading it (for the trace and the count of elections).
     leaders: Mutex<BTreeMap<u64, BTreeSet<usize>>>,
+    /// log index → the log id first seen applied there, and by which member (oracle c).
+    applied_ids: Mutex<BTreeMap<u64, (sextant_raft::types::LogId, usize)>>,
     /// member → its watermarks (kept across its restarts).
     marks: Mutex<BTreeMap<usize, Watermarks>>,
     /// Members removed by the operator and shut down for good.
@@ -297,22 +304,34 @@ impl Shared {
         }
     }
 
-    /// Oracle c: records that `member` leads `term`.
+    /// Records that `member` leads `term` (several may, one after another: see oracle c).
     fn saw_leader(&self, member: usize, term: u64) {
-        let others = {
-            let mut leaders = self.leaders.lock().expect("leaders");
-            let set = leaders.entry(term).or_default();
-            if !set.insert(member) {
-                return;
+        let new = self.leaders.lock().expect("leaders").entry(term).or_default().insert(member);
+        if new {
+            self.event(format!("meta-{member} leads term {term}"));
+        }
+    }
+
+    /// Oracle c: the entry `member` applied last must have the log id every other member
+    /// applied at that index.
+    fn saw_applied(&self, member: usize, state: &MetadataState) {
+        let Some(id) = state.last_applied else { return };
+        let conflict = {
+            let mut ids = self.applied_ids.lock().expect("applied ids");
+            match ids.get(&id.index) {
+                Some((first, first_member)) if *first != id => Some((*first, *first_member)),
+                Some(_) => None,
+                None => {
+                    ids.insert(id.index, (id, member));
+                    None
+                }
             }
-            set.clone()
         };
-        self.event(format!("meta-{member} leads term {term}"));
-        if others.len() > 1 {
+        if let Some((first, first_member)) = conflict {
             self.violate_once(
-                format!("term {term}"),
-                "c-one-leader-per-term",
-                format!("term {term} has leaders {:?} (member indexes)", others),
+                format!("index {}", id.index),
+                "c-log-matching",
+                format!("index {} applied as {first} on meta-{first_member} but as {id} on meta-{member}", id.index),
             );
         }
     }
@@ -412,7 +431,9 @@ async fn run_member(shared: Arc<Shared>, index: usize, disk: Arc<dyn FileSystem>
         }
         if applied != applied_seen || applied_seen.is_none() {
             applied_seen = applied;
-            shared.saw_state(index, &node.local_read().state);
+            let state = node.local_read().state;
+            shared.saw_applied(index, &state);
+            shared.saw_state(index, &state);
         }
         if metrics.changed().await.is_err() {
             return std::future::pending().await;
@@ -928,6 +949,7 @@ impl Shared {
         quiet_acks: Mutex::new(0),
         writes: Mutex::new(BTreeMap::new()),
         leaders: Mutex::new(BTreeMap::new()),
+        applied_ids: Mutex::new(BTreeMap::new()),
         marks: Mutex::new(BTreeMap::new()),
         decommissioned: Mutex::new(BTreeSet::new()),
         down: Mutex::new(BTreeSet::new()),
@@ -978,6 +1000,8 @@ async fn simulate_with(shared: Arc<Shared>, config: SimConfig, schedule: Schedul
     // Quiet phase: no faults; members that failed to start are a finding (no disk faults
     // are injected here, so nothing excuses it).
     shared.event("quiet phase".into());
+    // BUGGIFY is fault injection too: off while liveness and convergence are judged.
+    sextant_core::determinism::buggify_enable(false);
     shared.quiet.store(true, Ordering::SeqCst);
     sleep_ms(config.quiet_phase_ms).await;
     shared.stop.store(true, Ordering::SeqCst);
@@ -1105,19 +1129,29 @@ mod tests {
     use sextant_raft::state::Retention;
 
     // Goal: oracles c and d can fail. Method: feed the recorders what a monitor would see —
-    // two members leading one term; a version that goes back, then an object that vanishes —
-    // and check each is reported once, under its oracle, while legal sequences are not.
+    // one index applied under two log ids; a version that goes back, then an object that
+    // vanishes — and check each is reported once, under its oracle, while legal sequences
+    // (two leaders of one term, as openraft allows) are not.
     #[madsim::test]
-    async fn leader_and_monotonic_oracles_fire() {
+    async fn log_matching_and_monotonic_oracles_fire() {
         let shared = Shared::new(SimConfig::new(1, crate::config::Scenario::Metadata), false);
         let oracles = |shared: &Shared| shared.violations.lock().unwrap().iter().map(|v| v.oracle.clone()).collect::<Vec<_>>();
+        let applied = |term: u64, node: u64, index: u64| {
+            let mut state = MetadataState::default();
+            let json = format!(r#"{{"leader_id":{{"term":{term},"node_id":{node}}},"index":{index}}}"#);
+            state.last_applied = Some(serde_json::from_str(&json).expect("a log id"));
+            state
+        };
         shared.saw_leader(0, 3);
-        shared.saw_leader(0, 3);
-        shared.saw_leader(1, 4);
+        shared.saw_leader(1, 3);
+        shared.saw_applied(0, &applied(3, 1, 5));
+        shared.saw_applied(1, &applied(3, 1, 5));
+        shared.saw_applied(1, &applied(3, 2, 6));
+        shared.saw_applied(2, &applied(3, 2, 6));
         assert!(oracles(&shared).is_empty());
-        shared.saw_leader(2, 4);
-        shared.saw_leader(2, 4);
-        assert_eq!(oracles(&shared), vec!["c-one-leader-per-term"]);
+        shared.saw_applied(2, &applied(3, 1, 6));
+        shared.saw_applied(0, &applied(4, 1, 6));
+        assert_eq!(oracles(&shared), vec!["c-log-matching"]);
 
         let with_retention = |version: Option<u64>| {
             let mut state = MetadataState::default();
@@ -1134,6 +1168,6 @@ mod tests {
         shared.saw_state(0, &with_retention(Some(11)));
         shared.saw_state(0, &with_retention(None));
         let all = oracles(&shared);
-        assert_eq!(all, vec!["c-one-leader-per-term", "d-monotonic", "d-monotonic"], "{:?}", shared.violations.lock().unwrap());
+        assert_eq!(all, vec!["c-log-matching", "d-monotonic", "d-monotonic"], "{:?}", shared.violations.lock().unwrap());
     }
 }

@@ -701,6 +701,8 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
     // The quiet phase: the operator restarts nodes that cannot recover alone (poisoned WAL,
     // failed open) and NTP corrects stepped clocks; then nothing happens for a while.
     shared.event("quiet phase".into());
+    // BUGGIFY is fault injection too: off while liveness is judged.
+    sextant_core::determinism::buggify_enable(false);
     for sim_node in &cluster.nodes {
         let stepped = sim_node.clock.offset_ms();
         sim_node.clock.jump(-sim_node.clock.jumps_ms());

@@ -705,6 +705,12 @@ impl LogStore {
             ));
         }
         self.flush_buffer(&mut buffer).await?;
+        // BUGGIFY: a slow disk between write and fsync — the window in which a power cut tears
+        // entries that openraft has not yet been told are durable. Simulation only.
+        if sextant_core::buggify!("raft.log.slow_fsync") {
+            const SLOW_FSYNC_MS: u64 = 200;
+            tokio::time::sleep(std::time::Duration::from_millis(SLOW_FSYNC_MS)).await;
+        }
         let open = self
             .open
             .as_mut()

@@ -122,6 +122,24 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// BUGGIFY sites every outgoing RPC passes: a delayed request (`raft.rpc.delay`: late past
+    /// openraft's timeouts, overtaken by newer terms) and a refused connection
+    /// (`raft.rpc.unreachable`: openraft backs off and retries). Simulation only.
+    async fn buggify_send(&self, rpc: &'static str) -> Result<(), TransportError> {
+        if sextant_core::buggify!("raft.rpc.delay") {
+            const DELAY_MS: u64 = 150;
+            tokio::time::sleep(std::time::Duration::from_millis(DELAY_MS)).await;
+        }
+        if sextant_core::buggify!("raft.rpc.unreachable") {
+            return Err(TransportError::Connect {
+                target: self.target,
+                addr: self.addr.clone(),
+                message: format!("BUGGIFY raft.rpc.unreachable: {rpc} not sent"),
+            });
+        }
+        Ok(())
+    }
+
     async fn client(&mut self) -> Result<RaftServiceClient<Channel>, TransportError> {
         if let Some(client) = &self.client {
             return Ok(client.clone());
@@ -168,6 +186,7 @@ impl RaftNetwork<TypeConfig> for Connection {
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
+        self.buggify_send("append_entries").await.map_err(|e| e.into_rpc_error())?;
         let mut client = self.client().await.map_err(|e| e.into_rpc_error())?;
         let reply = match client.append_entries(request).await {
             Ok(reply) => reply.into_inner(),
@@ -202,6 +221,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             );
             return Err(RPCError::Network(NetworkError::new(&error)));
         }
+        self.buggify_send("install_snapshot").await.map_err(|e| e.into_rpc_error())?;
         let mut client = self.client().await.map_err(|e| e.into_rpc_error())?;
         let reply = match client.install_snapshot(chunk).await {
             Ok(reply) => reply.into_inner(),
@@ -219,6 +239,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.buggify_send("vote").await.map_err(|e| e.into_rpc_error())?;
         let mut client = self.client().await.map_err(|e| e.into_rpc_error())?;
         let reply = match client.vote(proto_convert::request(&rpc)).await {
             Ok(reply) => reply.into_inner(),
