@@ -519,15 +519,13 @@ impl Engine {
         if after_seq < truncated_through {
             return Err(TailError::Truncated { oldest_seq: truncated_through + 1 });
         }
-        let mut expected = after_seq + 1;
         let mut defined: BTreeSet<SeriesRef> = BTreeSet::new();
         let mut needed: BTreeSet<SeriesRef> = BTreeSet::new();
-        for record in &read.records {
+        for (expected, record) in (after_seq + 1..).zip(read.records.iter()) {
             if record.seq != expected {
                 tracing::warn!(shard, expected, found = record.seq, "WAL tail has a gap (damage or a missing segment)");
                 return Err(TailError::Truncated { oldest_seq: record.seq });
             }
-            expected += 1;
             match decode_payload(&record.payload) {
                 Ok(Payload::Record(WalRecord { body: RecordBody::Series(entries), .. })) => defined.extend(entries.iter().map(|e| e.series_ref)),
                 Ok(Payload::Record(WalRecord { body: RecordBody::Samples(entries), .. })) => {
