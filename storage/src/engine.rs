@@ -46,6 +46,12 @@ use crate::wal::{RecordBody, SampleEntry, SeriesEntry, TombstoneEntry, Wal, WalC
 
 pub use crate::wal::ShardId;
 
+mod replication;
+pub use replication::{
+    ApplyError, ApplyReport, RecordProblem, ReplicationShardStatus, ReplicationStatus, ShardDigest, TailError, TailRecord, WalTail,
+    DIGEST_SEED, REPLICA_POSITION_FILE,
+};
+
 /// How the engine is configured. Every field has a production default.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -66,6 +72,12 @@ pub struct EngineConfig {
     pub fingerprint_fn: FingerprintFn,
     /// Samples one write may carry (bounds the pending overlay and the WAL record).
     pub write_samples_max: usize,
+    /// WAL payload bytes a shard's replication floor may hold back from checkpoints; past it
+    /// the floor is released and tails behind it answer `Truncated` (docs/design/storage.md
+    /// § Replication support).
+    pub replication_retain_bytes_max: u64,
+    /// Age (on the injected clock) of the oldest record a replication floor may hold back.
+    pub replication_retain_ms_max: i64,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +93,8 @@ impl Default for EngineConfig {
             block_writer: BlockWriterConfig::default(),
             fingerprint_fn: fingerprint,
             write_samples_max: 1_000_000,
+            replication_retain_bytes_max: 256 * 1024 * 1024,
+            replication_retain_ms_max: 15 * 60 * 1000,
         }
     }
 }
@@ -104,6 +118,8 @@ pub enum EngineError {
     Closed,
     #[error("invalid engine configuration: {reason}")]
     Config { reason: String },
+    #[error("invalid argument: {reason}")]
+    InvalidArgument { reason: String },
 }
 
 impl EngineError {
@@ -386,6 +402,7 @@ struct Inner {
     /// Serializes maintenance passes (cuts, compaction, retention, checkpoints).
     maintenance: tokio::sync::Mutex<()>,
     memory_bytes: Mutex<BTreeMap<ShardId, u64>>,
+    replication: replication::ReplicationState,
 }
 
 /// The node's storage engine. Cheap to clone.
@@ -555,6 +572,7 @@ impl Engine {
             tracing::warn!(?report, samples_lost = lost, "WAL replay repaired damage");
         }
         let wal = replay.finish().await?;
+        let replication = replication::ReplicationState::open(fs.as_ref(), &config.shard_ids, wal.checkpoint_meta_at_open()).await?;
         let mut locked = BTreeMap::new();
         let mut memory = BTreeMap::new();
         for (id, mut shard) in shards {
@@ -581,6 +599,7 @@ impl Engine {
                 closed: AtomicBool::new(false),
                 maintenance: tokio::sync::Mutex::new(()),
                 memory_bytes: Mutex::new(memory),
+                replication,
             }),
         })
     }
@@ -746,6 +765,10 @@ impl Engine {
                         return Err(error.into());
                     }
                 };
+                if let Some(ticket) = &series_ticket {
+                    self.note_appended(shard.id, ticket.seq(), ticket.bytes());
+                }
+                self.note_appended(shard.id, samples_ticket.seq(), samples_ticket.bytes());
                 let seq = samples_ticket.seq();
                 let (outcome_tx, outcome_rx) = watch::channel(None);
                 shard.pending.seqs.insert(seq);
@@ -1091,24 +1114,29 @@ impl Engine {
     pub async fn delete(&self, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<u64, EngineError> {
         let mut removed = 0;
         for id in self.shard_ids() {
-            let shard_lock = self.shard(id)?.clone();
-            let mut shard = shard_lock.write().await;
-            for block in shard.blocks.iter_mut() {
-                if block.meta().max_t < min_t || block.meta().min_t > max_t || block.select(tenant, matchers).is_empty() {
-                    continue;
-                }
-                block.add_tombstone(Tombstone { tenant: tenant.to_string(), matchers: matchers.to_vec(), min_t, max_t }).await?;
-            }
-            let ticket = self.inner.wal.submit(
-                id,
-                RecordBody::Tombstone(TombstoneEntry { tenant: tenant.to_string(), matchers: matchers.to_vec(), min_t, max_t }),
-            )?;
-            // The head only holds durable data, so log first and apply once durable. Holding
-            // the shard lock meanwhile keeps writes from interleaving with the deletion.
-            ticket.durable().await?;
-            removed += shard.head.delete(tenant, matchers, min_t, max_t)? as u64;
-            self.update_memory(&shard);
+            removed += self.delete_in_shard(id, tenant, matchers, min_t, max_t).await?;
         }
+        Ok(removed)
+    }
+
+    /// [`Engine::delete`] for one shard (replicated tombstones apply to their shard only).
+    async fn delete_in_shard(&self, id: ShardId, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<u64, EngineError> {
+        let shard_lock = self.shard(id)?.clone();
+        let mut shard = shard_lock.write().await;
+        for block in shard.blocks.iter_mut() {
+            if block.meta().max_t < min_t || block.meta().min_t > max_t || block.select(tenant, matchers).is_empty() {
+                continue;
+            }
+            block.add_tombstone(Tombstone { tenant: tenant.to_string(), matchers: matchers.to_vec(), min_t, max_t }).await?;
+        }
+        let ticket =
+            self.inner.wal.submit(id, RecordBody::Tombstone(TombstoneEntry { tenant: tenant.to_string(), matchers: matchers.to_vec(), min_t, max_t }))?;
+        self.note_appended(id, ticket.seq(), ticket.bytes());
+        // The head only holds durable data, so log first and apply once durable. Holding
+        // the shard lock meanwhile keeps writes from interleaving with the deletion.
+        ticket.durable().await?;
+        let removed = shard.head.delete(tenant, matchers, min_t, max_t)? as u64;
+        self.update_memory(&shard);
         Ok(removed)
     }
 
@@ -1344,45 +1372,80 @@ impl Engine {
             live.insert(*id, refs);
         }
         let mut kept_samples: BTreeSet<ShardId> = BTreeSet::new();
+        // Replication floors: records above a shard's floor are kept exactly as logged, so a
+        // tail can still ship them. Bounds are enforced first, so a stale floor holds nothing.
+        let floors = self.replication_floors_for_checkpoint();
+        // Per shard, the highest seq this checkpoint dropped or changed: tails must not ship
+        // at or below it.
+        let mut modified: BTreeMap<ShardId, u64> = BTreeMap::new();
         self.inner
             .wal
             .checkpoint(|record: WalRecord| {
+                let (shard_id, seq) = (record.shard, record.seq);
+                if floors.get(&shard_id).is_some_and(|floor| seq > *floor) {
+                    if matches!(record.body, RecordBody::Samples(_)) {
+                        kept_samples.insert(shard_id);
+                    }
+                    return Some(record);
+                }
+                let mut changed = false;
                 let shard_cuts = cuts.get(&record.shard).map(Vec::as_slice).unwrap_or(&[]);
-                match record.body {
+                let kept = match record.body {
                     RecordBody::Series(entries) => {
                         let refs = live.get(&record.shard);
                         let fresh_from = ref_next.get(&record.shard).copied().unwrap_or(0);
+                        let before = entries.len();
                         let entries: Vec<SeriesEntry> = entries
                             .into_iter()
                             .filter(|e| e.series_ref >= fresh_from || refs.is_some_and(|r| r.contains(&e.series_ref)))
                             .collect();
+                        changed = entries.len() != before;
                         (!entries.is_empty()).then_some(WalRecord { body: RecordBody::Series(entries), ..record })
                     }
                     RecordBody::Samples(entries) => {
                         let shard_aliases = aliases.get(&record.shard);
+                        let before = entries.len();
                         let entries: Vec<SampleEntry> = entries
                             .into_iter()
                             .filter(|e| !is_persisted(shard_cuts, record.seq, e.t))
-                            .map(|e| SampleEntry { series_ref: shard_aliases.and_then(|a| a.get(&e.series_ref)).copied().unwrap_or(e.series_ref), ..e })
+                            .map(|e| {
+                                let series_ref = shard_aliases.and_then(|a| a.get(&e.series_ref)).copied().unwrap_or(e.series_ref);
+                                changed |= series_ref != e.series_ref;
+                                SampleEntry { series_ref, ..e }
+                            })
                             .collect();
+                        changed |= entries.len() != before;
                         if entries.is_empty() {
-                            return None;
+                            None
+                        } else {
+                            kept_samples.insert(record.shard);
+                            Some(WalRecord { body: RecordBody::Samples(entries), ..record })
                         }
-                        kept_samples.insert(record.shard);
-                        Some(WalRecord { body: RecordBody::Samples(entries), ..record })
                     }
                     // A deletion matters only to samples logged before it that are still kept.
                     RecordBody::Tombstone(_) => kept_samples.contains(&record.shard).then_some(record),
+                };
+                if changed || kept.is_none() {
+                    let entry = modified.entry(shard_id).or_default();
+                    *entry = (*entry).max(seq);
                 }
+                kept
             })
             .await?;
+        self.note_checkpoint_modified(&modified);
         // The checkpoint no longer holds persisted samples, so the cuts taken before it are no
         // longer needed by replay.
         for (id, shard) in &self.inner.shards {
             let mut shard = shard.write().await;
-            let done = cuts.get(id).map(Vec::len).unwrap_or(0);
-            // Every alias came from replay and every record using one was rewritten.
-            shard.aliases.clear();
+            // A cut stays while a record it covers was kept whole for a replication floor, so
+            // replay still skips that record's persisted samples.
+            let floor = floors.get(id).copied();
+            let done = cuts.get(id).map(|c| c.iter().take_while(|cut| floor.is_none_or(|f| cut.wal_seq_max <= f)).count()).unwrap_or(0);
+            // Every alias came from replay and every record using one was rewritten, except in
+            // records kept whole for a floor: keep the aliases while a floor holds any.
+            if floor.is_none() {
+                shard.aliases.clear();
+            }
             let done = done.min(shard.cuts.len());
             shard.cuts.drain(..done);
             let bytes = serde_json::to_vec(&shard.cuts).expect("cuts serialize");

@@ -189,6 +189,9 @@ struct Pending {
 struct State {
     queue: VecDeque<Pending>,
     next_seq: BTreeMap<ShardId, u64>,
+    /// Per shard, one past the highest seq whose ticket was answered `Ok` (durable under the
+    /// fsync policy). [`Wal::tail`] ships nothing at or above it.
+    durable_next_seq: BTreeMap<ShardId, u64>,
     poisoned: Option<String>,
     closed: bool,
     stats: WalStats,
@@ -209,6 +212,7 @@ struct Shared {
     wake: Notify,
     log: tokio::sync::Mutex<Log>,
     counters: Arc<IoCounters>,
+    checkpoint_meta_at_open: BTreeMap<ShardId, u64>,
 }
 
 impl Shared {
@@ -268,6 +272,7 @@ const _: fn() = || {
 #[derive(Debug)]
 pub struct WalTicket {
     seq: u64,
+    bytes: usize,
     done: oneshot::Receiver<Result<(), WalError>>,
 }
 
@@ -275,6 +280,11 @@ impl WalTicket {
     /// The sequence number the record was given.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The record's payload bytes (what [`Wal::tail`] would ship for it).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Resolves to the record's sequence number once it is durable under the fsync policy.
@@ -303,6 +313,8 @@ pub struct WalReplay {
     config: WalConfig,
     reader: LogReader,
     next_seq: BTreeMap<ShardId, u64>,
+    /// The meta record of the checkpoint replay started from (next seq per shard at its seal).
+    checkpoint_meta: BTreeMap<ShardId, u64>,
     checkpoint: Option<u32>,
     /// The index to give a new segment when there is no live segment.
     first_live_index: u32,
@@ -316,6 +328,7 @@ impl WalReplay {
         loop {
             match self.reader.next().await? {
                 Ok(Item::Meta(meta)) => {
+                    self.checkpoint_meta.clone_from(&meta);
                     for (shard, next) in meta {
                         let entry = self.next_seq.entry(shard).or_insert(1);
                         *entry = (*entry).max(next);
@@ -372,6 +385,7 @@ impl WalReplay {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 next_seq: self.next_seq.clone(),
+                durable_next_seq: self.next_seq.clone(),
                 poisoned: None,
                 closed: false,
                 stats,
@@ -379,6 +393,7 @@ impl WalReplay {
             wake: Notify::new(),
             log: tokio::sync::Mutex::new(Log { segment, written_next_seq: self.next_seq.clone() }),
             counters,
+            checkpoint_meta_at_open: self.checkpoint_meta.clone(),
         });
         let writer_task = tokio::spawn(writer_loop(shared.clone()));
         if let FsyncPolicy::Interval { interval_ms } = self.config.fsync {
@@ -497,6 +512,7 @@ impl Wal {
             dir,
             config,
             next_seq: BTreeMap::new(),
+            checkpoint_meta: BTreeMap::new(),
             checkpoint,
             first_live_index,
         })
@@ -514,6 +530,7 @@ impl Wal {
             return Err(WalError::RecordTooLarge { bytes: payload.len(), max: shared.payload_bytes_max });
         }
         let (done, receiver) = oneshot::channel();
+        let bytes = payload.len();
         {
             let mut state = shared.lock();
             if let Some(reason) = &state.poisoned {
@@ -531,8 +548,14 @@ impl Wal {
             payload[PAYLOAD_SEQ_OFFSET..PAYLOAD_SEQ_OFFSET + 8].copy_from_slice(&seq.to_le_bytes());
             state.queue.push_back(Pending { shard, seq, payload, done });
             shared.wake.notify_one();
-            Ok(WalTicket { seq, done: receiver })
+            Ok(WalTicket { seq, bytes, done: receiver })
         }
+    }
+
+    /// Per shard, the next seq recorded in the checkpoint found at open (empty without one):
+    /// every record that checkpoint holds has a lower seq.
+    pub fn checkpoint_meta_at_open(&self) -> &BTreeMap<ShardId, u64> {
+        &self.inner.shared.checkpoint_meta_at_open
     }
 
     /// The sequence number the next record of `shard` will get.
@@ -642,6 +665,103 @@ impl Wal {
         fs.sync_dir(&dir).await.map_err(|e| WalError::io("fsync after removing checkpointed segments", &dir, &e))?;
         shared.counters.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
         Ok(stats)
+    }
+}
+
+/// One record as the log holds it: its payload bytes (docs/design/storage-format.md § WAL,
+/// "Record payload"), with the shard and seq read from them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    pub shard: ShardId,
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What [`Wal::tail`] read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TailRead {
+    /// The shard's records with `seq > after_seq` and below the durable frontier, in log order
+    /// (which is seq order), within the byte budget.
+    pub records: Vec<RawRecord>,
+    /// Series entries of the shard logged at or below `after_seq` and still in the log, by ref
+    /// (the later definition of a ref wins, as in replay).
+    pub series_before: BTreeMap<SeriesRef, SeriesEntry>,
+    /// One past the highest durable seq of the shard when the read began.
+    pub durable_next_seq: u64,
+}
+
+impl Wal {
+    /// The durable records of `shard` with `seq > after_seq`, in seq order, from the retained
+    /// log (checkpoint, then segments), stopping once `bytes_max` payload bytes are collected
+    /// (at least one record is returned when there is one). Records not yet durable are never
+    /// returned, so a caller never ships what a crash could take back. Holds the checkpoint lock
+    /// while reading, so no file it reads is removed underneath it; appends continue.
+    ///
+    /// Reads whole segment files (as replay does): a call costs a read of the retained log up to
+    /// the records it returns.
+    pub async fn tail(&self, shard: ShardId, after_seq: u64, bytes_max: usize) -> Result<TailRead, WalError> {
+        let _no_checkpoint = self.inner.checkpoint_lock.lock().await;
+        let shared = &self.inner.shared;
+        let (durable_next_seq, checkpoint) = {
+            let state = shared.lock();
+            if state.closed {
+                return Err(WalError::Closed);
+            }
+            (state.durable_next_seq.get(&shard).copied().unwrap_or(1), state.stats.checkpoint_index)
+        };
+        let mut out = TailRead { durable_next_seq, ..TailRead::default() };
+        if after_seq.saturating_add(1) >= durable_next_seq {
+            // Nothing durable above after_seq; Series definitions are still wanted by callers
+            // only together with records, so the log is not read.
+            return Ok(out);
+        }
+        // Listed after the durable snapshot: every record below the frontier is in a listed file.
+        let listing = list(&shared.fs, &shared.dir).await?;
+        let mut paths = Vec::new();
+        if let Some(c) = checkpoint {
+            paths.extend(checkpoint_sources(&shared.fs, &shared.dir, c).await?.into_iter().map(|s| s.path));
+        }
+        paths.extend(listing.segments.iter().filter(|i| checkpoint.is_none_or(|c| **i > c)).map(|i| shared.dir.join(segment_name(*i))));
+        let mut bytes = 0usize;
+        for path in paths {
+            let data = shared.fs.read(&path).await.map_err(|e| WalError::io("read segment for tail", &path, &e))?;
+            if !matches!(format::check_header(&data), format::HeaderCheck::Valid { .. }) {
+                // A damaged header was reported by replay; its records are read anyway there,
+                // but a tail cannot vouch for them: the gap check of the caller sees them missing.
+                continue;
+            }
+            let mut scan = format::SegmentScan::new(data, format::SEGMENT_HEADER_BYTES);
+            while let Some(scanned) = scan.next_record() {
+                let payload = scanned.payload;
+                if payload.len() < record::PAYLOAD_HEADER_BYTES {
+                    continue;
+                }
+                let record_shard = u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes"));
+                let seq = u64::from_le_bytes(payload[4..12].try_into().expect("8 bytes"));
+                if record_shard != shard || payload[12] == record::KIND_META {
+                    continue;
+                }
+                if seq >= durable_next_seq {
+                    return Ok(out);
+                }
+                if seq <= after_seq {
+                    if payload[12] == record::KIND_SERIES {
+                        if let Ok(record::Payload::Record(WalRecord { body: RecordBody::Series(entries), .. })) = record::decode_payload(&payload) {
+                            for entry in entries {
+                                out.series_before.insert(entry.series_ref, entry);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if !out.records.is_empty() && bytes + payload.len() > bytes_max {
+                    return Ok(out);
+                }
+                bytes += payload.len();
+                out.records.push(RawRecord { shard, seq, payload });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -816,6 +936,7 @@ async fn write_batch(shared: &Shared, batch: Vec<Pending>) {
     let mut batch = batch.into_iter();
     for pending in batch.by_ref().take(written) {
         state.stats.payload_bytes_appended += pending.payload.len() as u64;
+        state.durable_next_seq.insert(pending.shard, pending.seq + 1);
         let _ = pending.done.send(Ok(()));
     }
     if let Some(error) = failure {
