@@ -835,7 +835,7 @@ mod tests {
         let (_, all) = collect(&["--hosts", "3", "--duration", "5m", "--start-ms", "1000000"]);
         assert_eq!(all.len() as u64, 20 * 3 * 517);
         let mut newest = BTreeMap::new();
-        let mut stream_newest = i64::MIN;
+        let mut stream_newest = all[0].t;
         for s in &all {
             assert!(s.t >= stream_newest - 3, "sample at {} after {}", s.t, stream_newest);
             stream_newest = stream_newest.max(s.t);
@@ -891,18 +891,24 @@ mod tests {
     // Goal: churn gives the churned hosts new series each interval and leaves the others alone.
     #[test]
     fn churn_replaces_series() {
+        // Labels are read as each round comes out: a churned host's labels change between rounds.
         let instances = |extra: &[&str]| {
-            let (stream, all) = collect(extra);
+            let w = Workload::from_args(&args(extra), NOW_MS).unwrap();
+            let mut stream = Stream::new(&w);
             let mut seen = std::collections::BTreeSet::new();
-            for s in &all {
-                seen.insert(stream.labels(s.series).iter().find(|l| l.name == "instance").unwrap().value.clone());
+            while let Some(round) = stream.next_round() {
+                for s in &round {
+                    seen.insert(stream.labels(s.series).iter().find(|l| l.name == "instance").unwrap().value.clone());
+                }
             }
-            seen.into_iter().collect::<Vec<_>>()
+            (seen.into_iter().collect::<Vec<_>>(), stream.series_started())
         };
         let base = ["--hosts", "2", "--duration", "3m", "--start-ms", "1000000"];
-        assert_eq!(instances(&base), ["host-0:9100", "host-1:9100"]);
+        assert_eq!(instances(&base), (vec!["host-0:9100".to_string(), "host-1:9100".to_string()], 2 * 517));
         let churned = [&base[..], &["--churn-interval", "1m", "--churn-fraction", "0.5"]].concat();
-        assert_eq!(instances(&churned), ["host-0-g1:9100", "host-0-g2:9100", "host-0:9100", "host-1:9100"]);
+        let expected: Vec<String> =
+            ["host-0-g1:9100", "host-0-g2:9100", "host-0:9100", "host-1:9100"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(instances(&churned), (expected, 4 * 517));
     }
 
     // Goal: a request groups the batch by series, in series order, with every sample once.
