@@ -326,6 +326,16 @@ def memory_run(args, target, start_ms, workdir, repeat):
             "rss_per_series_bytes": (after - idle) / series if series else None}
 
 
+def package_version(package):
+    """Debian's version of a package (VictoriaMetrics 1.79's `-version` prints nothing)."""
+    try:
+        result = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, timeout=30)
+        return f"Debian package {result.stdout.strip()}" if result.returncode == 0 and result.stdout.strip() else "no Debian package"
+    except (OSError, subprocess.TimeoutExpired):
+        return "no dpkg-query"
+
+
 def version(command):
     try:
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
@@ -479,8 +489,8 @@ def main():
         "versions": {
             "sextant": version([args.sextant, "--version"]) + f" (profile {args.profile}, commit "
                        + version(["git", "rev-parse", "--short", "HEAD"]) + ")",
-            "victoriametrics": version([args.victoria_metrics or "false", "-version"]),
-            "prometheus": version([args.prometheus or "false", "--version"]),
+            "victoriametrics": version([args.victoria_metrics or "false", "-version"]) + "; " + package_version("victoria-metrics"),
+            "prometheus": version([args.prometheus or "false", "--version"]) + "; " + package_version("prometheus"),
         },
         "labels": {"sextant": "Sextant", "victoriametrics": "VictoriaMetrics", "prometheus": "Prometheus"},
         "settings": {k: getattr(args, k) for k in ("smoke", "repeats", "disk_hosts", "disk_duration", "mem_hosts",
