@@ -528,6 +528,9 @@ def main():
                     f"{disk['bytes_per_sample']:.3f} bytes/sample ({disk['bytes_per_sample_without_wal']:.3f} without WAL), "
                     f"{memory['rss_per_series_bytes']:,.0f} bytes RSS/series, query p99 {disk['queries']['1h']['p99_ms']:.1f} ms (1 h) "
                     f"{disk['queries']['span']['p99_ms']:.1f} ms (span), freshness p50 {disk['freshness_ms']['p50']:.1f} ms")
+    except BaseException:
+        log(f"failed; logs and data kept in {workdir}")
+        raise
     finally:
         if current is not None:
             current.kill()
