@@ -1,6 +1,6 @@
 //! The Sextant node: HTTP surfaces, ingest, limits and the `sextant` binary's commands.
 //!
-//! Code map: [`config`] (flags, TOML file, defaults), [`duration`] (duration and size
+//! Code map: [`bench_write`] (the `sextant bench-write` load generator), [`config`] (flags, TOML file, defaults), [`duration`] (duration and size
 //! parsers), [`remote_write`] (Remote-Write 1.0 wire types and bounded decoding), [`auth`]
 //! (tenants and bearer tokens), [`limits`] (token bucket, active-series tracker, runaway
 //! detection), [`hll`] (HyperLogLog), [`shard`] (series → shard), [`node`] (engine lifecycle
@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench_write;
 pub mod cluster;
 pub mod config;
 pub mod duration;

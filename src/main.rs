@@ -30,6 +30,10 @@ enum Command {
     /// blocked labels, cardinality, snapshots. Human tables by default, `--output json` for
     /// scripts; errors are one line on stderr and a non-zero exit code.
     Admin(sextant::admin::cli::AdminArgs),
+    /// Load generator: send node_exporter-shaped Remote-Write 1.0 data (seeded) to any URL and
+    /// report accepted samples/s, request latency, refusals and freshness (JSON on stdout, a
+    /// summary line on stderr). Used by ci/bench-peers.
+    BenchWrite(sextant::bench_write::BenchWriteArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,7 +41,35 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Admin(args) => admin(args),
+        Command::BenchWrite(args) => bench_write(args),
     }
+}
+
+#[cfg(not(madsim))]
+fn bench_write(args: sextant::bench_write::BenchWriteArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sextant bench-write: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sextant::bench_write::run(&args)) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report).expect("JSON serializes"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sextant bench-write: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(madsim)]
+fn bench_write(_args: sextant::bench_write::BenchWriteArgs) -> ExitCode {
+    eprintln!("sextant: this binary was built with --cfg madsim; run bench-write from a normal build");
+    ExitCode::FAILURE
 }
 
 #[cfg(not(madsim))]
