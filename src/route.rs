@@ -852,8 +852,11 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
     let table = node.router().table();
     let Some(shard_count) = table.shard_count() else {
         // No shard map: everything is local, as on a single node.
-        let all: BTreeSet<u32> = engine.shard_ids().into_iter().collect();
-        let series = read_local(engine, read.tenant, read.matchers, read.min_t, read.max_t, budget, read.labels_only, &all, all.len().max(1) as u32).await?;
+        let series = if read.labels_only {
+            engine.select_labels(read.tenant, read.matchers, read.min_t, read.max_t, budget).await?.into_iter().map(|labels| SeriesSamples { labels, samples: Vec::new() }).collect()
+        } else {
+            engine.select_bounded(read.tenant, read.matchers, read.min_t, read.max_t, budget).await?
+        };
         return Ok(Selected { series, warnings: Vec::new() });
     };
     // First choice per shard: the primary (this node's engine when that is us, or when the
