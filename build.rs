@@ -1,5 +1,6 @@
-//! Generates the node's gRPC code from `proto/admin.proto`. madsim-tonic-build writes both the
-//! real and the simulated code; `tonic::include_proto!` picks one by `cfg(madsim)`.
+//! Generates the node's gRPC code from `proto/admin.proto` and `proto/data.proto`.
+//! madsim-tonic-build writes both the real and the simulated code; `tonic::include_proto!`
+//! picks one by `cfg(madsim)`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A fresh machine has no protoc: use the vendored one unless the caller chose their own.
@@ -9,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     println!("cargo:rerun-if-changed=proto/admin.proto");
-    tonic_build::configure().compile_protos(&["proto/admin.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto/data.proto");
+    tonic_build::configure().compile_protos(&["proto/admin.proto", "proto/data.proto"], &["proto"])?;
     Ok(())
 }

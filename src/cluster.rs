@@ -68,7 +68,10 @@ impl ClusterMember {
         let cluster = node.config().cluster.clone();
         let config = RaftNodeConfig::new(cluster.node_id, advertise.clone(), RAFT_DIR);
         let for_admin = node.clone();
-        let raft = RaftNode::start_with_services(config, fs, grpc_listener, move |handle, router| crate::admin::add_services(handle, for_admin, router))
+        let raft = RaftNode::start_with_services(config, fs, grpc_listener, move |handle, router| {
+            let router = crate::admin::add_services(handle, for_admin.clone(), router);
+            crate::route::add_services(for_admin, router)
+        })
         .await
         .map_err(|e| format!("metadata raft member: {e}"))?;
         let formed = match &cluster.formation {
@@ -142,6 +145,9 @@ async fn follow_limits(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Rec
                 tracing::warn!(policies = retention_policies, "per-tenant retention policies are recorded in the cluster but not enforced yet: the storage engine applies one retention (--retention) to all tenants");
             }
             node.set_limits_view(view);
+            // The data path's view of the shard map and addresses moves with the same index.
+            let me = handle.id();
+            node.router().set_table(handle.read_local(|state| crate::route::RouteTable::from_state(state, me)));
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { break },

@@ -102,6 +102,11 @@ pub struct ServeArgs {
     /// refused with 503 when it is reached. [default: 4GiB]
     #[arg(long, value_name = "SIZE")]
     pub memory_max: Option<String>,
+    /// Bytes of forwarded writes (to other nodes' shard primaries) in flight per destination
+    /// node (e.g. 64MiB). Series that would exceed it are refused with 429 (retryable) rather
+    /// than buffered. [default: 64MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub forward_inflight_max: Option<String>,
     /// Longest label value in bytes. [default: 4096]
     #[arg(long, value_name = "N")]
     pub label_value_bytes_max: Option<usize>,
@@ -200,6 +205,7 @@ struct FileConfig {
     series_per_tenant_max: Option<u64>,
     ingest_rate_max: Option<u64>,
     memory_max: Option<String>,
+    forward_inflight_max: Option<String>,
     label_value_bytes_max: Option<usize>,
     labels_per_series_max: Option<usize>,
     body_bytes_max: Option<String>,
@@ -356,6 +362,8 @@ pub struct ServeConfig {
     pub fsync: FsyncPolicy,
     pub acceptance: AcceptanceConfig,
     pub memory_bytes_max: u64,
+    /// Forwarded-write bytes in flight per destination node (`--forward-inflight-max`).
+    pub forward_inflight_bytes_max: u64,
     pub limits: IngestLimits,
     pub tokens_file: Option<PathBuf>,
     pub maintain_interval_ms: i64,
@@ -373,6 +381,7 @@ impl Default for ServeConfig {
             fsync: FsyncPolicy::Always,
             acceptance: AcceptanceConfig::default(),
             memory_bytes_max: 4 << 30,
+            forward_inflight_bytes_max: 64 << 20,
             limits: IngestLimits::default(),
             tokens_file: None,
             maintain_interval_ms: 60_000,
@@ -494,6 +503,13 @@ impl ServeConfig {
         }
         if let Some(text) = pick(&args.memory_max, &file.memory_max) {
             config.memory_bytes_max = parse_bytes(&text).map_err(|e| format!("--memory-max: {e}"))?;
+        }
+        if let Some(text) = pick(&args.forward_inflight_max, &file.forward_inflight_max) {
+            let bytes = parse_bytes(&text).map_err(|e| format!("--forward-inflight-max: {e}"))?;
+            if bytes == 0 {
+                return Err("--forward-inflight-max 0: must be positive (a node with no room could forward nothing)".into());
+            }
+            config.forward_inflight_bytes_max = bytes;
         }
         if let Some(n) = pick(&args.label_value_bytes_max, &file.label_value_bytes_max) {
             limits.labels.label_value_bytes_max = n;

@@ -155,7 +155,9 @@ async fn write_inner(node: &Node, headers: &HeaderMap, body: Body) -> Response {
             return text(status, error.to_string());
         }
     };
-    let outcome = node.ingest(&tenant, request).await;
+    // Forwarded writes carry the client's token to the shards' primaries (route.rs).
+    let authorization = if node.tokens().is_some() { header_str(headers, "authorization").ok().flatten() } else { None };
+    let outcome = node.ingest_as(&tenant, request, authorization).await;
     text(outcome.status, outcome.message)
 }
 

@@ -10,7 +10,8 @@
 //! [`server`] (the HTTP/1 accept loop and `sextant serve`), [`admin`] (the admin gRPC service and
 //! the `sextant admin` CLI), [`cluster`] (the node's member of the metadata group: formation,
 //! seeding, following its limits), [`tenant_limits`] (the limits in force per tenant: cluster
-//! values over this node's flags).
+//! values over this node's flags), [`route`] (the cluster data path: forwarding writes to shard
+//! primaries, the internal `Data` gRPC service, query fan-out).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
 //! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
@@ -32,6 +33,7 @@ pub mod node;
 pub mod query_api;
 pub mod query_scheduler;
 pub mod remote_write;
+pub mod route;
 pub mod server;
 pub mod shard;
 pub mod tenant_limits;

@@ -49,6 +49,19 @@ pub struct ClassLabels {
     pub class: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct DestinationLabels {
+    /// The destination node's id.
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct DestinationErrorLabels {
+    pub node: String,
+    /// `backpressure`, `unreachable`, `epoch`, `refused` (the target's error), `timeout`.
+    pub reason: String,
+}
+
 fn query_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -87,6 +100,16 @@ pub struct Metrics {
     pub limits_from_cluster: Gauge,
     pub query_duration_seconds: Family<ClassLabels, Histogram, fn() -> Histogram>,
     pub query_queue_wait_seconds: Histogram,
+    /// Forwarded writes (route.rs), per destination node: samples and encoded bytes sent and
+    /// acknowledged, and failed batches by reason.
+    pub forwarded_samples: Family<DestinationLabels, Counter>,
+    pub forwarded_bytes: Family<DestinationLabels, Counter>,
+    pub forward_errors: Family<DestinationErrorLabels, Counter>,
+    /// Forwarded writes this node applied for other nodes (the Data service's Write).
+    pub forwarded_samples_applied: Counter,
+    /// Query fan-out: Select calls to other nodes, by destination, and shards left unanswered.
+    pub fanout_selects: Family<DestinationLabels, Counter>,
+    pub fanout_shards_unavailable: Counter,
     /// Last engine counters seen, to turn them into counter increments.
     last_wal: Mutex<WalStats>,
     refusal_label_sets: Mutex<BTreeSet<TenantMetricLabels>>,
@@ -131,6 +154,12 @@ impl Metrics {
             limits_from_cluster: Gauge::default(),
             query_duration_seconds: Family::new_with_constructor(query_duration_histogram as fn() -> Histogram),
             query_queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            forwarded_samples: Family::default(),
+            forwarded_bytes: Family::default(),
+            forward_errors: Family::default(),
+            forwarded_samples_applied: Counter::default(),
+            fanout_selects: Family::default(),
+            fanout_shards_unavailable: Counter::default(),
             last_wal: Mutex::new(WalStats::default()),
             refusal_label_sets: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
@@ -164,6 +193,12 @@ impl Metrics {
         registry.register("limits_from_cluster", "1 when the tenant limits in force are the cluster's, 0 when they are this node's flags", m.limits_from_cluster.clone());
         registry.register("query_duration_seconds", "Time from a query's arrival to its answer (queueing included), by priority class", m.query_duration_seconds.clone());
         registry.register("query_queue_wait_seconds", "Time admitted queries waited for a query slot", m.query_queue_wait_seconds.clone());
+        registry.register("forward_samples", "Samples forwarded to their shard's primary on another node and acknowledged there, by destination node", m.forwarded_samples.clone());
+        registry.register("forward_bytes", "Encoded bytes of forwarded write batches acknowledged, by destination node", m.forwarded_bytes.clone());
+        registry.register("forward_errors", "Forwarded write batches that failed, by destination node and reason", m.forward_errors.clone());
+        registry.register("forward_samples_applied", "Samples of other nodes' forwarded writes applied here (stored or duplicate)", m.forwarded_samples_applied.clone());
+        registry.register("fanout_selects", "Select calls a query sent to other nodes, by destination node", m.fanout_selects.clone());
+        registry.register("fanout_shards_unavailable", "Shards a query could not read from any replica (answered with a warning)", m.fanout_shards_unavailable.clone());
         Metrics { registry, ..m }
     }
 

@@ -11,10 +11,15 @@
 //! 4. Each series is validated (duplicate or empty label names, naming rules, label limits,
 //!    blocked label names) and admitted by the series tracker (per-metric and per-tenant
 //!    active-series limits). Refused series' samples are refused for good.
-//! 5. Admitted series are grouped by shard (`shard_for`) and appended, shards concurrently.
-//!    The engine judges every sample's time by this node's clock (BRIEF.md's acceptance rules).
-//! 6. The answer: any engine error or memory-budget refusal → 503 (retryable; a retry of
-//!    stored samples is a duplicate, which succeeds); otherwise any refusal → 400 naming how
+//! 5. Admitted series are grouped by shard (`shard_for`; the shard count is the cluster shard
+//!    map's once this node has one, else the engine's) and stored, shards concurrently, on the
+//!    shard's primary per this node's applied shard map: this node's engine (which judges
+//!    every sample's time by this node's clock, BRIEF.md's acceptance rules) or, for another
+//!    primary, judged here and forwarded over gRPC (`route`, docs/design/replication.md).
+//!    No map, or a shard without a primary → this node's engine.
+//! 6. The answer: any engine error, unreachable primary, epoch disagreement or memory-budget
+//!    refusal → 503 (retryable; a retry of stored samples is a duplicate, which succeeds); a
+//!    destination's forwarding bound full (and nothing worse) → 429; otherwise any refusal → 400 naming how
 //!    many samples were refused and the first reasons; otherwise 204. A 400 therefore only
 //!    ever follows a request whose every other sample was stored.
 
@@ -34,6 +39,7 @@ use crate::limits::{series_account_key, Admission, SeriesAccountKey, SeriesLimit
 use crate::metrics::Metrics;
 use crate::query_scheduler::{QueryScheduler, SchedulerLimits};
 use crate::remote_write::{MetricMetadata, MetricType, WriteRequest};
+use crate::route::{Destination, ForwardContext, ShardWriteError};
 use crate::shard::shard_for;
 use crate::tenant_limits::{EffectiveLimits, LimitsSource, LimitsView};
 
@@ -144,7 +150,7 @@ fn engine_refusal_kind(reason: &RefusalReason) -> &'static str {
 
 /// True when a failed write may succeed on retry; a poisoned WAL or a closing engine is 503
 /// too (the sender retries against a restarted node), only configuration bugs are 500.
-fn engine_error_status(error: &EngineError) -> u16 {
+pub(crate) fn engine_error_status(error: &EngineError) -> u16 {
     match error {
         EngineError::UnknownShard { .. } | EngineError::WriteTooLarge { .. } | EngineError::Config { .. } => 500,
         EngineError::Wal(WalError::Config { .. }) => 500,
@@ -165,6 +171,8 @@ pub struct Node {
     /// The limits in force; replaced whole when the metadata group's applied state changes.
     limits: RwLock<Arc<LimitsView>>,
     metadata_status: Mutex<MetadataStatus>,
+    /// The cluster data path: shard map view and forwarding (route.rs).
+    router: crate::route::Router,
     pub metrics: Metrics,
 }
 
@@ -202,6 +210,7 @@ impl Node {
             query_scheduler,
             limits: RwLock::new(Arc::new(LimitsView::from_flags(&config))),
             metadata_status: Mutex::new(MetadataStatus::Standalone),
+            router: crate::route::Router::new(config.cluster.node_id, config.forward_inflight_bytes_max),
             metrics,
             config,
             clock,
@@ -219,6 +228,11 @@ impl Node {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The cluster data path: this node's view of the shard map, and forwarding.
+    pub fn router(&self) -> &crate::route::Router {
+        &self.router
     }
 
     /// Admission of queries (concurrency, priority classes, shedding).
@@ -370,6 +384,12 @@ impl Node {
 
     /// Ingests one decoded remote-write request for `tenant` (see the module documentation).
     pub async fn ingest(&self, tenant: &str, request: WriteRequest) -> IngestOutcome {
+        self.ingest_as(tenant, request, None).await
+    }
+
+    /// [`Node::ingest`] with the client's `authorization` header, which forwarded writes carry
+    /// to the shards' primaries when tokens are configured.
+    pub async fn ingest_as(&self, tenant: &str, request: WriteRequest, authorization: Option<&str>) -> IngestOutcome {
         let engine = match self.engine() {
             Ok(engine) => engine,
             Err(reason) => return IngestOutcome::new(503, reason),
@@ -409,7 +429,9 @@ impl Node {
 
         // Validate and admit, then group by shard.
         let mut refusals = Refusals::default();
-        let shard_count = engine.shard_ids().len() as u32;
+        // The cluster's shard map decides shards once there is one; before, the engine's.
+        let routes = self.router.table();
+        let shard_count = routes.shard_count().unwrap_or(engine.shard_ids().len() as u32);
         let mut per_shard: BTreeMap<u32, Vec<WriteSeries>> = BTreeMap::new();
         let mut new_keys: BTreeMap<u32, Vec<SeriesAccountKey>> = BTreeMap::new();
         let now_ms = self.clock.now_wall_ms();
@@ -469,18 +491,37 @@ impl Node {
             }
         }
 
-        // Append per shard, concurrently, in chunks the engine accepts.
+        // Append per shard, concurrently, in chunks the engine accepts; shards whose primary
+        // is another node are judged here and forwarded there (route.rs).
         let chunk_samples_max = engine.config().write_samples_max.max(1);
-        let mut writes = Vec::new();
+        let mut writes: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = (u32, Result<AppendReport, ShardWriteError>)> + Send + '_>>> = Vec::new();
+        let judged_at_ms = self.clock.now_wall_ms();
         for (shard, series) in per_shard {
-            for chunk in split_samples(series, chunk_samples_max) {
-                let engine = engine.clone();
-                writes.push(async move { (shard, engine.append(shard, tenant, chunk).await) });
+            match routes.destination(shard) {
+                Destination::Local => {
+                    for chunk in split_samples(series, chunk_samples_max) {
+                        let engine = engine.clone();
+                        writes.push(Box::pin(async move { (shard, engine.append(shard, tenant, chunk).await.map_err(ShardWriteError::from)) }));
+                    }
+                }
+                Destination::Remote { node, addr, epoch } => {
+                    let engine = engine.clone();
+                    writes.push(Box::pin(async move {
+                        let mut report = AppendReport::default();
+                        let judged = crate::route::judge_for_forward(&engine.config().acceptance, judged_at_ms, series, &mut report);
+                        let ctx = ForwardContext { tenant, authorization, judged_at_ms };
+                        let result = self.router.forward(self, &engine, &ctx, shard, (node, addr, epoch), judged).await.map(|forwarded| {
+                            crate::route::add_report(&mut report, forwarded);
+                            report
+                        });
+                        (shard, result)
+                    }));
+                }
             }
         }
         let results = futures_util::future::join_all(writes).await;
         let mut total = AppendReport::default();
-        let mut first_error: Option<EngineError> = None;
+        let mut first_error: Option<ShardWriteError> = None;
         let mut failed_shards = Vec::new();
         for (shard, result) in results {
             match result {
@@ -495,7 +536,8 @@ impl Node {
                 }
                 Err(error) => {
                     failed_shards.push(shard);
-                    if first_error.is_none() {
+                    // 429 (backpressure) only when nothing worse happened: a 503 or 500 wins.
+                    if first_error.as_ref().is_none_or(|first| first.status() == 429 && error.status() != 429) {
                         first_error = Some(error);
                     }
                 }
@@ -530,7 +572,7 @@ impl Node {
 
         let stored = total.accepted + total.duplicates;
         let mut outcome = if let Some(error) = first_error {
-            let status = engine_error_status(&error);
+            let status = error.status();
             tracing::warn!(%error, tenant, "remote-write append failed");
             IngestOutcome::new(status, format!("storage failed on {} of the request's shard writes ({error}); retry the request (samples already stored count as duplicates)", failed_shards.len()))
         } else if total.refused_retryable > 0 {

@@ -5,8 +5,10 @@
 //!
 //! A query runs as: parse and check the parameters (400 `bad_data`) → wait for a slot in the
 //! node's [`QueryScheduler`] by priority class (503 `unavailable` when shed) → plan → fetch each
-//! selector with [`Engine::select_bounded`], which stops at the query's series, samples and
-//! memory budget instead of loading everything first (422 `execution`) → evaluate off the async
+//! selector from every shard of the cluster ([`crate::route::select`]: this node's
+//! [`Engine::select_bounded`] for its shards, the other primaries by gRPC), which stops at the
+//! query's series, samples and memory budget instead of loading everything first (422
+//! `execution`; the budget spans the fan-out) and names unreadable shards in `warnings` → evaluate off the async
 //! runtime's worker threads (`spawn_blocking`; inline under madsim), polling a deadline on the
 //! node's `Clock` and a cancellation flag per step and per batch of series (503 `timeout`,
 //! 499 `canceled`) → JSON.
@@ -455,6 +457,9 @@ pub struct QueryRequest {
     /// (the cluster default is seeded from `--query-timeout`).
     pub timeout_ms: i64,
     pub class: Priority,
+    /// The client's `authorization` header when tokens are configured: the query fan-out
+    /// passes it to the other nodes (route.rs).
+    pub authorization: Option<String>,
 }
 
 /// The deadline and cancellation flag a query's evaluation polls. Reads the node's `Clock`;
@@ -567,10 +572,23 @@ pub async fn execute(node: &Arc<Node>, tenant: &str, request: &QueryRequest, arr
     plan.check_limits(&limits).map_err(query_error)?;
     let mut budget = SelectBudget::new(limits.series_max, limits.samples_max, limits.bytes_max);
     let mut fetched = Vec::with_capacity(plan.selectors.len());
+    // The fetch phase reads every shard of the cluster (route.rs); shards nobody answered for
+    // become warnings, never a silently short answer.
+    let mut fetch_warnings: BTreeSet<String> = BTreeSet::new();
     for selector in &plan.selectors {
         deadline.check_in("while fetching series").map_err(query_error)?;
-        let series = engine.select_bounded(tenant, &selector.matchers, selector.min_t, selector.max_t, &mut budget).await.map_err(select_error)?;
-        fetched.push(series.into_iter().map(|s| FetchedSeries { labels: s.labels, samples: s.samples }).collect::<Vec<_>>());
+        let read = crate::route::ReadRequest {
+            tenant,
+            matchers: &selector.matchers,
+            min_t: selector.min_t,
+            max_t: selector.max_t,
+            labels_only: false,
+            authorization: request.authorization.as_deref(),
+            timeout: fanout_timeout(request.timeout_ms),
+        };
+        let selected = crate::route::select(node, &engine, &read, &mut budget).await.map_err(select_error)?;
+        fetch_warnings.extend(selected.warnings);
+        fetched.push(selected.series.into_iter().map(|s| FetchedSeries { labels: s.labels, samples: s.samples }).collect::<Vec<_>>());
     }
     deadline.check_in("while fetching series").map_err(query_error)?;
     let data = FetchedData::new(&plan, fetched);
@@ -585,7 +603,16 @@ pub async fn execute(node: &Arc<Node>, tenant: &str, request: &QueryRequest, arr
     .await?
     .map_err(query_error)?;
     drop(permit);
-    Ok(output)
+    let (output, mut annotations) = output;
+    for warning in fetch_warnings {
+        annotations.warn(warning);
+    }
+    Ok((output, annotations))
+}
+
+/// How long one node's answer in a query's fan-out may take: the query's timeout, capped.
+fn fanout_timeout(timeout_ms: i64) -> std::time::Duration {
+    std::time::Duration::from_millis((timeout_ms.max(1) as u64).min(crate::route::SELECT_TIMEOUT_MS_MAX))
 }
 
 fn timeout_param(node: &Node, tenant: &str, params: &Params) -> Result<i64, ApiError> {
@@ -611,7 +638,7 @@ pub fn instant_request(node: &Node, tenant: &str, params: &Params, headers: &Hea
     let text = query_text(params)?;
     let t_ms = time_param(params, "time", node.clock().now_wall_ms())?;
     let timeout_ms = timeout_param(node, tenant, params)?;
-    Ok(QueryRequest { text, kind: QueryKind::Instant { t_ms }, timeout_ms, class: priority_of(params, headers)? })
+    Ok(QueryRequest { text, kind: QueryKind::Instant { t_ms }, timeout_ms, class: priority_of(params, headers)?, authorization: forwarded_authorization(node, headers) })
 }
 
 /// Parses `/api/v1/query_range` parameters with Prometheus's checks, in Prometheus's order.
@@ -641,7 +668,13 @@ pub fn range_request(node: &Node, tenant: &str, params: &Params, headers: &Heade
     }
     let timeout_ms = timeout_param(node, tenant, params)?;
     let text = query_text(params)?;
-    Ok(QueryRequest { text, kind: QueryKind::Range { start_ms, end_ms, step_ms }, timeout_ms, class: priority_of(params, headers)? })
+    Ok(QueryRequest { text, kind: QueryKind::Range { start_ms, end_ms, step_ms }, timeout_ms, class: priority_of(params, headers)?, authorization: forwarded_authorization(node, headers) })
+}
+
+/// The client's `authorization` header, kept for the fan-out when the node checks tokens.
+fn forwarded_authorization(node: &Node, headers: &HeaderMap) -> Option<String> {
+    node.tokens()?;
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -702,15 +735,21 @@ pub async fn query_range(State(node): State<Arc<Node>>, method: Method, headers:
 
 /// Series of `tenant` matching any of `match_sets` with samples in `[start, end]`, within the
 /// node's query budget (the same one a query has: these endpoints read samples too).
-async fn matching_series(node: &Node, tenant: &str, match_sets: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Result<Vec<Labels>, ApiError> {
+/// Reads every shard of the cluster (route.rs); the warnings name shards nobody answered for.
+async fn matching_series(node: &Node, tenant: &str, match_sets: &[Vec<Matcher>], start_ms: i64, end_ms: i64, authorization: Option<&str>) -> Result<(Vec<Labels>, Vec<String>), ApiError> {
     let engine = node.engine().map_err(|reason| ApiError::new(ErrorKind::Unavailable, reason))?;
     let limits = query_limits(node, tenant);
     let mut budget = SelectBudget::new(limits.series_max, limits.samples_max, limits.bytes_max);
+    let timeout = fanout_timeout(node.tenant_limits(tenant).query_timeout_ms);
     let mut out = BTreeSet::new();
+    let mut warnings = BTreeSet::new();
     for matchers in match_sets {
-        out.extend(engine.select_labels(tenant, matchers, start_ms, end_ms, &mut budget).await.map_err(select_error)?);
+        let read = crate::route::ReadRequest { tenant, matchers, min_t: start_ms, max_t: end_ms, labels_only: true, authorization, timeout };
+        let selected = crate::route::select(node, &engine, &read, &mut budget).await.map_err(select_error)?;
+        out.extend(selected.series.into_iter().map(|s| s.labels));
+        warnings.extend(selected.warnings);
     }
-    Ok(out.into_iter().collect())
+    Ok((out.into_iter().collect(), warnings.into_iter().collect()))
 }
 
 /// Every series: a metric name is required at ingest, so `__name__=~".+"` selects all.
@@ -738,14 +777,15 @@ fn truncate<T>(mut items: Vec<T>, limit: usize) -> (Vec<T>, Vec<String>) {
 
 async fn with_params<F, Fut>(node: Arc<Node>, handler: &str, method: Method, headers: HeaderMap, uri: Uri, body: Body, run: F) -> Response
 where
-    F: FnOnce(Arc<Node>, String, Params) -> Fut,
+    F: FnOnce(Arc<Node>, String, Params, Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<Response, ApiError>>,
 {
     let response = match tenant(&node, &headers) {
         Err(response) => response,
         Ok(tenant) => respond(async {
             let params = read_params(&method, &headers, &uri, body).await?;
-            run(node.clone(), tenant, params).await
+            let authorization = forwarded_authorization(&node, &headers);
+            run(node.clone(), tenant, params, authorization).await
         }
         .await),
     };
@@ -754,14 +794,16 @@ where
 }
 
 pub async fn series(State(node): State<Arc<Node>>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    with_params(node, "series", method, headers, uri, body, |node, tenant, params| async move {
+    with_params(node, "series", method, headers, uri, body, |node, tenant, params, authorization| async move {
         let match_sets = match_params(&params)?;
         if match_sets.is_empty() {
             return Err(ApiError::new(ErrorKind::BadData, "no match[] parameter provided"));
         }
         let (start, end) = metadata_range(&params)?;
         let limit = limit_param(&params)?;
-        let (series, warnings) = truncate(matching_series(&node, &tenant, &match_sets, start, end).await?, limit);
+        let (series, mut warnings) = matching_series(&node, &tenant, &match_sets, start, end, authorization.as_deref()).await?;
+        let (series, truncated) = truncate(series, limit);
+        warnings.extend(truncated);
         let items: Vec<String> = series.iter().map(labels_json).collect();
         Ok(success(format!("[{}]", items.join(",")), &warnings, &[]))
     })
@@ -769,15 +811,17 @@ pub async fn series(State(node): State<Arc<Node>>, method: Method, headers: Head
 }
 
 pub async fn labels(State(node): State<Arc<Node>>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    with_params(node, "labels", method, headers, uri, body, |node, tenant, params| async move {
+    with_params(node, "labels", method, headers, uri, body, |node, tenant, params, authorization| async move {
         let mut match_sets = match_params(&params)?;
         if match_sets.is_empty() {
             match_sets = all_series();
         }
         let (start, end) = metadata_range(&params)?;
         let limit = limit_param(&params)?;
-        let names: BTreeSet<String> = matching_series(&node, &tenant, &match_sets, start, end).await?.iter().flat_map(|l| l.iter().map(|x| x.name.clone()).collect::<Vec<_>>()).collect();
-        let (names, warnings) = truncate(names.into_iter().collect(), limit);
+        let (series, mut warnings) = matching_series(&node, &tenant, &match_sets, start, end, authorization.as_deref()).await?;
+        let names: BTreeSet<String> = series.iter().flat_map(|l| l.iter().map(|x| x.name.clone()).collect::<Vec<_>>()).collect();
+        let (names, truncated) = truncate(names.into_iter().collect(), limit);
+        warnings.extend(truncated);
         let items: Vec<String> = names.iter().map(|n| json_string(n)).collect();
         Ok(success(format!("[{}]", items.join(",")), &warnings, &[]))
     })
@@ -785,7 +829,7 @@ pub async fn labels(State(node): State<Arc<Node>>, method: Method, headers: Head
 }
 
 pub async fn label_values(State(node): State<Arc<Node>>, Path(name): Path<String>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    with_params(node, "label_values", method, headers, uri, body, |node, tenant, params| async move {
+    with_params(node, "label_values", method, headers, uri, body, |node, tenant, params, authorization| async move {
         if name.is_empty() {
             return Err(ApiError::bad_param("label", "the label name is empty"));
         }
@@ -795,8 +839,10 @@ pub async fn label_values(State(node): State<Arc<Node>>, Path(name): Path<String
         }
         let (start, end) = metadata_range(&params)?;
         let limit = limit_param(&params)?;
-        let values: BTreeSet<String> = matching_series(&node, &tenant, &match_sets, start, end).await?.iter().map(|l| l.get(&name).to_string()).filter(|v| !v.is_empty()).collect();
-        let (values, warnings) = truncate(values.into_iter().collect(), limit);
+        let (series, mut warnings) = matching_series(&node, &tenant, &match_sets, start, end, authorization.as_deref()).await?;
+        let values: BTreeSet<String> = series.iter().map(|l| l.get(&name).to_string()).filter(|v| !v.is_empty()).collect();
+        let (values, truncated) = truncate(values.into_iter().collect(), limit);
+        warnings.extend(truncated);
         let items: Vec<String> = values.iter().map(|v| json_string(v)).collect();
         Ok(success(format!("[{}]", items.join(",")), &warnings, &[]))
     })
@@ -816,7 +862,7 @@ fn signed_limit(params: &Params, name: &str) -> Result<Option<usize>, ApiError> 
 }
 
 pub async fn metadata(State(node): State<Arc<Node>>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    with_params(node, "metadata", method, headers, uri, body, |node, tenant, params| async move {
+    with_params(node, "metadata", method, headers, uri, body, |node, tenant, params, _authorization| async move {
         let limit = signed_limit(&params, "limit")?;
         let limit_per_metric = signed_limit(&params, "limit_per_metric")?;
         let metric = params.get("metric");
@@ -870,7 +916,7 @@ pub async fn alerts(State(node): State<Arc<Node>>, headers: HeaderMap) -> Respon
 }
 
 pub async fn format_query(State(node): State<Arc<Node>>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    with_params(node, "format_query", method, headers, uri, body, |_node, _tenant, params| async move {
+    with_params(node, "format_query", method, headers, uri, body, |_node, _tenant, params, _authorization| async move {
         let text = query_text(&params)?;
         let formatted = promql::format_query(&text).map_err(query_error)?;
         Ok(success(json_string(&formatted), &[], &[]))
@@ -879,7 +925,7 @@ pub async fn format_query(State(node): State<Arc<Node>>, method: Method, headers
 }
 
 pub async fn query_exemplars(State(node): State<Arc<Node>>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
-    with_params(node, "query_exemplars", method, headers, uri, body, |_node, _tenant, params| async move {
+    with_params(node, "query_exemplars", method, headers, uri, body, |_node, _tenant, params, _authorization| async move {
         // Exemplars are not stored (remote-write counts them as ignored); the parameters are
         // still checked so a malformed request is told so.
         if let Some(text) = params.get("query") {

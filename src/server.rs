@@ -182,7 +182,20 @@ mod real {
             };
             node.set_metadata_status(MetadataStatus::Started);
 
+            // The engine holds every shard of the cluster's map: its count once the cluster is
+            // seeded (fixed at creation), else this node's --shard-count (what a seed from this
+            // node would create).
+            let map_shards = cluster.handle().read_local(|state| state.shard_map.as_ref().map(|m| m.shard_count()));
+            let shard_count = match map_shards {
+                Some(n) if n != config.cluster.shard_count => {
+                    tracing::warn!(cluster = n, flag = config.cluster.shard_count, "--shard-count differs from the cluster's shard map; the map's count is used (it is fixed when the cluster is created)");
+                    n
+                }
+                Some(n) => n,
+                None => config.cluster.shard_count,
+            };
             let engine_config = EngineConfig {
+                shard_ids: (0..shard_count).collect(),
                 wal: WalConfig { fsync: config.fsync, ..WalConfig::default() },
                 acceptance: config.acceptance,
                 retention_ms: config.retention_ms,

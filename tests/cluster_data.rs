@@ -1,0 +1,269 @@
+#![cfg(not(madsim))]
+//! Goal: the cluster data path across three `sextant serve` nodes — a remote-write to one
+//! node stores each series on exactly its shard's primary (forwarded over the Data service),
+//! every sample is answered by `query_range` (and the series and labels endpoints) from every
+//! node; with one node stopped, queries still answer and carry a warning naming the stopped
+//! node's shards, and writes for its shards are refused with 503 (or 429), never silently
+//! lost; a forwarded write at an epoch the target does not hold is refused.
+//! Method: `server::Server` in process on real tokio (tests/serve_cluster.rs's pattern), each
+//! node on a temporary directory and ephemeral 127.0.0.1 ports. HTTP requests go through each
+//! node's axum router in process; node-to-node traffic is real gRPC. Storage placement is
+//! checked on each node's engine directly. Deadlines only bound a hung run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::Request;
+use sextant::config::ServeConfig;
+use sextant::node::Node;
+use sextant::remote_write::{encode_write_request, Label, Sample, TimeSeries, WriteRequest};
+use sextant::route::pb;
+use sextant::server::Server;
+use sextant::shard::shard_for;
+use sextant_core::labels::Labels;
+use sextant_core::matcher::{MatchOp, Matcher};
+use sextant_core::series::fingerprint;
+use sextant_raft::state::MetadataState;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const SERIES: usize = 40;
+
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
+    let run = async {
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT_MAX, run).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Server> {
+    let mut grpc = Vec::new();
+    let mut http = Vec::new();
+    for _ in 0..dirs.len() {
+        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        http.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let initial_cluster = grpc.iter().enumerate().map(|(i, l)| format!("{}={}", i + 1, l.local_addr().unwrap())).collect::<Vec<_>>().join(",");
+    let mut servers = Vec::new();
+    for (i, (grpc, http)) in grpc.into_iter().zip(http).enumerate() {
+        let args = sextant::config::ServeArgs { data_dir: Some(dirs[i].path().to_path_buf()), node_id: Some(i as u64 + 1), initial_cluster: Some(initial_cluster.clone()), ..Default::default() };
+        let mut config = ServeConfig::resolve(&args, None).unwrap();
+        config.maintain_interval_ms = 3_600_000;
+        servers.push(Server::start_with_listeners(config, http, grpc).await.expect("server starts"));
+    }
+    // Every node must route by the full map with every address, and be ready.
+    eventually("every node to hold the shard map and all addresses", || async {
+        servers.iter().all(|s| {
+            let table = s.node().router().table();
+            table.shard_count() == Some(16) && table.grpc_addrs.len() == 3 && s.raft().local_read().state.nodes.len() == 3 && s.node().readiness().is_ok()
+        })
+        .then_some(())
+    })
+    .await;
+    servers
+}
+
+fn state(server: &Server) -> MetadataState {
+    server.raft().local_read().state
+}
+
+fn labels_of(i: usize) -> Labels {
+    Labels::from_pairs(&[("__name__", "m"), ("instance", &format!("i{i:02}"))])
+}
+
+fn request(series: &[usize], times: &[i64]) -> WriteRequest {
+    WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|i| TimeSeries {
+                labels: labels_of(*i).iter().map(|l| Label { name: l.name.clone(), value: l.value.clone() }).collect(),
+                samples: times.iter().map(|t| Sample { timestamp: *t, value: value(*i, *t) }).collect(),
+                exemplars: vec![],
+                histograms: vec![],
+            })
+            .collect(),
+        metadata: vec![],
+    }
+}
+
+fn value(series: usize, t: i64) -> f64 {
+    series as f64 * 1000.0 + (t % 100_000) as f64 / 1000.0
+}
+
+async fn http(node: &Arc<Node>, method: &str, uri: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
+    let mut builder = Request::builder().method(method).uri(uri).header("content-type", content_type);
+    if uri == "/api/v1/write" {
+        builder = builder.header("content-encoding", "snappy");
+    }
+    let response = sextant::http::router(node.clone()).oneshot(builder.body(Body::from(body)).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 26).await.unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn remote_write(node: &Arc<Node>, request: &WriteRequest) -> (u16, String) {
+    http(node, "POST", "/api/v1/write", "application/x-protobuf", encode_write_request(request)).await
+}
+
+/// `query_range` of `m` over `times` (one step apart): (instance → [(t, v)]) and warnings.
+async fn query_range(node: &Arc<Node>, times: &[i64]) -> (BTreeMap<String, Vec<(i64, f64)>>, Vec<String>) {
+    let (start, end) = (times[0], times[times.len() - 1]);
+    let form = format!("query=m&start={}&end={}&step={}", start as f64 / 1000.0, end as f64 / 1000.0, (times[1] - times[0]) as f64 / 1000.0);
+    let (status, body) = http(node, "POST", "/api/v1/query_range", "application/x-www-form-urlencoded", form.into_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut out = BTreeMap::new();
+    for series in json["data"]["result"].as_array().unwrap() {
+        let instance = series["metric"]["instance"].as_str().unwrap().to_string();
+        let points = series["values"].as_array().unwrap().iter().map(|p| ((p[0].as_f64().unwrap() * 1000.0).round() as i64, p[1].as_str().unwrap().parse::<f64>().unwrap())).collect();
+        out.insert(instance, points);
+    }
+    let warnings = json["warnings"].as_array().map(|w| w.iter().map(|x| x.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+    (out, warnings)
+}
+
+fn expected(series: &[usize], times: &[i64]) -> BTreeMap<String, Vec<(i64, f64)>> {
+    series.iter().map(|i| (format!("i{i:02}"), times.iter().map(|t| (*t, value(*i, *t))).collect())).collect()
+}
+
+/// Which instances each node's engine stores.
+async fn stored_instances(server: &Server) -> BTreeSet<String> {
+    let engine = server.node().engine().unwrap();
+    let all = vec![Matcher::new(MatchOp::Equal, "__name__", "m").unwrap()];
+    engine.select("default", &all, i64::MIN, i64::MAX).await.unwrap().into_iter().map(|s| s.labels.get("instance").to_string()).collect()
+}
+
+fn primary_of(state: &MetadataState, i: usize) -> (u32, u64, u64) {
+    let map = state.shard_map.as_ref().unwrap();
+    let shard = shard_for(fingerprint("default", &labels_of(i)), map.shard_count());
+    let s = &map.shards[&shard];
+    (shard, s.primary.unwrap(), s.epoch)
+}
+
+// Goal: see the module docs. One cluster for all steps (formation is the slow part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_route_to_primaries_and_queries_fan_out() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut servers = start_cluster(&dirs).await;
+    let map_state = state(&servers[0]);
+    let now = servers[0].node().clock().now_wall_ms() / 1000 * 1000;
+    let times: Vec<i64> = (0..3).map(|k| now - 2000 + k * 1000).collect();
+    let all: Vec<usize> = (0..SERIES).collect();
+
+    // 1. One remote-write to node 1; every series lands on its primary only.
+    let (status, body) = remote_write(servers[0].node(), &request(&all, &times)).await;
+    assert_eq!(status, 204, "{body}");
+    let mut placed: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for i in &all {
+        placed.entry(primary_of(&map_state, *i).1).or_default().insert(format!("i{i:02}"));
+    }
+    assert_eq!(placed.len(), 3, "40 series spread over all three primaries: {placed:?}");
+    for (n, server) in servers.iter().enumerate() {
+        let node_id = n as u64 + 1;
+        assert_eq!(stored_instances(server).await, placed.get(&node_id).cloned().unwrap_or_default(), "node {node_id} stores exactly the series whose primary it is");
+    }
+    let forwarded = servers[0].node().metrics.encode();
+    assert!(forwarded.lines().any(|l| l.starts_with("sextant_forward_samples_total{node=\"2\"}")), "forwarding is counted per destination:\n{forwarded}");
+
+    // 2. Every node answers every sample, with no warning; series and labels too.
+    for (n, server) in servers.iter().enumerate() {
+        let (answer, warnings) = query_range(server.node(), &times).await;
+        assert_eq!(answer, expected(&all, &times), "query_range from node {}", n + 1);
+        assert!(warnings.is_empty(), "node {}: {warnings:?}", n + 1);
+        let (status, body) = http(server.node(), "GET", "/api/v1/series?match[]=m", "text/plain", vec![]).await;
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["data"].as_array().unwrap().len(), SERIES, "series from node {}: {body}", n + 1);
+        let (status, body) = http(server.node(), "GET", "/api/v1/label/instance/values", "text/plain", vec![]).await;
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["data"].as_array().unwrap().len(), SERIES, "label values from node {}: {body}", n + 1);
+    }
+
+    // 3. A forwarded write at an epoch the target does not hold, or to a node that is not the
+    //    shard's primary, is refused with FAILED_PRECONDITION.
+    let (shard, primary, epoch) = primary_of(&map_state, 0);
+    let other = if primary == 1 { 2 } else { 1 };
+    let write = |epoch: u64| pb::WriteRequest {
+        tenant: "default".into(),
+        shard,
+        epoch,
+        judged_at_ms: now,
+        from_node: 9,
+        series: vec![pb::Series {
+            labels: labels_of(0).iter().map(|l| pb::Label { name: l.name.clone(), value: l.value.clone() }).collect(),
+            samples: vec![pb::Sample { t: now, v: value(0, now) }],
+        }],
+    };
+    let connect = |id: u64| {
+        let addr = servers[id as usize - 1].grpc_addr();
+        async move { pb::data_client::DataClient::connect(format!("http://{addr}")).await.unwrap() }
+    };
+    let check_refused = |result: Result<tonic::Response<pb::WriteReply>, tonic::Status>, needle: &str| {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains(needle), "{:?} should contain {needle:?}", status.message());
+    };
+    check_refused(connect(primary).await.write(write(epoch - 1)).await, &format!("at epoch {}", epoch - 1));
+    check_refused(connect(other).await.write(write(epoch)).await, "refuses a write");
+    let accepted = connect(primary).await.write(write(epoch)).await.expect("the right epoch at the primary").into_inner();
+    assert_eq!(accepted.duplicates, 1, "the same sample again is a duplicate: {accepted:?}");
+
+    // 4. Node 3 stops: queries from the others answer the rest with a warning naming its
+    //    shards; writes for its shards are refused (503/429), the others still stored.
+    let down = servers.pop().unwrap();
+    down.shutdown().await.unwrap();
+    let down_shards: BTreeSet<u32> = map_state.shard_map.as_ref().unwrap().shards.iter().filter(|(_, s)| s.primary == Some(3)).map(|(id, _)| *id).collect();
+    let alive: Vec<usize> = all.iter().copied().filter(|i| primary_of(&map_state, *i).1 != 3).collect();
+    let lost: Vec<usize> = all.iter().copied().filter(|i| primary_of(&map_state, *i).1 == 3).collect();
+    for (n, server) in servers.iter().enumerate() {
+        let (answer, warnings) = query_range(server.node(), &times).await;
+        for i in &alive {
+            let key = format!("i{i:02}");
+            assert_eq!(answer.get(&key), expected(&[*i], &times).get(&key), "node {}: live series {key}", n + 1);
+        }
+        assert!(!warnings.is_empty(), "node {}: an answer without node 3's shards must say so", n + 1);
+        // Shards are named per fallback replica (their secondary), as sorted lists.
+        let mut by_secondary: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for shard in &down_shards {
+            by_secondary.entry(map_state.shard_map.as_ref().unwrap().shards[shard].secondary.unwrap()).or_default().push(shard.to_string());
+        }
+        for (secondary, shards) in by_secondary {
+            let list = format!("shards {} ", shards.join(", "));
+            assert!(warnings.iter().any(|w| w.contains(&list) && w.contains(&format!("node {secondary}"))), "node {}: a warning names {list}(secondary {secondary}): {warnings:?}", n + 1);
+        }
+    }
+    let later: Vec<i64> = times.iter().map(|t| t + 3000).collect();
+    let (status, body) = remote_write(servers[0].node(), &request(&all, &later)).await;
+    assert!(status == 503 || status == 429, "writes for a stopped primary's shards are refused, got {status}: {body}");
+    let (status, body) = remote_write(servers[0].node(), &request(&alive, &later)).await;
+    assert_eq!(status, 204, "series of live primaries still ingest: {body}");
+    let engine_samples = |server: &Server, i: usize| {
+        let engine = server.node().engine().unwrap();
+        async move {
+            let matchers = vec![Matcher::new(MatchOp::Equal, "instance", format!("i{i:02}")).unwrap()];
+            engine.select("default", &matchers, i64::MIN, i64::MAX).await.unwrap().into_iter().map(|s| s.samples.len()).sum::<usize>()
+        }
+    };
+    for i in &lost {
+        for server in &servers {
+            assert_eq!(engine_samples(server, *i).await, 0, "series i{i:02} of a stopped primary is not stored elsewhere");
+        }
+    }
+    for i in &alive {
+        let (_, primary, _) = primary_of(&map_state, *i);
+        assert_eq!(engine_samples(&servers[primary as usize - 1], *i).await, 6, "series i{i:02}: both writes stored on its primary");
+    }
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}
