@@ -397,6 +397,13 @@ impl Node {
         if engine.wal_stats().poisoned {
             return IngestOutcome::new(503, "WAL poisoned by an fsync error; writes are refused until the node restarts");
         }
+        // A member of a multi-node cluster that has not applied the shard map yet cannot know
+        // which node stores a series: writing locally would hide the samples from queries once
+        // the map names another primary. Refuse, retryably, until the map arrives (moments
+        // after formation). A single-node cluster seeds its own map and has no such window.
+        if self.config.cluster.formation != crate::config::Formation::Single && self.router.table().shard_count().is_none() {
+            return IngestOutcome::new(503, "this node has not applied the cluster's shard map yet (the cluster is forming, or this node is joining); retry shortly");
+        }
         let limits = &self.config.limits;
         if !self.tracker.lock().expect("tracker lock").tenant_allowed(tenant) {
             return IngestOutcome::new(400, format!("tenant {tenant:?} refused: this node already serves its limit of {} tenants", limits.tenants_max));
