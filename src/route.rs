@@ -11,8 +11,9 @@
 //! - [`select`]: the fetch phase of a query over the cluster (one replica per shard, primary
 //!   first), merged, with the shards nobody answered for.
 //!
-//! Without a shard map (a node before its cluster is seeded, the simulator, most tests) every
-//! shard is local: ingest and queries behave exactly as on a single node.
+//! Without a shard map (a single node before it seeds its map, the simulator, most tests) every
+//! shard is local: ingest and queries behave exactly as on a single node. A member of a
+//! multi-node cluster without the map refuses writes instead (node.rs, 503).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
