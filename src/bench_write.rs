@@ -38,26 +38,9 @@
 use std::collections::BTreeMap;
 
 use sextant_core::sample::TimestampMs;
-use sextant_core::testdata::{parse_exposition, GeneratorConfig, ScrapeGenerator, SeriesTemplate, ValueShape, NODE_EXPORTER_1_5_SCRAPE};
+use sextant_core::testdata::{histogram_layout, parse_exposition, GeneratorConfig, ScrapeGenerator, SeriesTemplate, ValueShape, HISTOGRAM_EXPOSITION, NODE_EXPORTER_1_5_SCRAPE};
 
 use crate::remote_write::{Label, Sample, TimeSeries, WriteRequest};
-
-/// The histogram the dashboard query set reads (same text as `storage/benches/query.rs`).
-pub const HISTOGRAM_EXPOSITION: &str = "\
-# TYPE http_request_duration_seconds histogram
-http_request_duration_seconds_bucket{le=\"0.005\"} 120
-http_request_duration_seconds_bucket{le=\"0.01\"} 340
-http_request_duration_seconds_bucket{le=\"0.025\"} 910
-http_request_duration_seconds_bucket{le=\"0.05\"} 1500
-http_request_duration_seconds_bucket{le=\"0.1\"} 800
-http_request_duration_seconds_bucket{le=\"0.25\"} 260
-http_request_duration_seconds_bucket{le=\"0.5\"} 90
-http_request_duration_seconds_bucket{le=\"1\"} 30
-http_request_duration_seconds_bucket{le=\"2.5\"} 7
-http_request_duration_seconds_bucket{le=\"+Inf\"} 2
-http_request_duration_seconds_sum 812.5
-http_request_duration_seconds_count 4059
-";
 
 /// Most hosts one run generates (505+13 series each): 10 M series is far beyond any target here.
 pub const HOSTS_MAX: usize = 20_000;
@@ -215,25 +198,6 @@ pub fn templates() -> Vec<SeriesTemplate> {
     let mut out = parse_exposition(NODE_EXPORTER_1_5_SCRAPE).expect("the bundled scrape parses");
     out.extend(parse_exposition(HISTOGRAM_EXPOSITION).expect("the histogram text parses"));
     out
-}
-
-/// Positions (within a host's series) of the histogram buckets in `le` order, and of `_count`.
-fn histogram_layout(templates: &[SeriesTemplate]) -> (Vec<usize>, usize) {
-    let mut buckets: Vec<(f64, usize)> = templates
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.labels.metric_name() == "http_request_duration_seconds_bucket")
-        .map(|(i, t)| {
-            let le = t.labels.get("le");
-            (if le == "+Inf" { f64::INFINITY } else { le.parse().expect("the bundled le values are numbers") }, i)
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let count = templates
-        .iter()
-        .position(|t| t.labels.metric_name() == "http_request_duration_seconds_count")
-        .expect("the bundled histogram has a _count");
-    (buckets.into_iter().map(|(_, i)| i).collect(), count)
 }
 
 /// One sample of the stream: series index (global), timestamp, value.

@@ -39,6 +39,46 @@ use crate::sample::TimestampMs;
 /// A real node_exporter 1.5 scrape (283 metric families, 505 series) of a Debian 12 VM.
 pub const NODE_EXPORTER_1_5_SCRAPE: &str = include_str!("testdata/node-exporter-1.5-scrape.prom");
 
+/// A classic histogram (10 buckets, `_sum`, `_count`) added to every generated host by the
+/// query benchmark and `sextant bench-write`, so the dashboard query set's
+/// `histogram_quantile` has data. Values are per-bucket starting counts; the users make them
+/// cumulative over `le` (see [`histogram_layout`]).
+pub const HISTOGRAM_EXPOSITION: &str = "\
+# TYPE http_request_duration_seconds histogram
+http_request_duration_seconds_bucket{le=\"0.005\"} 120
+http_request_duration_seconds_bucket{le=\"0.01\"} 340
+http_request_duration_seconds_bucket{le=\"0.025\"} 910
+http_request_duration_seconds_bucket{le=\"0.05\"} 1500
+http_request_duration_seconds_bucket{le=\"0.1\"} 800
+http_request_duration_seconds_bucket{le=\"0.25\"} 260
+http_request_duration_seconds_bucket{le=\"0.5\"} 90
+http_request_duration_seconds_bucket{le=\"1\"} 30
+http_request_duration_seconds_bucket{le=\"2.5\"} 7
+http_request_duration_seconds_bucket{le=\"+Inf\"} 2
+http_request_duration_seconds_sum 812.25
+http_request_duration_seconds_count 4059
+";
+
+/// Positions within `templates` of [`HISTOGRAM_EXPOSITION`]'s buckets in `le` order, and of its
+/// `_count`. Panics if the histogram is not among the templates (a benchmark setup error).
+pub fn histogram_layout(templates: &[SeriesTemplate]) -> (Vec<usize>, usize) {
+    let mut buckets: Vec<(f64, usize)> = templates
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.labels.metric_name() == "http_request_duration_seconds_bucket")
+        .map(|(i, t)| {
+            let le = t.labels.get("le");
+            (if le == "+Inf" { f64::INFINITY } else { le.parse().expect("the bundled le values are numbers") }, i)
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = templates
+        .iter()
+        .position(|t| t.labels.metric_name() == "http_request_duration_seconds_count")
+        .expect("the templates hold the bundled histogram's _count");
+    (buckets.into_iter().map(|(_, i)| i).collect(), count)
+}
+
 /// Share of a host's counters that rarely move.
 pub const COUNTER_RARE_FRACTION: f64 = 0.5;
 /// Chance per scrape that a rarely-moving counter steps (by one unit).

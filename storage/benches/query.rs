@@ -64,7 +64,7 @@ mod query {
     use sextant_core::promql::{eval_range, parse, plan_range, FetchedData, FetchedSeries, QueryLimits, QueryPlan};
     use sextant_core::sample::{Sample, TimestampMs};
     use sextant_core::series::{fingerprint, DEFAULT_TENANT};
-    use sextant_core::testdata::{parse_exposition, GeneratorConfig, ScrapeGenerator, SeriesTemplate, NODE_EXPORTER_1_5_SCRAPE};
+    use sextant_core::testdata::{histogram_layout, parse_exposition, GeneratorConfig, ScrapeGenerator, SeriesTemplate, HISTOGRAM_EXPOSITION, NODE_EXPORTER_1_5_SCRAPE};
     use sextant_storage::block::{write_block, BlockSeriesData, BlockWriterConfig};
     use sextant_storage::engine::{Engine, EngineConfig, ShardId};
     use sextant_storage::fs::real::RealFs;
@@ -82,24 +82,6 @@ mod query {
     /// Metrics kept from the node_exporter scrape.
     const NODE_METRICS: &[&str] = &["node_cpu_seconds_total", "node_network_receive_bytes_total", "node_network_transmit_bytes_total"];
 
-    /// The classic histogram added to every host. Values are the per-bucket starting counts;
-    /// see the module documentation for how they are made cumulative.
-    const HISTOGRAM_EXPOSITION: &str = "\
-# TYPE http_request_duration_seconds histogram
-http_request_duration_seconds_bucket{le=\"0.005\"} 120
-http_request_duration_seconds_bucket{le=\"0.01\"} 340
-http_request_duration_seconds_bucket{le=\"0.025\"} 910
-http_request_duration_seconds_bucket{le=\"0.05\"} 1500
-http_request_duration_seconds_bucket{le=\"0.1\"} 800
-http_request_duration_seconds_bucket{le=\"0.25\"} 260
-http_request_duration_seconds_bucket{le=\"0.5\"} 90
-http_request_duration_seconds_bucket{le=\"1\"} 30
-http_request_duration_seconds_bucket{le=\"2.5\"} 7
-http_request_duration_seconds_bucket{le=\"+Inf\"} 2
-http_request_duration_seconds_sum 812.25
-http_request_duration_seconds_count 4059
-";
-
     const SHARD_COUNT: u32 = 16;
     const BLOCK_SPAN_MS: i64 = 2 * HOUR_MS;
     const SCRAPE_INTERVAL_MS: i64 = 15_000;
@@ -112,25 +94,6 @@ http_request_duration_seconds_count 4059
             .collect();
         out.extend(parse_exposition(HISTOGRAM_EXPOSITION).expect("the histogram text parses"));
         out
-    }
-
-    /// Positions (within a host's series) of the histogram buckets in `le` order, and of `_count`.
-    fn histogram_layout(templates: &[SeriesTemplate]) -> (Vec<usize>, usize) {
-        let mut buckets: Vec<(f64, usize)> = templates
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.labels.metric_name() == "http_request_duration_seconds_bucket")
-            .map(|(i, t)| {
-                let le = t.labels.get("le");
-                (if le == "+Inf" { f64::INFINITY } else { le.parse().expect("numeric le") }, i)
-            })
-            .collect();
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let count = templates
-            .iter()
-            .position(|t| t.labels.metric_name() == "http_request_duration_seconds_count")
-            .expect("histogram has a _count");
-        (buckets.into_iter().map(|(_, i)| i).collect(), count)
     }
 
     struct Dataset {
