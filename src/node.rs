@@ -137,17 +137,6 @@ fn quote_series(labels: &[crate::remote_write::Label]) -> String {
     out
 }
 
-fn engine_refusal_kind(reason: &RefusalReason) -> &'static str {
-    use sextant_storage::acceptance::TimeRefusal;
-    match reason {
-        RefusalReason::Time(TimeRefusal::TooFarInFuture { .. }) => "too_far_in_future",
-        RefusalReason::Time(TimeRefusal::TooOld { .. }) => "too_old",
-        RefusalReason::Time(TimeRefusal::OutOfOrderTooOld { .. }) => "out_of_order_too_old",
-        RefusalReason::Conflict { .. } | RefusalReason::ConflictInRequest { .. } => "conflict",
-        RefusalReason::MemoryBudget { .. } => "memory_budget",
-    }
-}
-
 /// True when a failed write may succeed on retry; a poisoned WAL or a closing engine is 503
 /// too (the sender retries against a restarted node), only configuration bugs are 500.
 pub(crate) fn engine_error_status(error: &EngineError) -> u16 {
@@ -518,7 +507,7 @@ impl Node {
                         let judged = crate::route::judge_for_forward(&engine.config().acceptance, judged_at_ms, series, &mut report);
                         let ctx = ForwardContext { tenant, authorization, judged_at_ms };
                         let result = self.router.forward(self, &engine, &ctx, shard, (node, addr, epoch), judged).await.map(|forwarded| {
-                            crate::route::add_report(&mut report, forwarded);
+                            report.add(forwarded);
                             report
                         });
                         (shard, result)
@@ -532,15 +521,7 @@ impl Node {
         let mut failed_shards = Vec::new();
         for (shard, result) in results {
             match result {
-                Ok(report) => {
-                    total.accepted += report.accepted;
-                    total.duplicates += report.duplicates;
-                    total.out_of_order += report.out_of_order;
-                    total.series_created += report.series_created;
-                    total.refused_permanent += report.refused_permanent;
-                    total.refused_retryable += report.refused_retryable;
-                    total.refusals.extend(report.refusals);
-                }
+                Ok(report) => total.add(report),
                 Err(error) => {
                     failed_shards.push(shard);
                     // 429 (backpressure) only when nothing worse happened: a 503 or 500 wins.
@@ -550,27 +531,26 @@ impl Node {
                 }
             }
         }
-        if !failed_shards.is_empty() {
+        // Series that do not exist after all are not active: those of failed shard writes, and
+        // those the memory budget refused to create (else a memory-bound node would refuse
+        // new series for the tenant's limit, counting phantoms, until they idle out).
+        if !failed_shards.is_empty() || !total.series_refused_memory.is_empty() {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for shard in &failed_shards {
                 for key in new_keys.get(shard).into_iter().flatten() {
                     tracker.forget(tenant, *key);
                 }
             }
+            for labels in &total.series_refused_memory {
+                tracker.forget(tenant, series_account_key(tenant, labels));
+            }
         }
         self.metrics.samples_stored.inc_by(total.accepted);
         self.metrics.samples_duplicate.inc_by(total.duplicates);
         self.metrics.samples_out_of_order.inc_by(total.out_of_order);
-        let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for refusal in &total.refusals {
-            *kinds.entry(engine_refusal_kind(&refusal.reason)).or_default() += 1;
-        }
-        let detailed: u64 = kinds.values().sum();
-        for (kind, count) in &kinds {
+        for (kind, count) in &total.refused_by_kind {
             self.metrics.refused(kind, *count);
         }
-        // Refusals past the engine's detailed list are counted without a reason kind.
-        self.metrics.refused("storage_other", (total.refused_permanent + total.refused_retryable).saturating_sub(detailed));
         for refusal in &total.refusals {
             let series = refusal.series.chars().take(SERIES_QUOTE_CHARS_MAX).collect::<String>();
             refusals.add(0, || format!("{series} at {}: {}", refusal.t, refusal.reason));

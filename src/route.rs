@@ -189,10 +189,7 @@ pub fn judge_for_forward(acceptance: &AcceptanceConfig, now_ms: i64, series: Vec
         write.samples.retain(|sample| match acceptance.judge(now_ms, None, sample.t) {
             Ok(_) => true,
             Err(refusal) => {
-                report.refused_permanent += 1;
-                if report.refusals.len() < REFUSALS_DETAILED_MAX {
-                    report.refusals.push(SampleRefusal { series: labels.to_string(), t: sample.t, reason: refusal.into() });
-                }
+                report.refuse(labels, sample.t, refusal.into());
                 false
             }
         });
@@ -268,6 +265,15 @@ fn report_from_pb(reply: pb::WriteReply) -> AppendReport {
             Some(SampleRefusal { series: r.series, t: r.t, reason })
         })
         .collect();
+    // Kinds this node does not know (a newer target) are counted as `other`.
+    let mut refused_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (kind, n) in reply.refused_by_kind {
+        let kind = RefusalReason::KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other");
+        *refused_by_kind.entry(kind).or_default() += n;
+    }
+    // Labels the target sent back were validated when this node sent them; a bad one is
+    // skipped (it only means one phantom series stays counted until it idles out).
+    let series_refused_memory = reply.series_refused_memory.into_iter().filter_map(|s| labels_from_pb(s.labels).ok()).collect();
     AppendReport {
         accepted: reply.accepted,
         duplicates: reply.duplicates,
@@ -275,7 +281,9 @@ fn report_from_pb(reply: pb::WriteReply) -> AppendReport {
         series_created: reply.series_created,
         refused_permanent: reply.refused_permanent,
         refused_retryable: reply.refused_retryable,
+        refused_by_kind,
         refusals,
+        series_refused_memory,
     }
 }
 
@@ -302,20 +310,8 @@ fn report_to_pb(report: AppendReport) -> pb::WriteReply {
         refused_permanent: report.refused_permanent,
         refused_retryable: report.refused_retryable,
         refusals,
-    }
-}
-
-pub fn add_report(total: &mut AppendReport, report: AppendReport) {
-    total.accepted += report.accepted;
-    total.duplicates += report.duplicates;
-    total.out_of_order += report.out_of_order;
-    total.series_created += report.series_created;
-    total.refused_permanent += report.refused_permanent;
-    total.refused_retryable += report.refused_retryable;
-    for refusal in report.refusals {
-        if total.refusals.len() < REFUSALS_DETAILED_MAX {
-            total.refusals.push(refusal);
-        }
+        refused_by_kind: report.refused_by_kind.into_iter().map(|(kind, n)| (kind.to_string(), n)).collect(),
+        series_refused_memory: report.series_refused_memory.iter().map(|labels| pb::Series { labels: labels.iter().map(|l| pb::Label { name: l.name.clone(), value: l.value.clone() }).collect(), samples: vec![] }).collect(),
     }
 }
 
@@ -500,7 +496,7 @@ impl Router {
             let batch = pending.remove(0);
             let request = pb::WriteRequest { tenant: ctx.tenant.to_string(), shard, epoch, judged_at_ms: ctx.judged_at_ms, from_node: self.me, series: batch.clone() };
             match self.send(node, dest_node, &addr, request, ctx.authorization).await {
-                Ok(report) => add_report(&mut total, report),
+                Ok(report) => total.add(report),
                 Err(Err(error)) => return Err(error),
                 Err(Ok(reason)) => {
                     let used = Destination::Remote { node: dest_node, addr: addr.clone(), epoch };
@@ -523,7 +519,7 @@ impl Router {
                                     .into_iter()
                                     .map(|s| WriteSeries { labels: Labels::from_sorted(s.labels.into_iter().map(|l| Label::new(l.name, l.value)).collect()), samples: s.samples.into_iter().map(|x| Sample::new(x.t, x.v)).collect() })
                                     .collect();
-                                add_report(&mut total, engine.import(shard, ctx.tenant, series).await?);
+                                total.add(engine.import(shard, ctx.tenant, series).await?);
                             }
                         }
                         Destination::Remote { node, addr: new_addr, epoch: new_epoch } => {
@@ -991,10 +987,12 @@ mod tests {
             series_created: 2,
             refused_permanent: 1,
             refused_retryable: 1,
+            refused_by_kind: BTreeMap::from([("conflict", 1), ("memory_budget", 1)]),
             refusals: vec![
                 SampleRefusal { series: "a{}".into(), t: 5, reason: RefusalReason::Conflict { t: 5, existing_bits: 42 } },
                 SampleRefusal { series: "b{}".into(), t: 6, reason: RefusalReason::MemoryBudget { budget_bytes: 9 } },
             ],
+            series_refused_memory: vec![Labels::from_unsorted(vec![Label::new("__name__", "b"), Label::new("job", "x")]).unwrap()],
         };
         assert_eq!(report_from_pb(report_to_pb(report.clone())), report);
     }

@@ -435,3 +435,41 @@ async fn blocked_label() {
     assert!(text.contains("label name \"session_id\" is blocked"), "{text}");
     assert_eq!(dump(&h.engine, "default").await.len(), 1);
 }
+
+// Goal: series the storage memory budget refuses to create are refused as retryable (503),
+// counted under `memory_budget` however many there are (past the engine's 16 detailed
+// refusals), and not counted as active: they never use up the tenant's series limit, so the
+// next new series is refused for memory again, not for a limit of phantom series.
+#[tokio::test]
+async fn memory_budget_refusals_are_counted_and_not_active() {
+    let clock = Arc::new(ManualClock::new(NOW));
+    let limits = IngestLimits { series_per_tenant_max: 30, ..IngestLimits::default() };
+    let node = Node::new(ServeConfig { limits, ..ServeConfig::default() }, clock.clone(), None);
+    let engine_config = EngineConfig { shard_ids: vec![0, 1, 2, 3], memory_bytes_max: 1_500, retention_ms: None, ..EngineConfig::default() };
+    let engine = Engine::open(Arc::new(SimFs::new(11)), clock.clone(), engine_config).await.expect("engine opens");
+    node.set_engine(EngineSlot::Ready(engine.clone()));
+    let h = Harness { router: router(node.clone()), node, engine, clock };
+    let bomb = |from: usize, to: usize| request((from..to).map(|i| series(&[("__name__", "bomb"), ("id", &i.to_string())], &[(NOW, 1.0)])).collect());
+
+    let (status, text) = write(&h, &bomb(0, 25)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("memory budget"), "{text}");
+    let stored = dump(&h.engine, "default").await.len();
+    assert!(stored > 0 && stored < 20, "the budget holds some series, well under the tenant limit: {stored}");
+    let (_, metrics) = send(&h.router, "GET", "/metrics", &[], vec![]).await;
+    assert!(metrics.contains(&format!("sextant_remote_write_samples_refused_total{{reason=\"memory_budget\"}} {}", 25 - stored)), "{metrics}");
+    assert!(!metrics.contains("storage_other"), "{metrics}");
+    let (_, report) = send(&h.router, "GET", "/api/v1/status/tsdb", &[], vec![]).await;
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["data"]["activeSeries"], stored, "{report}");
+
+    // As many new series as the tenant limit leaves room for, counting only stored series:
+    // refused for memory again (retryable), never for the tenant limit.
+    let (status, text) = write(&h, &bomb(25, 25 + 30 - stored)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(!text.contains("reached its limit"), "{text}");
+    // An existing series keeps ingesting.
+    let (status, text) = write(&h, &request(vec![series(&[("__name__", "bomb"), ("id", "0")], &[(NOW + 1, 2.0)])])).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    assert_eq!(dump(&h.engine, "default").await.len(), stored + 1);
+}

@@ -151,6 +151,20 @@ impl RefusalReason {
     pub fn is_retryable(&self) -> bool {
         matches!(self, RefusalReason::MemoryBudget { .. })
     }
+
+    /// Every name [`RefusalReason::kind`] answers.
+    pub const KINDS: [&'static str; 5] = ["too_far_in_future", "too_old", "out_of_order_too_old", "conflict", "memory_budget"];
+
+    /// A short stable name for counting (the `reason` label of the node's refusal metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RefusalReason::Time(TimeRefusal::TooFarInFuture { .. }) => "too_far_in_future",
+            RefusalReason::Time(TimeRefusal::TooOld { .. }) => "too_old",
+            RefusalReason::Time(TimeRefusal::OutOfOrderTooOld { .. }) => "out_of_order_too_old",
+            RefusalReason::Conflict { .. } | RefusalReason::ConflictInRequest { .. } => "conflict",
+            RefusalReason::MemoryBudget { .. } => "memory_budget",
+        }
+    }
 }
 
 /// One refused sample.
@@ -177,20 +191,49 @@ pub struct AppendReport {
     /// Refused samples, counted.
     pub refused_permanent: u64,
     pub refused_retryable: u64,
+    /// Every refused sample counted by [`RefusalReason::kind`] (the detailed list below stops
+    /// at [`REFUSALS_DETAILED_MAX`]; metrics need all of them).
+    pub refused_by_kind: BTreeMap<&'static str, u64>,
     /// The first few refusals in detail.
     pub refusals: Vec<SampleRefusal>,
+    /// Series of this write that do not exist because the memory budget refused to create
+    /// them (each once). The node's active-series accounting admitted them before the write;
+    /// it forgets them again, or a memory-bound node would count phantom series against the
+    /// tenant's limits until they idle out.
+    pub series_refused_memory: Vec<Labels>,
 }
 
 impl AppendReport {
-    fn refuse(&mut self, series: &Labels, t: TimestampMs, reason: RefusalReason) {
+    /// Counts one refused sample (and keeps it in detail while the list has room).
+    pub fn refuse(&mut self, series: &Labels, t: TimestampMs, reason: RefusalReason) {
         if reason.is_retryable() {
             self.refused_retryable += 1;
         } else {
             self.refused_permanent += 1;
         }
+        *self.refused_by_kind.entry(reason.kind()).or_default() += 1;
         if self.refusals.len() < REFUSALS_DETAILED_MAX {
             self.refusals.push(SampleRefusal { series: series.to_string(), t, reason });
         }
+    }
+
+    /// Adds another report of the same request (another shard or chunk) to this one.
+    pub fn add(&mut self, other: AppendReport) {
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.series_created += other.series_created;
+        self.refused_permanent += other.refused_permanent;
+        self.refused_retryable += other.refused_retryable;
+        for (kind, n) in other.refused_by_kind {
+            *self.refused_by_kind.entry(kind).or_default() += n;
+        }
+        for refusal in other.refusals {
+            if self.refusals.len() < REFUSALS_DETAILED_MAX {
+                self.refusals.push(refusal);
+            }
+        }
+        self.series_refused_memory.extend(other.series_refused_memory);
     }
 }
 
@@ -663,6 +706,8 @@ impl Engine {
             let mut accepted: BTreeMap<(SeriesRef, TimestampMs), u64> = BTreeMap::new();
             // Series this write creates, so a write naming one new series twice uses one ref.
             let mut created: BTreeMap<SeriesKey, SeriesRef> = BTreeMap::new();
+            // New series the memory budget refused, so each is reported once.
+            let mut refused_memory_keys: BTreeSet<SeriesKey> = BTreeSet::new();
             for write in series {
                 let key = SeriesKey::new(tenant, write.labels);
                 let mut series_ref = shard
@@ -670,6 +715,7 @@ impl Engine {
                     .lookup(&key)
                     .or_else(|| shard.pending.series.get(&key).map(|p| p.series_ref))
                     .or_else(|| created.get(&key).copied());
+                let mut refused_memory = false;
                 for sample in write.samples {
                     let head_newest = series_ref.and_then(|r| shard.head.get(r)).and_then(|s| s.newest_t());
                     let pending_newest = series_ref.and_then(|r| shard.pending.newest(r));
@@ -727,6 +773,7 @@ impl Engine {
                             let cost = Head::series_cost_bytes(&key) as u64;
                             if memory_used + cost > memory_budget {
                                 report.refuse(&key.labels, sample.t, RefusalReason::MemoryBudget { budget_bytes: memory_budget });
+                                refused_memory = true;
                                 continue;
                             }
                             memory_used += cost;
@@ -745,6 +792,9 @@ impl Engine {
                     }
                     accepted.insert((r, sample.t), bits);
                     entries.push(SampleEntry { series_ref: r, t: sample.t, v: sample.v });
+                }
+                if refused_memory && series_ref.is_none() && refused_memory_keys.insert(key.clone()) {
+                    report.series_refused_memory.push(key.labels.clone());
                 }
             }
             report.accepted = entries.len() as u64;

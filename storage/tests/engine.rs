@@ -256,15 +256,27 @@ async fn memory_budget_refuses_new_series_only() {
     let engine = open(&fs, &clock, EngineConfig { memory_bytes_max: 20_000, ..config() }).await;
     let mut created = 0;
     let mut refused = 0;
+    let mut refused_series = Vec::new();
     for i in 0..200 {
-        let report = engine.append(0, "t", vec![series("m", &format!("i{i}"), &[(NOW, 1.0)])]).await.unwrap();
+        // Two samples per new series: a refused series is reported once, its samples both.
+        let report = engine.append(0, "t", vec![series("m", &format!("i{i}"), &[(NOW, 1.0), (NOW + 1, 1.0)])]).await.unwrap();
         created += report.series_created;
         refused += report.refused_retryable;
+        assert_eq!(report.refused_by_kind.get("memory_budget").copied().unwrap_or(0), report.refused_retryable, "{report:?}");
+        assert_eq!(report.series_refused_memory.len() as u64 * 2, report.refused_retryable, "{report:?}");
+        refused_series.extend(report.series_refused_memory);
     }
     assert!(created > 0 && refused > 0, "created {created}, refused {refused}");
+    assert_eq!(created + refused_series.len() as u64, 200, "every series was either created or reported refused");
+    // The refused series really are absent: a read finds exactly the created ones.
+    let stored = engine.select("t", &name_is("m"), NOW - 1, NOW + 1).await.unwrap();
+    assert_eq!(stored.len() as u64, created);
+    for labels in &refused_series {
+        assert!(stored.iter().all(|s| &s.labels != labels), "{labels} was reported refused but is stored");
+    }
     let status = engine.status().await;
     assert!(status.memory_bytes <= status.memory_bytes_max, "{status:?}");
-    let report = engine.append(0, "t", vec![series("m", "i0", &[(NOW + 1, 2.0)])]).await.unwrap();
+    let report = engine.append(0, "t", vec![series("m", "i0", &[(NOW + 2, 2.0)])]).await.unwrap();
     assert_eq!(report.accepted, 1, "an existing series still ingests");
 }
 
