@@ -30,7 +30,7 @@ use sextant_core::clock::Clock;
 use sextant_core::labels::{Label, Labels};
 use sextant_core::sample::Sample;
 use sextant_core::series::fingerprint;
-use sextant_storage::engine::{AppendReport, Engine, EngineError, RefusalReason, WriteSeries};
+use sextant_storage::engine::{AppendReport, Engine, EngineError, WriteSeries};
 use sextant_storage::wal::WalError;
 
 use crate::auth::Tokens;

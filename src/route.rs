@@ -26,7 +26,7 @@ use sextant_core::sample::Sample;
 use sextant_core::series::fingerprint;
 use sextant_raft::state::MetadataState;
 use sextant_storage::acceptance::AcceptanceConfig;
-use sextant_storage::engine::{AppendReport, Engine, EngineError, RefusalReason, SampleRefusal, SelectBudget, SelectError, SeriesSamples, WriteSeries, REFUSALS_DETAILED_MAX, SELECT_SAMPLE_BYTES};
+use sextant_storage::engine::{AppendReport, Engine, EngineError, RefusalReason, SampleRefusal, SelectBudget, SelectError, SeriesSamples, WriteSeries, SELECT_SAMPLE_BYTES};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};

@@ -445,7 +445,7 @@ async fn memory_budget_refusals_are_counted_and_not_active() {
     let clock = Arc::new(ManualClock::new(NOW));
     let limits = IngestLimits { series_per_tenant_max: 30, ..IngestLimits::default() };
     let node = Node::new(ServeConfig { limits, ..ServeConfig::default() }, clock.clone(), None);
-    let engine_config = EngineConfig { shard_ids: vec![0, 1, 2, 3], memory_bytes_max: 1_500, retention_ms: None, ..EngineConfig::default() };
+    let engine_config = EngineConfig { shard_ids: vec![0, 1, 2, 3], memory_bytes_max: 8_000, retention_ms: None, ..EngineConfig::default() };
     let engine = Engine::open(Arc::new(SimFs::new(11)), clock.clone(), engine_config).await.expect("engine opens");
     node.set_engine(EngineSlot::Ready(engine.clone()));
     let h = Harness { router: router(node.clone()), node, engine, clock };
@@ -469,7 +469,9 @@ async fn memory_budget_refusals_are_counted_and_not_active() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     assert!(!text.contains("reached its limit"), "{text}");
     // An existing series keeps ingesting.
-    let (status, text) = write(&h, &request(vec![series(&[("__name__", "bomb"), ("id", "0")], &[(NOW + 1, 2.0)])])).await;
+    let existing = dump(&h.engine, "default").await[0].0.clone();
+    let id = existing.split('"').nth(1).expect("bomb{id=\"N\"}").to_string();
+    let (status, text) = write(&h, &request(vec![series(&[("__name__", "bomb"), ("id", &id)], &[(NOW + 1, 2.0)])])).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
     assert_eq!(dump(&h.engine, "default").await.len(), stored + 1);
 }

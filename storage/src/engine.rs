@@ -445,7 +445,25 @@ struct Inner {
     /// Serializes maintenance passes (cuts, compaction, retention, checkpoints).
     maintenance: tokio::sync::Mutex<()>,
     memory_bytes: Mutex<BTreeMap<ShardId, u64>>,
+    /// Account bytes of series that writes in flight have created but not yet applied to the
+    /// head (they enter it after their WAL records are durable). Charged under the
+    /// `memory_bytes` lock together with the budget check, so concurrent writes — other shards,
+    /// or the same shard while earlier writes wait for their fsync — cannot all pass one check.
+    memory_reserved: AtomicU64,
     replication: replication::ReplicationState,
+}
+
+/// Bytes a write charged against the memory budget for the series it creates; released when
+/// the write's series are in the head (or the write failed).
+struct MemoryReservation {
+    inner: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        self.inner.memory_reserved.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 /// The node's storage engine. Cheap to clone.
@@ -642,6 +660,7 @@ impl Engine {
                 closed: AtomicBool::new(false),
                 maintenance: tokio::sync::Mutex::new(()),
                 memory_bytes: Mutex::new(memory),
+                memory_reserved: AtomicU64::new(0),
                 replication,
             }),
         })
@@ -652,7 +671,19 @@ impl Engine {
     }
 
     fn memory_total(&self) -> u64 {
-        self.inner.memory_bytes.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+        self.inner.memory_bytes.lock().unwrap_or_else(|p| p.into_inner()).values().sum::<u64>() + self.inner.memory_reserved.load(Ordering::SeqCst)
+    }
+
+    /// Charges `cost` bytes to `reservation` if the budget has room for them.
+    fn try_reserve_memory(&self, reservation: &mut MemoryReservation, cost: u64) -> bool {
+        let totals = self.inner.memory_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let used = totals.values().sum::<u64>() + self.inner.memory_reserved.load(Ordering::SeqCst);
+        if used.saturating_add(cost) > self.inner.config.memory_bytes_max {
+            return false;
+        }
+        self.inner.memory_reserved.fetch_add(cost, Ordering::SeqCst);
+        reservation.bytes += cost;
+        true
     }
 
     fn update_memory(&self, shard: &Shard) {
@@ -698,7 +729,7 @@ impl Engine {
             let mut shard = shard_lock.write().await;
             let shard = &mut *shard;
             let memory_budget = self.inner.config.memory_bytes_max;
-            let mut memory_used = self.memory_total();
+            let mut reservation = MemoryReservation { inner: self.inner.clone(), bytes: 0 };
             let mut new_series: Vec<SeriesEntry> = Vec::new();
             let mut new_keys: Vec<SeriesKey> = Vec::new();
             let mut entries: Vec<SampleEntry> = Vec::new();
@@ -771,12 +802,11 @@ impl Engine {
                         Some(r) => r,
                         None => {
                             let cost = Head::series_cost_bytes(&key) as u64;
-                            if memory_used + cost > memory_budget {
+                            if !self.try_reserve_memory(&mut reservation, cost) {
                                 report.refuse(&key.labels, sample.t, RefusalReason::MemoryBudget { budget_bytes: memory_budget });
                                 refused_memory = true;
                                 continue;
                             }
-                            memory_used += cost;
                             let r = shard.ref_next;
                             shard.ref_next += 1;
                             new_series.push(SeriesEntry { series_ref: r, tenant: key.tenant.clone(), labels: key.labels.clone() });
@@ -836,10 +866,10 @@ impl Engine {
                 for entry in &entries {
                     shard.pending.samples.insert((entry.series_ref, entry.t), (entry.v.to_bits(), seq));
                 }
-                Some((series_ticket, samples_ticket, new_series, new_keys, entries, outcome_tx))
+                Some((series_ticket, samples_ticket, new_series, new_keys, entries, outcome_tx, reservation))
             }
         };
-        let Some((series_ticket, samples_ticket, new_series, new_keys, entries, outcome_tx)) = applied else {
+        let Some((series_ticket, samples_ticket, new_series, new_keys, entries, outcome_tx, reservation)) = applied else {
             // Nothing new to log; duplicates of pending samples wait for those samples.
             for mut wait in waits {
                 if wait.wait_for(|o| o.is_some()).await.map(|o| *o == Some(true)).unwrap_or(false) {
@@ -909,6 +939,9 @@ impl Engine {
             }
             shard.pending.outcomes.remove(&samples_seq);
             engine.update_memory(&shard);
+            // The series are in the head's account now (or were not created): release their
+            // reservation.
+            drop(reservation);
             drop(shard);
             let _ = outcome_tx.send(Some(result.is_ok()));
             let _ = done_tx.send(result);

@@ -23,8 +23,25 @@ use crate::index::{Postings, SeriesRef};
 /// Per-series cap on buffered out-of-order samples before they are sealed into a chunk.
 pub const OOO_BUFFER_SAMPLES_MAX: usize = CHUNK_SAMPLES_TARGET;
 
-/// Estimated fixed bytes of one in-memory series besides its labels and chunk bytes.
-const SERIES_OVERHEAD_BYTES: usize = 256;
+/// Account bytes of one in-memory series besides its key and chunk bytes: its slot in the
+/// head's series map, its entry in the fingerprint map with that entry's ref list (one
+/// allocation of 4 refs), and the open chunk's first buffer. See `crate::memory`.
+const SERIES_OVERHEAD_BYTES: usize = crate::memory::btree_slot_bytes(8 + std::mem::size_of::<MemSeries>())
+    + 2 * (8 + std::mem::size_of::<Vec<SeriesRef>>())
+    + crate::memory::malloc_bytes(4 * 8)
+    + crate::memory::malloc_bytes(CHUNK_FIRST_BUFFER_BYTES);
+/// What a new open chunk's bit writer allocates (`ChunkEncoder::new`: header plus 64 bytes).
+const CHUNK_FIRST_BUFFER_BYTES: usize = sextant_core::chunk::CHUNK_HEADER_BYTES + 64;
+
+/// Heap bytes of a series key as the head holds it: the `Arc` around it, the tenant string, the
+/// label vector, and each label's name and value strings.
+pub fn key_heap_bytes(key: &SeriesKey) -> usize {
+    use crate::memory::malloc_bytes;
+    malloc_bytes(2 * std::mem::size_of::<usize>() + std::mem::size_of::<SeriesKey>())
+        + malloc_bytes(key.tenant.capacity())
+        + malloc_bytes(key.labels.len() * std::mem::size_of::<sextant_core::labels::Label>())
+        + key.labels.iter().map(|l| malloc_bytes(l.name.capacity()) + malloc_bytes(l.value.capacity())).sum::<usize>()
+}
 
 #[derive(Debug, Clone)]
 struct ClosedChunk {
@@ -101,7 +118,7 @@ impl MemSeries {
     }
 
     fn memory_bytes(&self) -> usize {
-        SERIES_OVERHEAD_BYTES + self.key.labels.bytes() + self.key.tenant.len() + self.chunk_bytes()
+        SERIES_OVERHEAD_BYTES + key_heap_bytes(&self.key) + self.chunk_bytes()
     }
 
     fn is_empty(&self) -> bool {
@@ -280,9 +297,11 @@ impl Head {
         self.memory_bytes + self.postings.memory_bytes()
     }
 
-    /// Estimated bytes a new series with these labels will take.
+    /// Account bytes a new series with this key will take before its first sample's chunk
+    /// bytes: the series itself and one posting ref per label plus its ref in the tenant's set
+    /// (a label value new to the shard costs more, charged when it is created).
     pub fn series_cost_bytes(key: &SeriesKey) -> usize {
-        SERIES_OVERHEAD_BYTES + key.labels.bytes() + key.tenant.len() + 64 * key.labels.len()
+        SERIES_OVERHEAD_BYTES + key_heap_bytes(key) + crate::index::ALL_REF_BYTES + crate::index::POSTING_REF_BYTES * key.labels.len()
     }
 
     pub fn min_t(&self) -> Option<TimestampMs> {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sextant_core::labels::Labels;
+use sextant_core::labels::{Label, Labels};
 use sextant_core::matcher::Matcher;
 
 /// A series id local to one shard's head.
@@ -27,6 +27,19 @@ pub struct Postings {
     tenants: BTreeMap<String, TenantPostings>,
     /// Bytes held by keys and lists: the memory account's measure.
     memory_bytes: usize,
+}
+
+/// Account bytes of one series ref in a posting list: 8 bytes, and lists grow by doubling, so
+/// on average half as much again is allocated and unused.
+pub const POSTING_REF_BYTES: usize = 12;
+/// Account bytes of one series ref in a tenant's set of all series (a B-tree set).
+pub const ALL_REF_BYTES: usize = crate::memory::btree_slot_bytes(8);
+
+/// Account bytes of one label value's entry: its copies of the name and value, its slot in the
+/// value map, and its posting list's first buffer (4 refs).
+fn value_entry_bytes(label: &Label) -> usize {
+    use crate::memory::{btree_slot_bytes, malloc_bytes};
+    malloc_bytes(label.name.len()) + malloc_bytes(label.value.len()) + btree_slot_bytes(3 * 24) + malloc_bytes(4 * 8)
 }
 
 fn insert_sorted(list: &mut Vec<SeriesRef>, series_ref: SeriesRef) -> bool {
@@ -50,16 +63,17 @@ impl Postings {
 
     pub fn add(&mut self, tenant: &str, labels: &Labels, series_ref: SeriesRef) {
         let tenant_postings = self.tenants.entry(tenant.to_string()).or_default();
-        tenant_postings.all.insert(series_ref);
-        self.memory_bytes += 8;
+        if tenant_postings.all.insert(series_ref) {
+            self.memory_bytes += ALL_REF_BYTES;
+        }
         for label in labels.iter() {
             let values = tenant_postings.by_label.entry(label.name.clone()).or_default();
             let list = values.entry(label.value.clone()).or_insert_with(|| {
-                self.memory_bytes += label.name.len() + label.value.len() + 48;
+                self.memory_bytes += value_entry_bytes(label);
                 Vec::new()
             });
             if insert_sorted(list, series_ref) {
-                self.memory_bytes += 8;
+                self.memory_bytes += POSTING_REF_BYTES;
             }
         }
     }
@@ -67,18 +81,18 @@ impl Postings {
     pub fn remove(&mut self, tenant: &str, labels: &Labels, series_ref: SeriesRef) {
         let Some(tenant_postings) = self.tenants.get_mut(tenant) else { return };
         if tenant_postings.all.remove(&series_ref) {
-            self.memory_bytes = self.memory_bytes.saturating_sub(8);
+            self.memory_bytes = self.memory_bytes.saturating_sub(ALL_REF_BYTES);
         }
         for label in labels.iter() {
             let Some(values) = tenant_postings.by_label.get_mut(&label.name) else { continue };
             let Some(list) = values.get_mut(&label.value) else { continue };
             if let Ok(i) = list.binary_search(&series_ref) {
                 list.remove(i);
-                self.memory_bytes = self.memory_bytes.saturating_sub(8);
+                self.memory_bytes = self.memory_bytes.saturating_sub(POSTING_REF_BYTES);
             }
             if list.is_empty() {
                 values.remove(&label.value);
-                self.memory_bytes = self.memory_bytes.saturating_sub(label.name.len() + label.value.len() + 48);
+                self.memory_bytes = self.memory_bytes.saturating_sub(value_entry_bytes(label));
             }
             if values.is_empty() {
                 tenant_postings.by_label.remove(&label.name);

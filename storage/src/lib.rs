@@ -6,5 +6,6 @@ pub mod engine;
 pub mod fs;
 pub mod head;
 pub mod index;
+pub mod memory;
 pub mod varint;
 pub mod wal;
