@@ -882,6 +882,17 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
         if let Err(error) = engine.set_replication_floor(shard, Some(acked)) {
             return restart(false, error.to_string());
         }
+        if reply.conflicts > 0 {
+            // The secondary kept other values at some timestamps (first write wins there):
+            // a sync makes this node's values win on both and merges back what it lacks.
+            replication.update(shard, |s| s.state = StreamState::Syncing);
+            match sync_shard(node, &engine, &mut client, shard, epoch).await {
+                Ok(report) => tracing::info!(shard, secondary, conflicts = reply.conflicts, ?report, "replication: conflicting values resolved by sync"),
+                Err(error) => return restart(true, format!("sync after {} conflicting samples: {error}", reply.conflicts)),
+            }
+            node.metrics.replication_syncs.inc();
+            replication.update(shard, |s| s.state = StreamState::Streaming);
+        }
         let now = node.clock().now_monotonic_ns();
         let caught_up = acked + 1 >= engine.wal_next_seq(shard).unwrap_or(0);
         replication.update(shard, |s| {
