@@ -58,7 +58,8 @@ pub struct DestinationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct DestinationErrorLabels {
     pub node: String,
-    /// `backpressure`, `unreachable`, `epoch`, `refused` (the target's error), `timeout`.
+    /// `backpressure`, `unreachable`, `epoch`, `refused` (the target's error), `timeout`,
+    /// `replication_lag` (the primary refused for its secondary's lag).
     pub reason: String,
 }
 

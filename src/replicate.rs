@@ -713,7 +713,8 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tables.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(SUPERVISE_INTERVAL_MS)) => {}
-            _ = stop.changed() => {}
+            // A dropped sender means the server is gone: stop too.
+            changed = stop.changed() => if changed.is_err() { break },
         }
     }
     for (shard, task) in std::mem::take(&mut tasks) {
@@ -729,7 +730,7 @@ async fn pause(stop: &mut watch::Receiver<bool>, ms: u64) -> bool {
     }
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(ms)) => *stop.borrow(),
-        _ = stop.changed() => true,
+        changed = stop.changed() => changed.is_err() || *stop.borrow(),
     }
 }
 
@@ -797,15 +798,12 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
         _ => {
             // Catch up: floor at the durable position P, sync, position := P.
             replication.update(shard, |s| s.state = StreamState::Syncing);
-            let logged_next = match engine.wal_next_seq(shard) {
-                Ok(n) => n,
+            // P: every record at or below it is durable and in the head, so the sync's
+            // exports (taken after this) carry it.
+            let p = match engine.replication_applied_seq(shard).await {
+                Ok(p) => p,
                 Err(error) => return restart(false, error.to_string()),
             };
-            let durable_next = match engine.wal_tail(shard, logged_next.saturating_sub(1), 1).await {
-                Ok(tail) => tail.durable_next_seq,
-                Err(error) => return restart(false, format!("reading the WAL position: {error}")),
-            };
-            let p = durable_next.saturating_sub(1);
             if let Err(error) = engine.set_replication_floor(shard, Some(p)) {
                 return restart(false, error.to_string());
             }

@@ -641,6 +641,21 @@ impl Engine {
         Ok(self.inner.wal.next_seq(shard))
     }
 
+    /// The highest seq such that every record of the shard at or below it is durable and
+    /// applied to the head, so visible to digests and exports (a record is durable before it
+    /// is applied, so the WAL's durable position can be ahead of what an export sees). A
+    /// catch-up copy taken after this call covers every record up to it.
+    pub async fn replication_applied_seq(&self, shard: ShardId) -> Result<u64, EngineError> {
+        let shard_lock = self.shard(shard)?.clone();
+        let state = shard_lock.read().await;
+        // Appends submit their records under the shard's write lock, so this read sees the
+        // logged position and the pending set together.
+        Ok(match state.pending.seqs.first() {
+            Some(first) => first - 1,
+            None => self.inner.wal.next_seq(shard) - 1,
+        })
+    }
+
     /// The oldest and newest sample time the shard may hold (head and blocks; tombstones and
     /// deletions are not subtracted, so the bounds may be wider than the data). `None` when
     /// the shard holds nothing.
