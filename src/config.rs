@@ -683,6 +683,20 @@ mod tests {
 
     // Goal: malformed settings are errors that name the setting, never panics or silent
     // defaults.
+    // Goal: the replication lag bound and policy parse from flags and the file, with defaults.
+    #[test]
+    fn replication_lag_settings() {
+        let check = |args: ServeArgs, file: Option<&str>, expected: (i64, crate::replicate::LagPolicy)| {
+            let config = ServeConfig::resolve(&args, file).unwrap();
+            assert_eq!((config.replication_lag_ms_max, config.replication_lag_policy), expected, "{args:?} {file:?}");
+        };
+        use crate::replicate::LagPolicy::{Refuse, Unprotected};
+        check(ServeArgs::default(), None, (5_000, Refuse));
+        check(ServeArgs { replication_lag_max: Some("250ms".into()), ..Default::default() }, None, (250, Refuse));
+        check(ServeArgs::default(), Some("replication_lag_max = \"1m\"\nreplication_lag_policy = \"unprotected\""), (60_000, Unprotected));
+        check(ServeArgs { replication_lag_policy: Some("refuse".into()), ..Default::default() }, Some("replication_lag_policy = \"unprotected\""), (5_000, Refuse));
+    }
+
     #[test]
     fn errors_name_the_setting() {
         let cases: Vec<(ServeArgs, Option<&str>, &str)> = vec![
@@ -706,6 +720,9 @@ mod tests {
             (ServeArgs { node_id: Some(3), initial_cluster: Some("1=a:1,2=b:2".into()), ..Default::default() }, None, "does not list this node's --node-id 3"),
             (ServeArgs { initial_cluster: Some("1=a:1".into()), join: true, ..Default::default() }, None, "--join and --initial-cluster"),
             (ServeArgs { initial_cluster: Some("1=a:1".into()), advertise_grpc: Some("b:1".into()), ..Default::default() }, None, "differs from this node's --initial-cluster entry"),
+            (ServeArgs { replication_lag_max: Some("0s".into()), ..Default::default() }, None, "--replication-lag-max \"0s\": must be positive"),
+            (ServeArgs { replication_lag_max: Some("soon".into()), ..Default::default() }, None, "--replication-lag-max"),
+            (ServeArgs::default(), Some("replication_lag_policy = \"maybe\""), "--replication-lag-policy \"maybe\""),
         ];
         for (args, file, needle) in cases {
             let error = ServeConfig::resolve(&args, file).unwrap_err();

@@ -379,3 +379,54 @@ async fn merge_back_takes_the_union_and_the_primary_value_wins() {
     assert_eq!(stored(cluster.node(2), i).await, expected, "the secondary took the primary's value");
     cluster.shutdown().await;
 }
+
+// Goal: with --replication-lag-policy unprotected, writes past the bound are accepted and the
+// shard is marked unprotected (metric and admin shards) until the secondary catches up.
+// Method: two nodes, node 1 with a 200 ms bound and the unprotected policy; node 2 stopped,
+// then restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprotected_policy_accepts_and_marks_the_shard() {
+    let mut cluster = Cluster::start(2, |i, config| {
+        if i == 0 {
+            config.replication_lag_ms_max = 200;
+            config.replication_lag_policy = sextant::replicate::LagPolicy::Unprotected;
+        }
+    })
+    .await;
+    let i = (0..SERIES).find(|i| cluster.replicas(shard_of(*i)).0 == 1).unwrap();
+    let shard = shard_of(i);
+    let now = cluster.node(1).clock().now_wall_ms() / 1000 * 1000;
+    cluster.stop(2).await;
+    let (status, body) = remote_write(cluster.node(1), &request(&[i], &[now - 5000])).await;
+    assert_eq!(status, 204, "{body}");
+    let mut t = now - 4000;
+    eventually("the shard to be marked unprotected", || {
+        t += 1;
+        let node = cluster.node(1).clone();
+        async move {
+            let (status, body) = remote_write(&node, &request(&[i], &[t])).await;
+            assert_eq!(status, 204, "accepted past the bound: {body}");
+            let (_, metrics) = http(&node, "GET", "/metrics", vec![]).await;
+            (metric(&metrics, "sextant_replication_unprotected", shard) == Some(1.0)).then_some(())
+        }
+    })
+    .await;
+    // Two nodes with one down have no raft quorum: read the map locally.
+    let text = sextant::admin::cli::run(&admin_args(cluster.addrs[0].1, &["--consistency", "local", "shards"])).await.expect("admin shards");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let row = json["shards"].as_array().unwrap().iter().find(|s| s["shard"] == shard).unwrap();
+    assert_eq!(row["replication"]["unprotected"], true, "{row}");
+    cluster.restart(2).await;
+    cluster.converged("node 2 to catch up").await;
+    eventually("the mark to clear once caught up", || {
+        let node = cluster.node(1).clone();
+        async move {
+            let (status, _) = remote_write(&node, &request(&[i], &[now - 1000])).await;
+            assert_eq!(status, 204);
+            let (_, metrics) = http(&node, "GET", "/metrics", vec![]).await;
+            (metric(&metrics, "sextant_replication_unprotected", shard) == Some(0.0)).then_some(())
+        }
+    })
+    .await;
+    cluster.shutdown().await;
+}
