@@ -107,6 +107,17 @@ pub struct ServeArgs {
     /// than buffered. [default: 64MiB]
     #[arg(long, value_name = "SIZE")]
     pub forward_inflight_max: Option<String>,
+    /// Longest a shard's secondary may lag behind its primary (age of the oldest record it
+    /// has not acknowledged) before the primary refuses the shard's writes with 429 (or, with
+    /// --replication-lag-policy unprotected, accepts them and marks the shard unprotected).
+    /// Bounds what the permanent loss of a primary can lose. [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub replication_lag_max: Option<String>,
+    /// What a primary does past --replication-lag-max: `refuse` (429, retryable) or
+    /// `unprotected` (accept; the shard is marked unprotected in status and metrics).
+    /// [default: refuse]
+    #[arg(long, value_name = "POLICY", value_parser = ["refuse", "unprotected"])]
+    pub replication_lag_policy: Option<String>,
     /// Longest label value in bytes. [default: 4096]
     #[arg(long, value_name = "N")]
     pub label_value_bytes_max: Option<usize>,
@@ -206,6 +217,8 @@ struct FileConfig {
     ingest_rate_max: Option<u64>,
     memory_max: Option<String>,
     forward_inflight_max: Option<String>,
+    replication_lag_max: Option<String>,
+    replication_lag_policy: Option<String>,
     label_value_bytes_max: Option<usize>,
     labels_per_series_max: Option<usize>,
     body_bytes_max: Option<String>,
@@ -364,6 +377,10 @@ pub struct ServeConfig {
     pub memory_bytes_max: u64,
     /// Forwarded-write bytes in flight per destination node (`--forward-inflight-max`).
     pub forward_inflight_bytes_max: u64,
+    /// `--replication-lag-max` in ms.
+    pub replication_lag_ms_max: i64,
+    /// `--replication-lag-policy`.
+    pub replication_lag_policy: crate::replicate::LagPolicy,
     pub limits: IngestLimits,
     pub tokens_file: Option<PathBuf>,
     pub maintain_interval_ms: i64,
@@ -382,6 +399,8 @@ impl Default for ServeConfig {
             acceptance: AcceptanceConfig::default(),
             memory_bytes_max: 4 << 30,
             forward_inflight_bytes_max: 64 << 20,
+            replication_lag_ms_max: 5_000,
+            replication_lag_policy: crate::replicate::LagPolicy::Refuse,
             limits: IngestLimits::default(),
             tokens_file: None,
             maintain_interval_ms: 60_000,
@@ -510,6 +529,20 @@ impl ServeConfig {
                 return Err("--forward-inflight-max 0: must be positive (a node with no room could forward nothing)".into());
             }
             config.forward_inflight_bytes_max = bytes;
+        }
+        if let Some(text) = pick(&args.replication_lag_max, &file.replication_lag_max) {
+            let ms = duration("replication-lag-max", &text)?;
+            if ms <= 0 {
+                return Err(format!("--replication-lag-max {text:?}: must be positive (a zero bound would refuse every write of a replicated shard)"));
+            }
+            config.replication_lag_ms_max = ms;
+        }
+        if let Some(text) = pick(&args.replication_lag_policy, &file.replication_lag_policy) {
+            config.replication_lag_policy = match text.as_str() {
+                "refuse" => crate::replicate::LagPolicy::Refuse,
+                "unprotected" => crate::replicate::LagPolicy::Unprotected,
+                other => return Err(format!("--replication-lag-policy {other:?}: expected `refuse` or `unprotected`")),
+            };
         }
         if let Some(n) = pick(&args.label_value_bytes_max, &file.label_value_bytes_max) {
             limits.labels.label_value_bytes_max = n;
@@ -650,6 +683,20 @@ mod tests {
 
     // Goal: malformed settings are errors that name the setting, never panics or silent
     // defaults.
+    // Goal: the replication lag bound and policy parse from flags and the file, with defaults.
+    #[test]
+    fn replication_lag_settings() {
+        let check = |args: ServeArgs, file: Option<&str>, expected: (i64, crate::replicate::LagPolicy)| {
+            let config = ServeConfig::resolve(&args, file).unwrap();
+            assert_eq!((config.replication_lag_ms_max, config.replication_lag_policy), expected, "{args:?} {file:?}");
+        };
+        use crate::replicate::LagPolicy::{Refuse, Unprotected};
+        check(ServeArgs::default(), None, (5_000, Refuse));
+        check(ServeArgs { replication_lag_max: Some("250ms".into()), ..Default::default() }, None, (250, Refuse));
+        check(ServeArgs::default(), Some("replication_lag_max = \"1m\"\nreplication_lag_policy = \"unprotected\""), (60_000, Unprotected));
+        check(ServeArgs { replication_lag_policy: Some("refuse".into()), ..Default::default() }, Some("replication_lag_policy = \"unprotected\""), (5_000, Refuse));
+    }
+
     #[test]
     fn errors_name_the_setting() {
         let cases: Vec<(ServeArgs, Option<&str>, &str)> = vec![
@@ -673,6 +720,9 @@ mod tests {
             (ServeArgs { node_id: Some(3), initial_cluster: Some("1=a:1,2=b:2".into()), ..Default::default() }, None, "does not list this node's --node-id 3"),
             (ServeArgs { initial_cluster: Some("1=a:1".into()), join: true, ..Default::default() }, None, "--join and --initial-cluster"),
             (ServeArgs { initial_cluster: Some("1=a:1".into()), advertise_grpc: Some("b:1".into()), ..Default::default() }, None, "differs from this node's --initial-cluster entry"),
+            (ServeArgs { replication_lag_max: Some("0s".into()), ..Default::default() }, None, "--replication-lag-max \"0s\": must be positive"),
+            (ServeArgs { replication_lag_max: Some("soon".into()), ..Default::default() }, None, "--replication-lag-max"),
+            (ServeArgs::default(), Some("replication_lag_policy = \"maybe\""), "--replication-lag-policy \"maybe\""),
         ];
         for (args, file, needle) in cases {
             let error = ServeConfig::resolve(&args, file).unwrap_err();

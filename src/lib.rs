@@ -11,7 +11,8 @@
 //! the `sextant admin` CLI), [`cluster`] (the node's member of the metadata group: formation,
 //! seeding, following its limits), [`tenant_limits`] (the limits in force per tenant: cluster
 //! values over this node's flags), [`route`] (the cluster data path: forwarding writes to shard
-//! primaries, the internal `Data` gRPC service, query fan-out).
+//! primaries, the internal `Data` gRPC service, query fan-out), [`replicate`] (RF=2 replication:
+//! the per-shard WAL stream to the secondary, catch-up and merge-back sync, lag and its bound).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
 //! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
@@ -33,6 +34,7 @@ pub mod node;
 pub mod query_api;
 pub mod query_scheduler;
 pub mod remote_write;
+pub mod replicate;
 pub mod route;
 pub mod server;
 pub mod shard;

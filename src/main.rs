@@ -86,6 +86,11 @@ fn admin(args: sextant::admin::cli::AdminArgs) -> ExitCode {
             print!("{text}");
             ExitCode::SUCCESS
         }
+        Err(sextant::admin::cli::CliError::Found { output, message }) => {
+            print!("{output}");
+            eprintln!("sextant admin: {message}");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("sextant admin: {error}");
             ExitCode::FAILURE

@@ -58,8 +58,14 @@ pub struct DestinationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct DestinationErrorLabels {
     pub node: String,
-    /// `backpressure`, `unreachable`, `epoch`, `refused` (the target's error), `timeout`.
+    /// `backpressure`, `unreachable`, `epoch`, `refused` (the target's error), `timeout`,
+    /// `replication_lag` (the primary refused for its secondary's lag).
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
 }
 
 fn query_duration_histogram() -> Histogram {
@@ -110,6 +116,18 @@ pub struct Metrics {
     /// Query fan-out: Select calls to other nodes, by destination, and shards left unanswered.
     pub fanout_selects: Family<DestinationLabels, Counter>,
     pub fanout_shards_unavailable: Counter,
+    /// Replication (replicate.rs), per shard this node is primary of: the lag in ms, WAL
+    /// records and WAL payload bytes the secondary has not acknowledged, 1 when writes were
+    /// accepted past the lag bound (`unprotected`), 1 for shards without a secondary.
+    pub replication_lag_ms: Family<ShardLabels, Gauge>,
+    pub replication_lag_records: Family<ShardLabels, Gauge>,
+    pub replication_lag_bytes: Family<ShardLabels, Gauge>,
+    pub replication_unprotected: Family<ShardLabels, Gauge>,
+    pub replication_unreplicated: Family<ShardLabels, Gauge>,
+    pub replication_errors: Counter,
+    pub replication_syncs: Counter,
+    pub replicated_records_sent: Counter,
+    pub replicated_records_applied: Counter,
     /// Last engine counters seen, to turn them into counter increments.
     last_wal: Mutex<WalStats>,
     refusal_label_sets: Mutex<BTreeSet<TenantMetricLabels>>,
@@ -160,6 +178,15 @@ impl Metrics {
             forwarded_samples_applied: Counter::default(),
             fanout_selects: Family::default(),
             fanout_shards_unavailable: Counter::default(),
+            replication_lag_ms: Family::default(),
+            replication_lag_records: Family::default(),
+            replication_lag_bytes: Family::default(),
+            replication_unprotected: Family::default(),
+            replication_unreplicated: Family::default(),
+            replication_errors: Counter::default(),
+            replication_syncs: Counter::default(),
+            replicated_records_sent: Counter::default(),
+            replicated_records_applied: Counter::default(),
             last_wal: Mutex::new(WalStats::default()),
             refusal_label_sets: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
@@ -199,6 +226,15 @@ impl Metrics {
         registry.register("forward_samples_applied", "Samples of other nodes' forwarded writes applied here (stored or duplicate)", m.forwarded_samples_applied.clone());
         registry.register("fanout_selects", "Select calls a query sent to other nodes, by destination node", m.fanout_selects.clone());
         registry.register("fanout_shards_unavailable", "Shards a query could not read from any replica (answered with a warning)", m.fanout_shards_unavailable.clone());
+        registry.register("replication_lag_ms", "Age of the oldest WAL record the shard's secondary has not acknowledged (0 when caught up), per shard this node is primary of", m.replication_lag_ms.clone());
+        registry.register("replication_lag_records", "WAL records the shard's secondary has not acknowledged", m.replication_lag_records.clone());
+        registry.register("replication_lag_bytes", "WAL payload bytes retained for the shard's secondary (above its acknowledged position)", m.replication_lag_bytes.clone());
+        registry.register("replication_unprotected", "1 when the shard accepted writes past --replication-lag-max (policy unprotected) and its secondary has not caught up since", m.replication_unprotected.clone());
+        registry.register("replication_unreplicated", "1 for each shard this node is primary of that has no secondary", m.replication_unreplicated.clone());
+        registry.register("replication_errors", "Replication stream rounds that failed and were retried", m.replication_errors.clone());
+        registry.register("replication_syncs", "Catch-up syncs (two-way anti-entropy) completed as primary", m.replication_syncs.clone());
+        registry.register("replication_records_sent", "WAL records acknowledged by secondaries", m.replicated_records_sent.clone());
+        registry.register("replication_records_applied", "WAL records of primaries applied here as secondary", m.replicated_records_applied.clone());
         Metrics { registry, ..m }
     }
 

@@ -162,6 +162,8 @@ pub struct Node {
     metadata_status: Mutex<MetadataStatus>,
     /// The cluster data path: shard map view and forwarding (route.rs).
     router: crate::route::Router,
+    /// RF=2 replication: stream state, lag and its bound (replicate.rs).
+    replication: crate::replicate::Replication,
     pub metrics: Metrics,
 }
 
@@ -200,6 +202,7 @@ impl Node {
             limits: RwLock::new(Arc::new(LimitsView::from_flags(&config))),
             metadata_status: Mutex::new(MetadataStatus::Standalone),
             router: crate::route::Router::new(config.cluster.node_id, config.forward_inflight_bytes_max),
+            replication: crate::replicate::Replication::new(clock.clone(), config.replication_lag_ms_max, config.replication_lag_policy),
             metrics,
             config,
             clock,
@@ -222,6 +225,11 @@ impl Node {
     /// The cluster data path: this node's view of the shard map, and forwarding.
     pub fn router(&self) -> &crate::route::Router {
         &self.router
+    }
+
+    /// RF=2 replication: per-shard stream state, lag, the lag bound (replicate.rs).
+    pub fn replication(&self) -> &crate::replicate::Replication {
+        &self.replication
     }
 
     /// Admission of queries (concurrency, priority classes, shedding).
@@ -495,6 +503,12 @@ impl Node {
         for (shard, series) in per_shard {
             match routes.destination(shard) {
                 Destination::Local => {
+                    // A primary whose secondary lags past --replication-lag-max refuses the
+                    // shard's writes (429) unless the policy is `unprotected` (replicate.rs).
+                    if let Err(error) = self.replication.check_write(&routes, shard, &engine) {
+                        writes.push(Box::pin(async move { (shard, Err(error)) }));
+                        continue;
+                    }
                     for chunk in split_samples(series, chunk_samples_max) {
                         let engine = engine.clone();
                         writes.push(Box::pin(async move { (shard, engine.append(shard, tenant, chunk).await.map_err(ShardWriteError::from)) }));
@@ -606,6 +620,7 @@ impl Node {
             let status = engine.status().await;
             self.metrics.observe_engine(&status, &engine.wal_stats());
         }
+        self.replication.observe(self).await;
     }
 }
 

@@ -64,6 +64,9 @@ pub const SELECT_TIMEOUT_MS_MAX: u64 = 120_000;
 /// Metadata key of a RESOURCE_EXHAUSTED Select answer: which budget ran out
 /// (`series`, `samples`, `bytes`, `message`).
 pub const LIMIT_METADATA: &str = "x-sextant-limit";
+/// The [`LIMIT_METADATA`] value of a Write refused because the primary's secondary lags past
+/// `--replication-lag-max` (the sender answers 429).
+pub const REPLICATION_LAG_LIMIT: &str = "replication-lag";
 
 // ---------------------------------------------------------------------------------------------
 // The route table.
@@ -120,7 +123,8 @@ impl RouteTable {
         (!self.shards.is_empty()).then_some(self.shards.len() as u32)
     }
 
-    fn addr(&self, node: u64) -> String {
+    /// The node's registered gRPC address (empty when unknown).
+    pub fn addr(&self, node: u64) -> String {
         self.grpc_addrs.get(&node).cloned().unwrap_or_default()
     }
 
@@ -164,6 +168,13 @@ pub enum ShardWriteError {
     /// The primary refused for a reason a retry cannot fix (auth, a malformed batch): 500.
     #[error("shard {shard}'s primary node {node} refused the forwarded write: {reason}")]
     Refused { shard: u32, node: u64, reason: String },
+    /// This node is the shard's primary and its secondary lags past `--replication-lag-max`:
+    /// 429, retryable once the secondary catches up (replicate.rs).
+    #[error("shard {shard}: replication to secondary node {secondary} lags {lag_ms} ms, past --replication-lag-max {lag_ms_max} ms; writes to this shard are refused until it catches up (retry)")]
+    Lagging { shard: u32, lag_ms: i64, lag_ms_max: i64, secondary: u64 },
+    /// The primary (another node) refused for its replication lag: 429, retryable.
+    #[error("shard {shard}'s primary node {node} is throttling writes: {reason}")]
+    Throttled { shard: u32, node: u64, reason: String },
 }
 
 impl ShardWriteError {
@@ -171,7 +182,7 @@ impl ShardWriteError {
     pub fn status(&self) -> u16 {
         match self {
             ShardWriteError::Engine(error) => crate::node::engine_error_status(error),
-            ShardWriteError::Backpressure { .. } => 429,
+            ShardWriteError::Backpressure { .. } | ShardWriteError::Lagging { .. } | ShardWriteError::Throttled { .. } => 429,
             ShardWriteError::Unavailable { .. } | ShardWriteError::Epoch { .. } => 503,
             ShardWriteError::Refused { .. } => 500,
         }
@@ -380,6 +391,23 @@ impl Router {
         });
     }
 
+    /// A receiver of the view's changes (the replication supervisor follows it).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RouteTable>> {
+        self.table_tx.subscribe()
+    }
+
+    /// Waits up to `wait` for a view holding `shard` at `epoch` or later; answers the view then.
+    pub async fn table_with_epoch(&self, shard: u32, epoch: u64, wait: Duration) -> Arc<RouteTable> {
+        let mut rx = self.table_tx.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|t| t.epoch_of(shard).is_some_and(|held| held >= epoch))).await;
+        self.table()
+    }
+
+    /// Drops the cached channel to `addr` (the next call reconnects).
+    pub fn forget(&self, addr: &str) {
+        self.forget_channel(addr);
+    }
+
     /// Waits up to `wait` for the view to be newer than `version`; answers the view then.
     async fn table_after(&self, version: u64, wait: Duration) -> Arc<RouteTable> {
         let mut rx = self.table_tx.subscribe();
@@ -409,7 +437,8 @@ impl Router {
         self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
     }
 
-    async fn client(&self, addr: &str) -> Result<DataClient<Channel>, String> {
+    /// A Data client over the cached channel to `addr`, with the message limits.
+    pub async fn client(&self, addr: &str) -> Result<DataClient<Channel>, String> {
         let channel = self.channel(addr).await?;
         Ok(DataClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX))
     }
@@ -463,10 +492,15 @@ impl Router {
             }
             Err(status) => {
                 let reason = format!("{}: {}", status.code(), status.message());
+                let lagging = status.code() == tonic::Code::ResourceExhausted && status.metadata().get(LIMIT_METADATA).and_then(|v| v.to_str().ok()) == Some(REPLICATION_LAG_LIMIT);
                 match status.code() {
                     tonic::Code::FailedPrecondition => {
                         error("epoch");
                         Err(Ok(reason))
+                    }
+                    _ if lagging => {
+                        error("replication_lag");
+                        Err(Err(ShardWriteError::Throttled { shard, node: dest, reason: status.message().to_string() }))
                     }
                     tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted | tonic::Code::Aborted | tonic::Code::Unknown | tonic::Code::Cancelled => {
                         error("unreachable");
@@ -514,6 +548,7 @@ impl Router {
                         Destination::Local => {
                             // This node became the primary: store the rest here, judged as
                             // they were.
+                            node.replication().check_write(&fresh, shard, engine)?;
                             for batch in pending.drain(..) {
                                 let series = batch
                                     .into_iter()
@@ -656,6 +691,13 @@ impl Data for DataGrpcService {
                 table.me, request.shard, request.epoch, request.from_node
             )));
         }
+        if let Err(error) = self.node.replication().check_write(&table, request.shard, &engine) {
+            let mut status = Status::resource_exhausted(error.to_string());
+            if let Ok(value) = REPLICATION_LAG_LIMIT.parse() {
+                status.metadata_mut().insert(LIMIT_METADATA, value);
+            }
+            return Err(status);
+        }
         let shard_count = table.shard_count().unwrap_or(1);
         let mut series = Vec::with_capacity(request.series.len());
         for s in request.series {
@@ -708,6 +750,34 @@ impl Data for DataGrpcService {
             return Err(status);
         }
         Ok(Response::new(reply))
+    }
+
+    async fn replicate(&self, request: Request<pb::ReplicateRequest>) -> Result<Response<pb::ReplicateReply>, Status> {
+        crate::replicate::handle_replicate(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn position(&self, request: Request<pb::PositionRequest>) -> Result<Response<pb::PositionReply>, Status> {
+        crate::replicate::handle_position(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn digest(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestReply>, Status> {
+        crate::replicate::handle_digest(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportReply>, Status> {
+        let reply = crate::replicate::handle_export(&self.node, request.into_inner()).await?;
+        if reply.encoded_len() > MESSAGE_BYTES_MAX - 1024 {
+            return Err(Status::resource_exhausted(format!("the export page would exceed the {MESSAGE_BYTES_MAX}-byte message limit between nodes; ask for fewer samples per page")));
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn import(&self, request: Request<pb::ImportRequest>) -> Result<Response<pb::ImportReply>, Status> {
+        crate::replicate::handle_import(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn replication_status(&self, _request: Request<pb::ReplicationStatusRequest>) -> Result<Response<pb::ReplicationStatusReply>, Status> {
+        Ok(Response::new(self.node.replication().status(&self.node).await))
     }
 }
 
@@ -932,7 +1002,7 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
             Ok(series) => {
                 merge(series);
                 warnings.push(format!(
-                    "shards {} were read from their secondary (node {dest}) because the primary did not answer; the secondary may lack acknowledged samples (replication is not implemented yet)",
+                    "shards {} were read from their secondary (node {dest}) because the primary did not answer; the secondary may lack samples acknowledged within --replication-lag-max before the primary stopped answering",
                     shard_list(&shards)
                 ));
             }

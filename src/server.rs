@@ -126,6 +126,8 @@ mod real {
         shutdown_tx: watch::Sender<bool>,
         http: JoinHandle<()>,
         maintainer: JoinHandle<()>,
+        /// RF=2 replication streams of this node's primary shards (replicate.rs).
+        replicator: JoinHandle<()>,
         opener: JoinHandle<()>,
         lock: std::fs::File,
     }
@@ -232,7 +234,8 @@ mod real {
                     }
                 })
             };
-            Ok(Server { node, cluster, http_addr, grpc_addr, shutdown_tx, http, maintainer, opener, lock })
+            let replicator = tokio::spawn(crate::replicate::run(node.clone(), shutdown_rx.clone()));
+            Ok(Server { node, cluster, http_addr, grpc_addr, shutdown_tx, http, maintainer, replicator, opener, lock })
         }
 
         pub fn node(&self) -> &Arc<Node> {
@@ -259,6 +262,8 @@ mod real {
             let _ = self.shutdown_tx.send(true);
             let _ = self.http.await;
             let _ = self.maintainer.await;
+            // The streams stop before the engine closes (they read its WAL).
+            let _ = self.replicator.await;
             let _ = self.opener.await;
             let closed = match self.node.take_engine_for_close() {
                 Some(engine) => engine.close().await.map_err(|e| format!("closing storage: {e}")),

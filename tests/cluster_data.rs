@@ -159,17 +159,28 @@ async fn writes_route_to_primaries_and_queries_fan_out() {
     let times: Vec<i64> = (0..3).map(|k| now - 2000 + k * 1000).collect();
     let all: Vec<usize> = (0..SERIES).collect();
 
-    // 1. One remote-write to node 1; every series lands on its primary only.
+    // 1. One remote-write to node 1; every series lands on its primary, and replication
+    //    copies it to its secondary (RF=2; tests/cluster_replication.rs tests it in depth).
     let (status, body) = remote_write(servers[0].node(), &request(&all, &times)).await;
     assert_eq!(status, 204, "{body}");
     let mut placed: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    let mut primaries: BTreeSet<u64> = BTreeSet::new();
     for i in &all {
-        placed.entry(primary_of(&map_state, *i).1).or_default().insert(format!("i{i:02}"));
+        let (shard, primary, _) = primary_of(&map_state, *i);
+        primaries.insert(primary);
+        placed.entry(primary).or_default().insert(format!("i{i:02}"));
+        let secondary = map_state.shard_map.as_ref().unwrap().shards[&shard].secondary.unwrap();
+        placed.entry(secondary).or_default().insert(format!("i{i:02}"));
     }
-    assert_eq!(placed.len(), 3, "40 series spread over all three primaries: {placed:?}");
+    assert_eq!(primaries.len(), 3, "40 series spread over all three primaries: {placed:?}");
     for (n, server) in servers.iter().enumerate() {
         let node_id = n as u64 + 1;
-        assert_eq!(stored_instances(server).await, placed.get(&node_id).cloned().unwrap_or_default(), "node {node_id} stores exactly the series whose primary it is");
+        let want = placed.get(&node_id).cloned().unwrap_or_default();
+        eventually(&format!("node {node_id} to store exactly the series whose primary or secondary it is"), || {
+            let want = want.clone();
+            async move { (stored_instances(server).await == want).then_some(()) }
+        })
+        .await;
     }
     let forwarded = servers[0].node().metrics.encode();
     assert!(forwarded.lines().any(|l| l.starts_with("sextant_forward_samples_total{node=\"2\"}")), "forwarding is counted per destination:\n{forwarded}");
@@ -255,8 +266,13 @@ async fn writes_route_to_primaries_and_queries_fan_out() {
         }
     };
     for i in &lost {
-        for server in &servers {
-            assert_eq!(engine_samples(server, *i).await, 0, "series i{i:02} of a stopped primary is not stored elsewhere");
+        // Replicated before the stop to its secondary (node 1, seeded round-robin); the later
+        // write was refused, so only the first write's samples.
+        let (shard, _, _) = primary_of(&map_state, *i);
+        let secondary = map_state.shard_map.as_ref().unwrap().shards[&shard].secondary.unwrap();
+        for (n, server) in servers.iter().enumerate() {
+            let want = if n as u64 + 1 == secondary { 3 } else { 0 };
+            assert_eq!(engine_samples(server, *i).await, want, "series i{i:02} of a stopped primary on node {}", n + 1);
         }
     }
     for i in &alive {

@@ -65,8 +65,20 @@ pub enum AdminCommand {
     /// Membership: add (learner, then voter) or remove a node.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// The shard map: each shard's primary, secondary and epoch.
-    Shards,
+    /// The shard map: each shard's primary, secondary, epoch, and replication state and lag
+    /// (asked of each primary). With --verify: digests every shard on each replica and
+    /// reports equal or MISMATCH (exit status 1 on any mismatch).
+    Shards {
+        /// Compare the replicas' digests instead of listing the map.
+        #[arg(long)]
+        verify: bool,
+        /// Start of the verified range (Unix seconds or RFC3339). [default: everything]
+        #[arg(long, requires = "verify")]
+        from: Option<String>,
+        /// End of the verified range (Unix seconds or RFC3339). [default: everything]
+        #[arg(long, requires = "verify")]
+        to: Option<String>,
+    },
     /// Alert and recording rules (Prometheus rule files).
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -203,6 +215,10 @@ pub enum CliError {
     Call { code: tonic::Code, message: String },
     #[error("no answer from {addr} within {timeout_ms} ms")]
     Timeout { addr: String, timeout_ms: u64 },
+    /// The command ran and found a problem (`shards --verify` mismatches): `output` goes to
+    /// stdout, the message to stderr, and the exit status is non-zero.
+    #[error("{message}")]
+    Found { output: String, message: String },
 }
 
 /// The gRPC code as words (`invalid argument`), for messages.
@@ -306,6 +322,7 @@ named! {
     pb::AddNodeRequest => pb::MembershipReply, "node add";
     pb::RemoveNodeRequest => pb::MembershipReply, "node remove";
     pb::ReadRequest => pb::ShardMapReply, "shards";
+    pb::VerifyShardsRequest => pb::VerifyShardsReply, "shards --verify";
     pb::ApplyRulesRequest => pb::ApplyRulesReply, "rules apply";
     pb::GetRuleGroupRequest => pb::RuleGroupsReply, "rules get";
     pb::DeleteRuleGroupRequest => pb::WriteReply, "rules delete";
@@ -386,9 +403,21 @@ pub async fn run(args: &AdminArgs) -> Result<String, CliError> {
             let reply = session.call(pb::RemoveNodeRequest { node_id: *id }, |mut c, r| async move { c.remove_node(r).await }).await?;
             Ok(render(format, || output::membership_text("removed", *id, &reply), || output::membership_json(&reply)))
         }
-        AdminCommand::Shards => {
+        AdminCommand::Shards { verify: false, .. } => {
             let reply = session.call(read, |mut c, r| async move { c.get_shard_map(r).await }).await?;
             Ok(render(format, || output::shard_map_table(&reply), || output::shard_map_json(&reply)))
+        }
+        AdminCommand::Shards { verify: true, from, to } => {
+            let time = |flag: &str, text: &Option<String>| -> Result<Option<i64>, CliError> {
+                text.as_ref().map(|t| crate::query_api::parse_time_ms(t).map_err(|e| CliError::Usage(format!("{flag} {t:?}: {e}")))).transpose()
+            };
+            let request = pb::VerifyShardsRequest { min_t: time("--from", from)?, max_t: time("--to", to)? };
+            let reply = session.call(request, |mut c, r| async move { c.verify_shards(r).await }).await?;
+            let text = render(format, || output::verify_table(&reply), || output::verify_json(&reply));
+            if reply.mismatched > 0 {
+                return Err(CliError::Found { output: text, message: format!("{} of {} shards have replicas whose digests differ (or did not answer)", reply.mismatched, reply.shards.len()) });
+            }
+            Ok(text)
         }
         AdminCommand::Rules(RulesCommand::Apply { file }) => {
             let rule_file = read_file("rule file", file)?;

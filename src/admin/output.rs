@@ -1,5 +1,7 @@
 //! What `sextant admin` prints: human tables, or JSON with stable field names (`--output json`).
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 use super::convert::consistency_name;
@@ -115,16 +117,78 @@ pub fn shard_map_table(reply: &pb::ShardMapReply) -> String {
     if !reply.exists {
         return format!("no shard map yet\n{}", read_line(&reply.read));
     }
-    let rows: Vec<Vec<String>> = reply.shards.iter().map(|s| vec![s.shard.to_string(), opt(s.primary), opt(s.secondary), s.epoch.to_string(), s.version.to_string()]).collect();
+    let replication: BTreeMap<u32, &pb::ShardReplicationInfo> = reply.replication.iter().map(|r| (r.shard, r)).collect();
+    let rows: Vec<Vec<String>> = reply
+        .shards
+        .iter()
+        .map(|s| {
+            let mut row = vec![s.shard.to_string(), opt(s.primary), opt(s.secondary), s.epoch.to_string(), s.version.to_string()];
+            row.extend(replication_cells(replication.get(&s.shard).copied()));
+            row
+        })
+        .collect();
     let mut out = format!("{} shards, version {}\n", reply.shards.len(), reply.version);
-    out.push_str(&table(&["SHARD", "PRIMARY", "SECONDARY", "EPOCH", "VERSION"], &rows));
+    out.push_str(&table(&["SHARD", "PRIMARY", "SECONDARY", "EPOCH", "VERSION", "REPLICATION", "LAG", "SYNCED"], &rows));
     out.push_str(&read_line(&reply.read));
     out
 }
 
 pub fn shard_map_json(reply: &pb::ShardMapReply) -> Value {
-    let shards: Vec<Value> = reply.shards.iter().map(|s| json!({"shard": s.shard, "primary": s.primary, "secondary": s.secondary, "epoch": s.epoch, "version": s.version})).collect();
+    let replication: BTreeMap<u32, &pb::ShardReplicationInfo> = reply.replication.iter().map(|r| (r.shard, r)).collect();
+    let shards: Vec<Value> = reply
+        .shards
+        .iter()
+        .map(|s| {
+            let r = replication.get(&s.shard).map(|r| {
+                json!({"state": r.state, "lag_ms": r.lag_ms, "lag_records": r.lag_records, "lag_bytes": r.lag_bytes, "synced_epoch": r.synced_epoch, "unprotected": r.unprotected, "error": r.error})
+            });
+            json!({"shard": s.shard, "primary": s.primary, "secondary": s.secondary, "epoch": s.epoch, "version": s.version, "replication": r})
+        })
+        .collect();
     json!({"read": read_json(&reply.read), "exists": reply.exists, "version": reply.version, "shards": shards})
+}
+
+/// The REPLICATION, LAG and SYNCED cells of a shard's row.
+fn replication_cells(r: Option<&pb::ShardReplicationInfo>) -> [String; 3] {
+    let Some(r) = r else { return ["-".into(), "-".into(), "-".into()] };
+    let mut state = r.state.clone();
+    if r.unprotected {
+        state.push_str(",unprotected");
+    }
+    let lag = if r.state == "unreplicated" || r.state == "unknown" { "-".to_string() } else { format!("{}ms/{}rec", r.lag_ms, r.lag_records) };
+    [state, lag, opt(r.synced_epoch)]
+}
+
+/// `sextant admin shards --verify`: one row per shard, one line per replica.
+pub fn verify_table(reply: &pb::VerifyShardsReply) -> String {
+    let range = |t: i64| if t == i64::MIN || t == i64::MAX { "*".to_string() } else { t.to_string() };
+    let mut rows = Vec::new();
+    for s in &reply.shards {
+        for (i, r) in s.replicas.iter().enumerate() {
+            let verdict = if i > 0 { String::new() } else if s.equal { "equal".into() } else { "MISMATCH".into() };
+            let (series, samples, hash) = if r.error.is_empty() { (r.series.to_string(), r.samples.to_string(), format!("{:016x}", r.hash)) } else { ("-".into(), "-".into(), format!("error: {}", r.error)) };
+            rows.push(vec![if i == 0 { s.shard.to_string() } else { String::new() }, verdict, r.node.to_string(), series, samples, hash]);
+        }
+    }
+    let mut out = format!("{} shards verified over [{}, {}] ms: {} mismatched\n", reply.shards.len(), range(reply.min_t), range(reply.max_t), reply.mismatched);
+    out.push_str(&table(&["SHARD", "VERDICT", "NODE", "SERIES", "SAMPLES", "HASH"], &rows));
+    out
+}
+
+pub fn verify_json(reply: &pb::VerifyShardsReply) -> Value {
+    let shards: Vec<Value> = reply
+        .shards
+        .iter()
+        .map(|s| {
+            let replicas: Vec<Value> = s
+                .replicas
+                .iter()
+                .map(|r| if r.error.is_empty() { json!({"node": r.node, "series": r.series, "samples": r.samples, "hash": format!("{:016x}", r.hash)}) } else { json!({"node": r.node, "error": r.error}) })
+                .collect();
+            json!({"shard": s.shard, "equal": s.equal, "replicas": replicas})
+        })
+        .collect();
+    json!({"min_t": reply.min_t, "max_t": reply.max_t, "mismatched": reply.mismatched, "shards": shards})
 }
 
 /// A write's one-line summary.

@@ -232,6 +232,37 @@ impl AdminGrpcService {
         members
     }
 
+    /// Each shard's replication as its primary reports it (one ReplicationStatus per primary).
+    async fn shard_replication(&self, shards: &[pb::ShardInfo]) -> Vec<pb::ShardReplicationInfo> {
+        let primaries: std::collections::BTreeSet<u64> = shards.iter().filter_map(|s| s.primary).collect();
+        let answers = futures_util::future::join_all(primaries.iter().map(|p| crate::replicate::primary_status(&self.node, *p))).await;
+        let by_primary: BTreeMap<u64, Result<crate::route::pb::ReplicationStatusReply, String>> = primaries.into_iter().zip(answers).collect();
+        shards
+            .iter()
+            .map(|s| {
+                let unknown = |error: String| pb::ShardReplicationInfo { shard: s.shard, state: "unknown".into(), error, ..Default::default() };
+                let Some(primary) = s.primary else { return unknown("the shard has no primary".into()) };
+                match by_primary.get(&primary) {
+                    Some(Ok(status)) => match status.shards.iter().find(|r| r.shard == s.shard) {
+                        Some(r) => pb::ShardReplicationInfo {
+                            shard: s.shard,
+                            state: r.state.clone(),
+                            lag_ms: r.lag_ms,
+                            lag_records: r.lag_records,
+                            lag_bytes: r.lag_bytes,
+                            synced_epoch: r.synced_epoch,
+                            unprotected: r.unprotected,
+                            error: r.last_error.clone(),
+                        },
+                        None => unknown(format!("node {primary} does not hold the shard as primary in its view (its map may be behind)")),
+                    },
+                    Some(Err(error)) => unknown(format!("node {primary}: {error}")),
+                    None => unknown(format!("node {primary} was not asked")),
+                }
+            })
+            .collect()
+    }
+
     async fn ask_status(&self, caller: &Caller, addr: &str, timeout: Duration) -> Result<pb::NodeStatusReply, String> {
         let mut client = connect(addr, timeout).await?;
         let mut request = Request::new(pb::NodeStatusRequest {});
@@ -379,11 +410,43 @@ impl AdminService for AdminGrpcService {
     async fn get_shard_map(&self, request: Request<pb::ReadRequest>) -> Result<Response<pb::ShardMapReply>, Status> {
         self.caller(&request)?;
         let (read, info) = self.read(request.into_inner().consistency).await?;
-        let reply = match &read.state.shard_map {
-            Some(map) => pb::ShardMapReply { read: Some(info), exists: true, version: map.version, shards: map.shards.iter().map(|(id, s)| convert::shard(*id, s)).collect() },
-            None => pb::ShardMapReply { read: Some(info), exists: false, version: 0, shards: vec![] },
+        let mut reply = match &read.state.shard_map {
+            Some(map) => pb::ShardMapReply { read: Some(info), exists: true, version: map.version, shards: map.shards.iter().map(|(id, s)| convert::shard(*id, s)).collect(), replication: vec![] },
+            None => pb::ShardMapReply { read: Some(info), exists: false, version: 0, shards: vec![], replication: vec![] },
         };
+        reply.replication = self.shard_replication(&reply.shards).await;
         Ok(Response::new(reply))
+    }
+
+    async fn verify_shards(&self, request: Request<pb::VerifyShardsRequest>) -> Result<Response<pb::VerifyShardsReply>, Status> {
+        self.caller(&request)?;
+        let request = request.into_inner();
+        let (min_t, max_t) = (request.min_t.unwrap_or(i64::MIN), request.max_t.unwrap_or(i64::MAX));
+        if min_t > max_t {
+            return Err(Status::invalid_argument(format!("--from {min_t} is after --to {max_t}")));
+        }
+        let map = self.handle.local_read().state.shard_map.clone();
+        let Some(map) = map else { return Err(Status::failed_precondition("the cluster has no shard map yet")) };
+        let node = &self.node;
+        let checks = map.shards.iter().map(|(shard, s)| {
+            let replicas: Vec<u64> = s.primary.into_iter().chain(s.secondary.filter(|x| Some(*x) != s.primary)).collect();
+            async move {
+                let digests = futures_util::future::join_all(replicas.iter().map(|r| crate::replicate::replica_digest(node, *r, *shard, min_t, max_t))).await;
+                let first = digests.first().and_then(|d| d.digest.as_ref().ok().copied());
+                let equal = !digests.is_empty() && digests.iter().all(|d| d.digest.as_ref().ok() == first.as_ref());
+                let replicas = digests
+                    .into_iter()
+                    .map(|d| match d.digest {
+                        Ok(x) => pb::ReplicaDigest { node: d.node, series: x.series, samples: x.samples, hash: x.hash, error: String::new() },
+                        Err(error) => pb::ReplicaDigest { node: d.node, error, ..Default::default() },
+                    })
+                    .collect();
+                pb::ShardVerify { shard: *shard, equal, replicas }
+            }
+        });
+        let shards: Vec<pb::ShardVerify> = futures_util::future::join_all(checks).await;
+        let mismatched = shards.iter().filter(|s| !s.equal).count() as u32;
+        Ok(Response::new(pb::VerifyShardsReply { min_t, max_t, shards, mismatched }))
     }
 
     async fn apply_rules(&self, request: Request<pb::ApplyRulesRequest>) -> Result<Response<pb::ApplyRulesReply>, Status> {

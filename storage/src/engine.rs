@@ -48,7 +48,7 @@ pub use crate::wal::ShardId;
 
 mod replication;
 pub use replication::{
-    ApplyError, ApplyReport, RecordProblem, ReplicationShardStatus, ReplicationStatus, ShardDigest, TailError, TailRecord, WalTail,
+    ApplyError, ApplyReport, ExportPage, RecordProblem, ReplicaSource, ReplicationShardStatus, ReplicationStatus, ShardDigest, TailError, TailRecord, WalTail,
     DIGEST_SEED, REPLICA_POSITION_FILE,
 };
 

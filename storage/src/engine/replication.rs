@@ -234,56 +234,86 @@ pub(super) struct ReplicationState {
     floors_released: AtomicU64,
     /// The secondary's applied position per shard; the lock also serializes applies.
     positions: BTreeMap<ShardId, tokio::sync::Mutex<Option<u64>>>,
+    /// Whose seq space each position is in (written with the position, under its lock).
+    sources: Mutex<BTreeMap<ShardId, Option<ReplicaSource>>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PositionFile {
     version: u32,
     applied_seq: Option<u64>,
+    /// Version 2: which primary (and epoch) the seqs belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<ReplicaSource>,
+}
+
+/// Whose seq space a secondary's position is in: a position only means something for the
+/// primary node (and epoch) whose WAL produced it (docs/design/replication.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaSource {
+    pub primary: u64,
+    pub epoch: u64,
+}
+
+/// One page of [`Engine::shard_export`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExportPage {
+    /// In (tenant, labels) order, each with its merged samples in the range (non-empty).
+    pub series: Vec<(SeriesKey, Vec<Sample>)>,
+    /// The last series of this page when more may follow: pass it as `after` for the next.
+    pub next_after: Option<SeriesKey>,
 }
 
 fn position_path(shard: ShardId) -> std::path::PathBuf {
     shard_dir(shard).join(REPLICA_POSITION_FILE)
 }
 
-/// The position file's bytes (format pinned by a golden test).
-pub(super) fn encode_position(applied_seq: Option<u64>) -> Vec<u8> {
-    serde_json::to_vec(&PositionFile { version: 1, applied_seq }).expect("position serializes")
+/// The position file's bytes (format pinned by a golden test): version 1 without a source,
+/// version 2 with one.
+pub(super) fn encode_position(applied_seq: Option<u64>, source: Option<ReplicaSource>) -> Vec<u8> {
+    let version = if source.is_some() { 2 } else { 1 };
+    serde_json::to_vec(&PositionFile { version, applied_seq, source }).expect("position serializes")
 }
 
 impl ReplicationState {
     pub(super) async fn open(fs: &dyn FileSystem, shard_ids: &[ShardId], checkpoint_meta: &BTreeMap<ShardId, u64>) -> Result<Self, EngineError> {
         let mut floors = BTreeMap::new();
         let mut positions = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         for &id in shard_ids {
             // Whether the checkpoint found at open changed records is not recorded, so none of
             // its records is trusted for tails: only live segments are shipped after a restart.
             let truncated_through = checkpoint_meta.get(&id).map_or(0, |next| next.saturating_sub(1));
             floors.insert(id, Floor { truncated_through, ..Floor::default() });
             let path = position_path(id);
-            let position = if fs.exists(&path).await.map_err(|source| EngineError::Io { step: "stat replica position", source })? {
+            let (position, source) = if fs.exists(&path).await.map_err(|source| EngineError::Io { step: "stat replica position", source })? {
                 let bytes = fs.read(&path).await.map_err(|source| EngineError::Io { step: "read replica position", source })?;
                 let file: PositionFile = serde_json::from_slice(&bytes).map_err(|e| EngineError::Io {
                     step: "parse replica position",
                     source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path:?}: {e}")),
                 })?;
-                if file.version != 1 {
+                if file.version != 1 && file.version != 2 {
                     return Err(EngineError::Io {
                         step: "parse replica position",
                         source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path:?}: unknown version {}", file.version)),
                     });
                 }
-                file.applied_seq
+                (file.applied_seq, file.source)
             } else {
-                None
+                (None, None)
             };
             positions.insert(id, tokio::sync::Mutex::new(position));
+            sources.insert(id, source);
         }
-        Ok(ReplicationState { floors: Mutex::new(floors), floors_released: AtomicU64::new(0), positions })
+        Ok(ReplicationState { floors: Mutex::new(floors), floors_released: AtomicU64::new(0), positions, sources: Mutex::new(sources) })
     }
 
     fn floors(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, Floor>> {
         self.floors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn source(&self, shard: ShardId) -> Option<ReplicaSource> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(&shard).copied().flatten()
     }
 }
 
@@ -579,9 +609,122 @@ impl Engine {
     pub async fn set_replica_position(&self, shard: ShardId, seq: Option<u64>) -> Result<(), EngineError> {
         self.shard(shard)?;
         let mut position = self.inner.replication.positions.get(&shard).expect("every held shard has a position").lock().await;
-        write_atomically(self.inner.fs.as_ref(), &position_path(shard), &encode_position(seq)).await?;
+        let source = self.inner.replication.source(shard);
+        write_atomically(self.inner.fs.as_ref(), &position_path(shard), &encode_position(seq, source)).await?;
         *position = seq;
         Ok(())
+    }
+
+    /// Whose seq space the shard's replica position is in (`None`: unknown, e.g. a version-1
+    /// position file or none at all).
+    pub async fn replica_source(&self, shard: ShardId) -> Result<Option<ReplicaSource>, EngineError> {
+        self.shard(shard)?;
+        let _position = self.inner.replication.positions.get(&shard).expect("every held shard has a position").lock().await;
+        Ok(self.inner.replication.source(shard))
+    }
+
+    /// Sets the applied position and whose seq space it is in, durably in one file write
+    /// (after a catch-up copy: everything of `source`'s shard through `seq` is here).
+    pub async fn set_replica_position_from(&self, shard: ShardId, seq: Option<u64>, source: Option<ReplicaSource>) -> Result<(), EngineError> {
+        self.shard(shard)?;
+        let mut position = self.inner.replication.positions.get(&shard).expect("every held shard has a position").lock().await;
+        write_atomically(self.inner.fs.as_ref(), &position_path(shard), &encode_position(seq, source)).await?;
+        *position = seq;
+        self.inner.replication.sources.lock().unwrap_or_else(|p| p.into_inner()).insert(shard, source);
+        Ok(())
+    }
+
+    /// The shard's durable-or-pending WAL position: one past the last seq logged for it. Cheap
+    /// (no log read), so a replication stream can poll it to learn whether anything is new.
+    pub fn wal_next_seq(&self, shard: ShardId) -> Result<u64, EngineError> {
+        self.shard(shard)?;
+        Ok(self.inner.wal.next_seq(shard))
+    }
+
+    /// The highest seq such that every record of the shard at or below it is durable and
+    /// applied to the head, so visible to digests and exports (a record is durable before it
+    /// is applied, so the WAL's durable position can be ahead of what an export sees). A
+    /// catch-up copy taken after this call covers every record up to it.
+    pub async fn replication_applied_seq(&self, shard: ShardId) -> Result<u64, EngineError> {
+        let shard_lock = self.shard(shard)?.clone();
+        let state = shard_lock.read().await;
+        // Appends submit their records under the shard's write lock, so this read sees the
+        // logged position and the pending set together.
+        Ok(match state.pending.seqs.first() {
+            Some(first) => first - 1,
+            None => self.inner.wal.next_seq(shard) - 1,
+        })
+    }
+
+    /// The oldest and newest sample time the shard may hold (head and blocks; tombstones and
+    /// deletions are not subtracted, so the bounds may be wider than the data). `None` when
+    /// the shard holds nothing.
+    pub async fn shard_time_bounds(&self, shard: ShardId) -> Result<Option<(TimestampMs, TimestampMs)>, EngineError> {
+        let shard_lock = self.shard(shard)?.clone();
+        let shard = shard_lock.read().await;
+        let mut bounds: Option<(TimestampMs, TimestampMs)> = match (shard.head.min_t(), shard.head.max_t()) {
+            (Some(lo), Some(hi)) => Some((lo, hi)),
+            _ => None,
+        };
+        for b in &shard.blocks {
+            let (lo, hi) = (b.meta().min_t, b.meta().max_t);
+            bounds = Some(bounds.map_or((lo, hi), |(a, z)| (a.min(lo), z.max(hi))));
+        }
+        Ok(bounds)
+    }
+
+    /// Every series of the shard (all tenants) with samples in `[min_t, max_t]`, in (tenant,
+    /// labels) order, starting after `after`, with their merged samples (the digest's view:
+    /// blocks and head, tombstones applied, first write wins), until about `samples_max`
+    /// samples (at least one series when there is one). Anti-entropy copies ranges with it.
+    pub async fn shard_export(&self, shard: ShardId, min_t: TimestampMs, max_t: TimestampMs, after: Option<&SeriesKey>, samples_max: usize) -> Result<ExportPage, EngineError> {
+        if min_t > max_t {
+            return Err(EngineError::InvalidArgument { reason: format!("export range [{min_t}, {max_t}] has its start after its end") });
+        }
+        let shard_lock = self.shard(shard)?.clone();
+        let keys: BTreeSet<SeriesKey> = {
+            let shard = shard_lock.read().await;
+            let mut keys: BTreeSet<SeriesKey> = shard.head.series_keys().map(|(_, k)| (**k).clone()).filter(|k| after.is_none_or(|a| k > a)).collect();
+            for b in &shard.blocks {
+                if b.meta().max_t < min_t || b.meta().min_t > max_t {
+                    continue;
+                }
+                for r in b.all_series() {
+                    let key = SeriesKey::new(b.series_tenant(r), b.series_labels(r).clone());
+                    if after.is_none_or(|a| &key > a) {
+                        keys.insert(key);
+                    }
+                }
+            }
+            keys
+        };
+        let mut page = ExportPage::default();
+        let mut samples_total = 0usize;
+        for key in keys {
+            if samples_total >= samples_max.max(1) {
+                page.next_after = page.series.last().map(|(k, _)| k.clone());
+                break;
+            }
+            let samples = {
+                let shard = shard_lock.read().await;
+                Self::series_merged(&shard, &key, min_t, max_t).await?
+            };
+            if samples.is_empty() {
+                continue;
+            }
+            samples_total += samples.len();
+            page.series.push((key, samples));
+        }
+        Ok(page)
+    }
+
+    /// Deletes the samples of exactly one series (its full label set) in `[min_t, max_t]`
+    /// from one shard; a series with more labels that the equality matchers also match is
+    /// deleted too (matchers cannot say "no other labels") — anti-entropy restores those from
+    /// the primary in the same pass. Used to make the current primary's value win a conflict.
+    pub async fn delete_series_in_shard(&self, shard: ShardId, key: &SeriesKey, min_t: TimestampMs, max_t: TimestampMs) -> Result<u64, EngineError> {
+        let matchers: Vec<Matcher> = key.labels.iter().map(|l| Matcher::equal(l.name.clone(), l.value.clone())).collect();
+        self.delete_in_shard(shard, &key.tenant, &matchers, min_t, max_t).await
     }
 
     /// Applies records a primary shipped for `shard` ([`Engine::wal_tail`]) through the import
@@ -702,7 +845,8 @@ impl Engine {
         if *position != start_position {
             // Every sample up to the position is durable in this node's WAL (imports return
             // after their records are durable), so the position may now say so.
-            write_atomically(self.inner.fs.as_ref(), &position_path(shard), &encode_position(*position)).await?;
+            let source = self.inner.replication.source(shard);
+            write_atomically(self.inner.fs.as_ref(), &position_path(shard), &encode_position(*position, source)).await?;
         }
         report.applied_through = *position;
         match failure {
