@@ -180,6 +180,19 @@ pub struct ServeArgs {
     /// Longest a query waits for a slot before it is shed (503). [default: 10s]
     #[arg(long, value_name = "DURATION")]
     pub query_queue_wait_max: Option<String>,
+    /// How often a cluster member renews its shard leases with the metadata leader; at most
+    /// half of --lease-duration. [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease_renew_interval: Option<String>,
+    /// How long a lease lasts, counted from the renewal request's send time: a primary that
+    /// cannot renew stops acknowledging writes this long after its last renewal. [default: 4s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease_duration: Option<String>,
+    /// How long the metadata leader waits after a primary's last renewal before promoting the
+    /// shard's secondary; must exceed --lease-duration by the clock-drift bound (10%) plus
+    /// 500ms (checked at start). [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub promotion_timeout: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -225,6 +238,9 @@ struct FileConfig {
     query_alert_reserved: Option<usize>,
     query_queue_max: Option<usize>,
     query_queue_wait_max: Option<String>,
+    lease_renew_interval: Option<String>,
+    lease_duration: Option<String>,
+    promotion_timeout: Option<String>,
 }
 
 /// How a node with an empty raft log gets into a cluster.
@@ -369,6 +385,8 @@ pub struct ServeConfig {
     pub maintain_interval_ms: i64,
     pub query: QueryConfig,
     pub cluster: ClusterConfig,
+    /// Lease renewal, lease length and promotion timeout (`crate::lease`).
+    pub lease: crate::lease::LeaseConfig,
 }
 
 impl Default for ServeConfig {
@@ -387,6 +405,7 @@ impl Default for ServeConfig {
             maintain_interval_ms: 60_000,
             query: QueryConfig::default(),
             cluster: ClusterConfig::default(),
+            lease: crate::lease::LeaseConfig::default(),
         }
     }
 }
@@ -587,6 +606,17 @@ impl ServeConfig {
         if let Some(text) = pick(&args.query_queue_wait_max, &file.query_queue_wait_max) {
             query.queue_wait_ms_max = positive("query-queue-wait-max", duration("query-queue-wait-max", &text)?)?;
         }
+        let lease = &mut config.lease;
+        for (setting, flag, file_value, target) in [
+            ("lease-renew-interval", &args.lease_renew_interval, &file.lease_renew_interval, &mut lease.lease_renew_ms),
+            ("lease-duration", &args.lease_duration, &file.lease_duration, &mut lease.lease_ms),
+            ("promotion-timeout", &args.promotion_timeout, &file.promotion_timeout, &mut lease.promotion_timeout_ms),
+        ] {
+            if let Some(text) = pick(flag, file_value) {
+                *target = positive(setting, duration(setting, &text)?)? as u64;
+            }
+        }
+        config.lease.validate()?;
         Ok(config)
     }
 }

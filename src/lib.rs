@@ -11,7 +11,9 @@
 //! the `sextant admin` CLI), [`cluster`] (the node's member of the metadata group: formation,
 //! seeding, following its limits), [`tenant_limits`] (the limits in force per tenant: cluster
 //! values over this node's flags), [`route`] (the cluster data path: forwarding writes to shard
-//! primaries, the internal `Data` gRPC service, query fan-out).
+//! primaries, the internal `Data` gRPC service, query fan-out), [`lease`] (shard leases, the
+//! leader's grant table and promotion decisions), [`failover`] (the `Lease` gRPC service, lease
+//! renewal and the leader's promotion loop).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
 //! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
@@ -25,8 +27,10 @@ pub mod bench_write;
 pub mod cluster;
 pub mod config;
 pub mod duration;
+pub mod failover;
 pub mod hll;
 pub mod http;
+pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod node;

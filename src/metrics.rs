@@ -50,6 +50,16 @@ pub struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct DestinationLabels {
     /// The destination node's id.
     pub node: String,
@@ -110,6 +120,14 @@ pub struct Metrics {
     /// Query fan-out: Select calls to other nodes, by destination, and shards left unanswered.
     pub fanout_selects: Family<DestinationLabels, Counter>,
     pub fanout_shards_unavailable: Counter,
+    /// Leases (lease.rs): renewals by outcome, writes refused for want of a lease, per-shard
+    /// "this node holds the lease" gauge; on the leader: promotions proposed and applied, and
+    /// shards whose replicas are both silent (nothing to promote to).
+    pub lease_renewals: Family<OutcomeLabels, Counter>,
+    pub lease_write_refusals: Counter,
+    pub lease_held: Family<ShardLabels, Gauge>,
+    pub promotions: Counter,
+    pub shards_both_replicas_silent: Gauge,
     /// Last engine counters seen, to turn them into counter increments.
     last_wal: Mutex<WalStats>,
     refusal_label_sets: Mutex<BTreeSet<TenantMetricLabels>>,
@@ -160,6 +178,11 @@ impl Metrics {
             forwarded_samples_applied: Counter::default(),
             fanout_selects: Family::default(),
             fanout_shards_unavailable: Counter::default(),
+            lease_renewals: Family::default(),
+            lease_write_refusals: Counter::default(),
+            lease_held: Family::default(),
+            promotions: Counter::default(),
+            shards_both_replicas_silent: Gauge::default(),
             last_wal: Mutex::new(WalStats::default()),
             refusal_label_sets: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
@@ -199,6 +222,11 @@ impl Metrics {
         registry.register("forward_samples_applied", "Samples of other nodes' forwarded writes applied here (stored or duplicate)", m.forwarded_samples_applied.clone());
         registry.register("fanout_selects", "Select calls a query sent to other nodes, by destination node", m.fanout_selects.clone());
         registry.register("fanout_shards_unavailable", "Shards a query could not read from any replica (answered with a warning)", m.fanout_shards_unavailable.clone());
+        registry.register("lease_renewals", "Lease renewals this node asked of the metadata leader, by outcome (ok, failed)", m.lease_renewals.clone());
+        registry.register("lease_write_refusals", "Shard writes this node refused as primary because it held no lease for the shard's epoch", m.lease_write_refusals.clone());
+        registry.register("lease_held", "1 while this node holds an unexpired lease for the shard, else 0", m.lease_held.clone());
+        registry.register("promotions", "Shard promotions this node proposed as metadata leader that applied", m.promotions.clone());
+        registry.register("shards_both_replicas_silent", "Shards whose primary and secondary have both stopped renewing (the leader cannot promote; metadata leader only)", m.shards_both_replicas_silent.clone());
         Metrics { registry, ..m }
     }
 

@@ -442,9 +442,13 @@ impl RaftHandle {
         Ok(self.read_local(|state| state.last_applied.map(|id| id.index).unwrap_or(0)))
     }
 
-    /// The leader this node currently knows of (openraft's metrics), if any.
-    pub fn current_leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+    /// The leader this node currently knows of (openraft's metrics), if any, and the term.
+    /// A leader that sees the term move while it still leads was re-elected: whatever it
+    /// learnt in the earlier term may be stale (another leader may have led in between).
+    pub fn leadership(&self) -> (Option<NodeId>, u64) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.current_leader, metrics.current_term)
     }
 
     /// Projects this node's own applied copy without copying all of it; `read` gets the
