@@ -663,6 +663,8 @@ mod tests {
         };
         check(ServeArgs::default(), None, ClusterConfig::default());
         assert_eq!(ClusterConfig::default().shard_count, 16);
+        let leases = ServeConfig::resolve(&ServeArgs { lease_renew_interval: Some("200ms".into()), lease_duration: Some("1s".into()), promotion_timeout: Some("2s".into()), ..Default::default() }, None).unwrap().lease;
+        assert_eq!(leases, crate::lease::LeaseConfig { lease_renew_ms: 200, lease_ms: 1_000, promotion_timeout_ms: 2_000 });
         let members: BTreeMap<u64, String> = [(1, "h1:9481".to_string()), (2, "h2:9481".to_string()), (3, "10.0.0.3:7000".to_string())].into();
         check(
             ServeArgs { node_id: Some(2), initial_cluster: Some("1=h1:9481, 2=h2:9481,3=10.0.0.3:7000".into()), advertise_http: Some("h2:9480".into()), shard_count: Some(32), ..Default::default() },
@@ -694,6 +696,10 @@ mod tests {
             (ServeArgs { node_id: Some(0), ..Default::default() }, None, "--node-id 0"),
             (ServeArgs { shard_count: Some(0), ..Default::default() }, None, "--shard-count 0"),
             (ServeArgs { shard_count: Some(5000), ..Default::default() }, None, "--shard-count 5000"),
+            (ServeArgs { lease_duration: Some("soon".into()), ..Default::default() }, None, "--lease-duration"),
+            (ServeArgs { promotion_timeout: Some("0s".into()), ..Default::default() }, None, "--promotion-timeout must be positive"),
+            (ServeArgs { lease_duration: Some("9s".into()), ..Default::default() }, None, "--promotion-timeout 10000 ms must exceed --lease-duration 9000 ms"),
+            (ServeArgs::default(), Some("lease_renew_interval = \"3s\""), "--lease-renew-interval 3000 ms must be at most half"),
             (ServeArgs { advertise_http: Some("nohost".into()), ..Default::default() }, None, "--advertise-http \"nohost\": no port"),
             (ServeArgs { advertise_grpc: Some(":9481".into()), ..Default::default() }, None, "--advertise-grpc \":9481\": no host"),
             (ServeArgs { initial_cluster: Some("1=a:1,x=b:2".into()), ..Default::default() }, None, "node id \"x\" is not a positive integer"),
