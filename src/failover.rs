@@ -52,11 +52,12 @@ pub fn placements(state: &MetadataState) -> BTreeMap<u32, Placement> {
 async fn grant_here(handle: &RaftHandle, node: &Node, requester: u64) -> Result<pb::RenewReply, Status> {
     let me = handle.id();
     let config = node.config().lease;
-    if handle.leadership().0 != Some(me) {
-        return Err(not_leader(me, handle.leadership().0));
+    let (leader, term) = handle.leadership();
+    if leader != Some(me) {
+        return Err(not_leader(me, leader));
     }
-    if !node.lease_authority().is_leading() {
-        return Err(Status::unavailable(format!("node {me} has just become the metadata leader; its lease table starts within {} ms", config.lease_renew_ms)));
+    if node.lease_authority().lead_term(term, node.clock().now_monotonic_ns()) {
+        tracing::info!(term, promotion_timeout_ms = config.promotion_timeout_ms, "metadata leader: lease table started; no promotion before a full promotion timeout");
     }
     // Read index: a deposed leader that has not noticed cannot grant.
     let applied_index = match tokio::time::timeout(Duration::from_millis(config.lease_renew_ms), handle.confirm_leader()).await {
@@ -210,8 +211,11 @@ pub async fn renew_leases(handle: RaftHandle, node: Arc<Node>, mut stop: watch::
             }
         }
         publish_lease_gauges(&node);
+        // After a failure retry sooner (a new leader is usually found within an election),
+        // still bounded to a few attempts per renewal interval.
+        let pause = if failing { renew / 4 } else { renew };
         tokio::select! {
-            _ = tokio::time::sleep(renew) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = node.lease().renew_now.notified() => {}
             _ = stopped(&mut stop) => return,
         }
@@ -228,12 +232,14 @@ pub async fn lead(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Receiver
         let (leader, term) = handle.leadership();
         let now_ns = node.clock().now_monotonic_ns();
         if leader == Some(me) {
-            if led_term != Some(term) {
-                // A new term: another leader may have granted leases meanwhile, so everyone's
-                // silence is counted from now and the holder table starts empty.
-                node.lease_authority().become_leader(now_ns);
-                led_term = Some(term);
+            // A new term: another leader may have granted leases meanwhile, so everyone's
+            // silence is counted from now and the holder table starts empty.
+            let started = node.lease_authority().lead_term(term, now_ns);
+            if started {
                 tracing::info!(term, promotion_timeout_ms = config.promotion_timeout_ms, "metadata leader: lease table started; no promotion before a full promotion timeout");
+            }
+            if led_term != Some(term) {
+                led_term = Some(term);
             } else {
                 let map = handle.read_local(placements);
                 let plan = node.lease_authority().promotions(&map, now_ns, &config);

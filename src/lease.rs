@@ -249,6 +249,8 @@ pub struct Holder {
 struct Authority {
     /// The leader's monotonic clock when this node last became leader; `None` while not.
     leader_since_ns: Option<u64>,
+    /// The Raft term it leads in.
+    term: u64,
     /// The leader's clock at each node's last renewal (this term only).
     renewed_ns: BTreeMap<u64, u64>,
     holders: BTreeMap<u32, Holder>,
@@ -275,12 +277,17 @@ pub struct LeaseAuthority {
 }
 
 impl LeaseAuthority {
-    /// This node became leader at `now_ns`: everyone's silence is counted from now (a new
-    /// leader never promotes before a full promotion timeout), and the holder table starts
-    /// empty.
-    pub fn become_leader(&self, now_ns: u64) {
+    /// This node leads in `term` at `now_ns`. The first call of a term starts it afresh:
+    /// everyone's silence is counted from now (a new leader never promotes before a full
+    /// promotion timeout — another leader may have granted leases in between) and the holder
+    /// table starts empty. Answers whether this call started the term.
+    pub fn lead_term(&self, term: u64, now_ns: u64) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        *state = Authority { leader_since_ns: Some(now_ns), ..Authority::default() };
+        if state.leader_since_ns.is_some() && state.term == term {
+            return false;
+        }
+        *state = Authority { leader_since_ns: Some(now_ns), term, ..Authority::default() };
+        true
     }
 
     pub fn step_down(&self) {
@@ -455,7 +462,7 @@ mod tests {
         let config = config();
         let before = map(&[(0, Some(1), Some(2), 1), (1, Some(2), Some(1), 1)]);
         assert_eq!(authority.grant(1, &before, 0, &config), (BTreeMap::new(), BTreeMap::new()), "not leading: nothing granted");
-        authority.become_leader(0);
+        authority.lead_term(1, 0);
         assert_eq!(authority.grant(1, &before, 5 * MS, &config).0, BTreeMap::from([(0, 1)]));
         assert_eq!(authority.grant(2, &before, 5 * MS, &config).0, BTreeMap::from([(1, 1)]));
         // An operator moves shard 0 to node 2 at epoch 2; node 1's lease may be live.
@@ -481,7 +488,8 @@ mod tests {
         let config = config();
         let shards = map(&[(0, Some(1), Some(2), 1), (1, Some(2), Some(3), 4), (2, None, None, 0), (3, Some(3), None, 1)]);
         assert_eq!(authority.promotions(&shards, 10_000 * MS, &config), PromotionPlan::default(), "not leading");
-        authority.become_leader(10_000 * MS);
+        authority.lead_term(1, 10_000 * MS);
+        assert!(!authority.lead_term(1, 10_050 * MS), "the same term does not restart the table");
         assert_eq!(authority.silent_ms(1, 10_500 * MS), Some(500), "silence counts from the leader's start");
         // Node 2 renews all along; nodes 1 and 3 never do.
         for t in (10_000..=11_000).step_by(100) {
@@ -515,7 +523,7 @@ mod tests {
                 let holder = LeaseHolder::default();
                 holder.require(config.lease_renew_ms);
                 let authority = LeaseAuthority::default();
-                authority.become_leader(leader_clock.now_monotonic_ns());
+                authority.lead_term(1, leader_clock.now_monotonic_ns());
                 let shards = map(&[(7, Some(1), Some(2), 3)]);
                 // Node 1 sends at real 0; the leader grants at real 40 ms; the answer arrives at 80.
                 let sent = 0;
