@@ -67,20 +67,6 @@ pub enum Action {
         shard: u32,
         assignment: ShardAssignment,
     },
-    /// Failover: makes the shard's secondary its primary and the old primary its secondary,
-    /// bumps the epoch and marks the shard merge pending. A compare-and-set on the epoch: at
-    /// any other epoch than `expected_epoch` (the proposer's view is stale) it is a no-op.
-    /// Proposed by the Raft leader when a primary stops renewing its lease, or by an operator.
-    PromoteShard {
-        shard: u32,
-        expected_epoch: u64,
-    },
-    /// The merge-back of a promoted shard completed at `epoch`: clears merge pending. A no-op
-    /// when the shard has moved to another epoch since (the sync is stale) or nothing is pending.
-    MarkShardSynced {
-        shard: u32,
-        epoch: u64,
-    },
     /// Creates or replaces a tenant's limits (blocked labels are kept).
     PutTenantLimits {
         tenant: String,
@@ -140,6 +126,20 @@ pub enum Action {
     RegisterNode {
         id: NodeId,
         node: Node,
+    },
+    /// Failover: makes the shard's secondary its primary and the old primary its secondary,
+    /// bumps the epoch and marks the shard merge pending. A compare-and-set on the epoch: at
+    /// any other epoch than `expected_epoch` (the proposer's view is stale) it is a no-op.
+    /// Proposed by the Raft leader when a primary stops renewing its lease, or by an operator.
+    PromoteShard {
+        shard: u32,
+        expected_epoch: u64,
+    },
+    /// The merge-back of a promoted shard completed at `epoch`: clears merge pending. A no-op
+    /// when the shard has moved to another epoch since (the sync is stale) or nothing is pending.
+    MarkShardSynced {
+        shard: u32,
+        epoch: u64,
     },
 }
 
