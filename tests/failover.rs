@@ -5,7 +5,8 @@
 //! those shards succeed again through the new primaries; queries warn that the merge-back is
 //! pending and the admin shard map shows it with the lease holders; the stopped node, restarted
 //! on its old data, is the secondary and never acknowledges a write for its old shards at their
-//! old epoch (refused, or forwarded to the new primary).
+//! old epoch (refused, or forwarded to the new primary) — neither through the Data service nor
+//! through its own remote-write endpoint.
 //! Method: `server::Server` in process on real tokio (tests/cluster_data.rs's pattern) with short
 //! lease timings (renew 100 ms, lease 400 ms, promotion 1.5 s); real gRPC between nodes; HTTP
 //! through each node's axum router in process. Deadlines only bound a hung run.
@@ -261,6 +262,12 @@ async fn a_stopped_primary_is_replaced_and_returns_as_secondary() {
     let (shard, (_, old_epoch)) = victim_shards.iter().next().map(|(s, v)| (*s, *v)).unwrap();
     let series = all.iter().copied().find(|i| shard_of(&first, *i) == shard).unwrap();
     let probe_t = later[2] + 1000;
+    // Its storage opens first (writes answer 503 meanwhile); probe from then on.
+    eventually("node 3's storage to open", || {
+        let ok = servers[2].as_ref().unwrap().node().engine().is_ok();
+        async move { ok.then_some(()) }
+    })
+    .await;
     for attempt in 0..5 {
         match data_write(grpc_addrs[2], shard, old_epoch, series, probe_t).await {
             Ok(reply) => panic!("attempt {attempt}: node 3 acknowledged a write for shard {shard} at its old epoch {old_epoch}: {reply:?}"),
@@ -269,6 +276,13 @@ async fn a_stopped_primary_is_replaced_and_returns_as_secondary() {
                 assert!(status.message().contains(&format!("shard {shard}")) || status.code() == tonic::Code::Unavailable, "the refusal names the shard: {status:?}");
             }
         }
+        // A client write through node 3 for the same series: refused (503) while node 3 has
+        // not applied the promotion, forwarded to the new primary (204) once it has — never
+        // stored on node 3 under its old epoch.
+        let t = probe_t + 1 + attempt;
+        let (status, body) = remote_write(servers[2].as_ref().unwrap().node(), &request(&[series], &[t])).await;
+        assert!(status == 503 || status == 204, "attempt {attempt}: {status} {body}");
+        assert_eq!(stored_at(servers[2].as_ref().unwrap(), series, &[t]).await, 0, "attempt {attempt}: node 3 stored a sample of its old shard ({status} {body})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eventually("node 3 to apply the promotion and see itself as secondary", || {
