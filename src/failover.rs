@@ -195,7 +195,7 @@ pub async fn renew_leases(handle: RaftHandle, node: Arc<Node>, mut stop: watch::
                     failing = false;
                 }
                 for (shard, reason) in &grant.withheld {
-                    tracing::info!(shard, reason, "the metadata leader withheld this node's lease for a shard");
+                    tracing::debug!(shard, reason, "the metadata leader withheld this node's lease for a shard");
                 }
                 node.lease().accept(grant);
             }
