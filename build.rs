@@ -1,4 +1,4 @@
-//! Generates the node's gRPC code from `proto/admin.proto` and `proto/data.proto`.
+//! Generates the node's gRPC code from `proto/admin.proto`, `proto/data.proto` and `proto/lease.proto`.
 //! madsim-tonic-build writes both the real and the simulated code; `tonic::include_proto!`
 //! picks one by `cfg(madsim)`.
 
@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cargo:rerun-if-changed=proto/admin.proto");
     println!("cargo:rerun-if-changed=proto/data.proto");
-    tonic_build::configure().compile_protos(&["proto/admin.proto", "proto/data.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto/lease.proto");
+    tonic_build::configure().compile_protos(&["proto/admin.proto", "proto/data.proto", "proto/lease.proto"], &["proto"])?;
     Ok(())
 }

@@ -17,7 +17,9 @@
 //! empty HTTP address (not known from the list) — and then registers its own addresses with
 //! [`Action::RegisterNode`].
 //!
-//! # After start, two tasks
+//! # After start, four tasks
+//!
+//! The lease renewer and the leader's promotion loop (`failover.rs`), and:
 //!
 //! - the *limits follower* wakes on every change of openraft's metrics (a watch channel, no
 //!   timer), and when the applied index moved rebuilds the [`LimitsView`] from the applied
@@ -70,6 +72,7 @@ impl ClusterMember {
         let for_admin = node.clone();
         let raft = RaftNode::start_with_services(config, fs, grpc_listener, move |handle, router| {
             let router = crate::admin::add_services(handle, for_admin.clone(), router);
+            let router = crate::failover::add_services(handle, for_admin.clone(), router);
             crate::route::add_services(for_admin, router)
         })
         .await
@@ -95,7 +98,12 @@ impl ClusterMember {
         }
         let (stop, stop_rx) = watch::channel(false);
         let handle: RaftHandle = (*raft).clone();
+        // From now on this node acknowledges writes for its primary shards only under a lease.
+        node.lease().require(node.config().lease.lease_renew_ms);
         let tasks = vec![
+            tokio::spawn(crate::failover::renew_leases(handle.clone(), node.clone(), stop_rx.clone())),
+            tokio::spawn(crate::failover::lead(handle.clone(), node.clone(), stop_rx.clone())),
+            tokio::spawn(crate::failover::mark_merged(handle.clone(), node.clone(), stop_rx.clone())),
             tokio::spawn(follow_limits(handle.clone(), node.clone(), stop_rx.clone())),
             tokio::spawn(housekeep(handle, node, cluster.shard_count, stop_rx)),
         ];
@@ -147,7 +155,13 @@ async fn follow_limits(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Rec
             node.set_limits_view(view);
             // The data path's view of the shard map and addresses moves with the same index.
             let me = handle.id();
+            let before = node.router().table().my_primaries();
             node.router().set_table(handle.read_local(|state| crate::route::RouteTable::from_state(state, me)));
+            if node.router().table().my_primaries() != before {
+                // This node became primary of a shard (or at a new epoch): renew at once
+                // rather than refuse its writes until the next renewal.
+                node.lease().renew_now.notify_one();
+            }
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { break },

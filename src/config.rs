@@ -191,6 +191,19 @@ pub struct ServeArgs {
     /// Longest a query waits for a slot before it is shed (503). [default: 10s]
     #[arg(long, value_name = "DURATION")]
     pub query_queue_wait_max: Option<String>,
+    /// How often a cluster member renews its shard leases with the metadata leader; at most
+    /// half of --lease-duration. [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease_renew_interval: Option<String>,
+    /// How long a lease lasts, counted from the renewal request's send time: a primary that
+    /// cannot renew stops acknowledging writes this long after its last renewal. [default: 4s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease_duration: Option<String>,
+    /// How long the metadata leader waits after a primary's last renewal before promoting the
+    /// shard's secondary; must exceed --lease-duration by the clock-drift bound (10%) plus
+    /// 500ms (checked at start). [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub promotion_timeout: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -238,6 +251,9 @@ struct FileConfig {
     query_alert_reserved: Option<usize>,
     query_queue_max: Option<usize>,
     query_queue_wait_max: Option<String>,
+    lease_renew_interval: Option<String>,
+    lease_duration: Option<String>,
+    promotion_timeout: Option<String>,
 }
 
 /// How a node with an empty raft log gets into a cluster.
@@ -386,6 +402,8 @@ pub struct ServeConfig {
     pub maintain_interval_ms: i64,
     pub query: QueryConfig,
     pub cluster: ClusterConfig,
+    /// Lease renewal, lease length and promotion timeout (`crate::lease`).
+    pub lease: crate::lease::LeaseConfig,
 }
 
 impl Default for ServeConfig {
@@ -406,6 +424,7 @@ impl Default for ServeConfig {
             maintain_interval_ms: 60_000,
             query: QueryConfig::default(),
             cluster: ClusterConfig::default(),
+            lease: crate::lease::LeaseConfig::default(),
         }
     }
 }
@@ -620,6 +639,17 @@ impl ServeConfig {
         if let Some(text) = pick(&args.query_queue_wait_max, &file.query_queue_wait_max) {
             query.queue_wait_ms_max = positive("query-queue-wait-max", duration("query-queue-wait-max", &text)?)?;
         }
+        let lease = &mut config.lease;
+        for (setting, flag, file_value, target) in [
+            ("lease-renew-interval", &args.lease_renew_interval, &file.lease_renew_interval, &mut lease.lease_renew_ms),
+            ("lease-duration", &args.lease_duration, &file.lease_duration, &mut lease.lease_ms),
+            ("promotion-timeout", &args.promotion_timeout, &file.promotion_timeout, &mut lease.promotion_timeout_ms),
+        ] {
+            if let Some(text) = pick(flag, file_value) {
+                *target = positive(setting, duration(setting, &text)?)? as u64;
+            }
+        }
+        config.lease.validate()?;
         Ok(config)
     }
 }
@@ -666,6 +696,8 @@ mod tests {
         };
         check(ServeArgs::default(), None, ClusterConfig::default());
         assert_eq!(ClusterConfig::default().shard_count, 16);
+        let leases = ServeConfig::resolve(&ServeArgs { lease_renew_interval: Some("200ms".into()), lease_duration: Some("1s".into()), promotion_timeout: Some("2s".into()), ..Default::default() }, None).unwrap().lease;
+        assert_eq!(leases, crate::lease::LeaseConfig { lease_renew_ms: 200, lease_ms: 1_000, promotion_timeout_ms: 2_000 });
         let members: BTreeMap<u64, String> = [(1, "h1:9481".to_string()), (2, "h2:9481".to_string()), (3, "10.0.0.3:7000".to_string())].into();
         check(
             ServeArgs { node_id: Some(2), initial_cluster: Some("1=h1:9481, 2=h2:9481,3=10.0.0.3:7000".into()), advertise_http: Some("h2:9480".into()), shard_count: Some(32), ..Default::default() },
@@ -711,6 +743,10 @@ mod tests {
             (ServeArgs { node_id: Some(0), ..Default::default() }, None, "--node-id 0"),
             (ServeArgs { shard_count: Some(0), ..Default::default() }, None, "--shard-count 0"),
             (ServeArgs { shard_count: Some(5000), ..Default::default() }, None, "--shard-count 5000"),
+            (ServeArgs { lease_duration: Some("soon".into()), ..Default::default() }, None, "--lease-duration"),
+            (ServeArgs { promotion_timeout: Some("0s".into()), ..Default::default() }, None, "--promotion-timeout must be positive"),
+            (ServeArgs { lease_duration: Some("9s".into()), ..Default::default() }, None, "--promotion-timeout 10000 ms must exceed --lease-duration 9000 ms"),
+            (ServeArgs::default(), Some("lease_renew_interval = \"3s\""), "--lease-renew-interval 3000 ms must be at most half"),
             (ServeArgs { advertise_http: Some("nohost".into()), ..Default::default() }, None, "--advertise-http \"nohost\": no port"),
             (ServeArgs { advertise_grpc: Some(":9481".into()), ..Default::default() }, None, "--advertise-grpc \":9481\": no host"),
             (ServeArgs { initial_cluster: Some("1=a:1,x=b:2".into()), ..Default::default() }, None, "node id \"x\" is not a positive integer"),

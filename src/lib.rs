@@ -12,7 +12,9 @@
 //! seeding, following its limits), [`tenant_limits`] (the limits in force per tenant: cluster
 //! values over this node's flags), [`route`] (the cluster data path: forwarding writes to shard
 //! primaries, the internal `Data` gRPC service, query fan-out), [`replicate`] (RF=2 replication:
-//! the per-shard WAL stream to the secondary, catch-up and merge-back sync, lag and its bound).
+//! the per-shard WAL stream to the secondary, catch-up and merge-back sync, lag and its bound),
+//! [`lease`] (shard leases, the leader's grant table and promotion decisions), [`failover`] (the
+//! `Lease` gRPC service, lease renewal and the leader's promotion loop).
 //!
 //! Architecture Invariant: the node reads time only through its injected `Clock`
 //! (`SystemClock` in production), never `SystemTime`/`Instant` directly; protobuf and HTTP
@@ -26,8 +28,10 @@ pub mod bench_write;
 pub mod cluster;
 pub mod config;
 pub mod duration;
+pub mod failover;
 pub mod hll;
 pub mod http;
+pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod node;

@@ -50,6 +50,16 @@ pub struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct DestinationLabels {
     /// The destination node's id.
     pub node: String,
@@ -61,11 +71,6 @@ pub struct DestinationErrorLabels {
     /// `backpressure`, `unreachable`, `epoch`, `refused` (the target's error), `timeout`,
     /// `replication_lag` (the primary refused for its secondary's lag).
     pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct ShardLabels {
-    pub shard: String,
 }
 
 fn query_duration_histogram() -> Histogram {
@@ -128,6 +133,14 @@ pub struct Metrics {
     pub replication_syncs: Counter,
     pub replicated_records_sent: Counter,
     pub replicated_records_applied: Counter,
+    /// Leases (lease.rs): renewals by outcome, writes refused for want of a lease, per-shard
+    /// "this node holds the lease" gauge; on the leader: promotions proposed and applied, and
+    /// shards whose replicas are both silent (nothing to promote to).
+    pub lease_renewals: Family<OutcomeLabels, Counter>,
+    pub lease_write_refusals: Counter,
+    pub lease_held: Family<ShardLabels, Gauge>,
+    pub promotions: Counter,
+    pub shards_both_replicas_silent: Gauge,
     /// Last engine counters seen, to turn them into counter increments.
     last_wal: Mutex<WalStats>,
     refusal_label_sets: Mutex<BTreeSet<TenantMetricLabels>>,
@@ -187,6 +200,11 @@ impl Metrics {
             replication_syncs: Counter::default(),
             replicated_records_sent: Counter::default(),
             replicated_records_applied: Counter::default(),
+            lease_renewals: Family::default(),
+            lease_write_refusals: Counter::default(),
+            lease_held: Family::default(),
+            promotions: Counter::default(),
+            shards_both_replicas_silent: Gauge::default(),
             last_wal: Mutex::new(WalStats::default()),
             refusal_label_sets: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
@@ -235,6 +253,11 @@ impl Metrics {
         registry.register("replication_syncs", "Catch-up syncs (two-way anti-entropy) completed as primary", m.replication_syncs.clone());
         registry.register("replication_records_sent", "WAL records acknowledged by secondaries", m.replicated_records_sent.clone());
         registry.register("replication_records_applied", "WAL records of primaries applied here as secondary", m.replicated_records_applied.clone());
+        registry.register("lease_renewals", "Lease renewals this node asked of the metadata leader, by outcome (ok, failed)", m.lease_renewals.clone());
+        registry.register("lease_write_refusals", "Shard writes this node refused as primary because it held no lease for the shard's epoch", m.lease_write_refusals.clone());
+        registry.register("lease_held", "1 while this node holds an unexpired lease for the shard, else 0", m.lease_held.clone());
+        registry.register("promotions", "Shard promotions this node proposed as metadata leader that applied", m.promotions.clone());
+        registry.register("shards_both_replicas_silent", "Shards whose primary and secondary have both stopped renewing (the leader cannot promote; metadata leader only)", m.shards_both_replicas_silent.clone());
         Metrics { registry, ..m }
     }
 

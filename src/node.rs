@@ -164,6 +164,10 @@ pub struct Node {
     router: crate::route::Router,
     /// RF=2 replication: stream state, lag and its bound (replicate.rs).
     replication: crate::replicate::Replication,
+    /// This node's shard leases (every write it acknowledges as a primary needs one).
+    lease: crate::lease::LeaseHolder,
+    /// The grant table and promotion decisions, used while this node leads the metadata group.
+    lease_authority: crate::lease::LeaseAuthority,
     pub metrics: Metrics,
 }
 
@@ -203,6 +207,8 @@ impl Node {
             metadata_status: Mutex::new(MetadataStatus::Standalone),
             router: crate::route::Router::new(config.cluster.node_id, config.forward_inflight_bytes_max),
             replication: crate::replicate::Replication::new(clock.clone(), config.replication_lag_ms_max, config.replication_lag_policy),
+            lease: crate::lease::LeaseHolder::default(),
+            lease_authority: crate::lease::LeaseAuthority::default(),
             metrics,
             config,
             clock,
@@ -230,6 +236,52 @@ impl Node {
     /// RF=2 replication: per-shard stream state, lag, the lag bound (replicate.rs).
     pub fn replication(&self) -> &crate::replicate::Replication {
         &self.replication
+    }
+
+    /// This node's shard leases.
+    pub fn lease(&self) -> &crate::lease::LeaseHolder {
+        &self.lease
+    }
+
+    /// The leader-side lease bookkeeping (acts only while this node leads).
+    pub fn lease_authority(&self) -> &crate::lease::LeaseAuthority {
+        &self.lease_authority
+    }
+
+    /// May this node acknowledge a write for `shard` at `epoch` now? Counts refusals.
+    pub fn check_lease(&self, shard: u32, epoch: u64) -> Result<(), crate::lease::LeaseRefusal> {
+        let result = self.lease.check(shard, epoch, self.clock.now_monotonic_ns());
+        if result.is_err() {
+            self.metrics.lease_write_refusals.inc();
+        }
+        result
+    }
+
+    /// Like [`Node::check_lease`], but a refusal first waits (at most one renewal interval,
+    /// asking for an early renewal) for the next grant and checks again: a node that just
+    /// became a shard's primary, or just joined, has its grant a moment later, and a write
+    /// arriving in between should not fail for that.
+    pub async fn await_lease(&self, shard: u32, epoch: u64) -> Result<(), crate::lease::LeaseRefusal> {
+        let mut grants = self.lease.subscribe();
+        let Err(refusal) = self.lease.check(shard, epoch, self.clock.now_monotonic_ns()) else {
+            return Ok(());
+        };
+        self.lease.renew_now.notify_one();
+        let wait = std::time::Duration::from_millis(self.lease.renew_ms());
+        let recheck = async {
+            loop {
+                if grants.changed().await.is_err() {
+                    return Err(refusal.clone());
+                }
+                if self.lease.check(shard, epoch, self.clock.now_monotonic_ns()).is_ok() {
+                    return Ok(());
+                }
+            }
+        };
+        match tokio::time::timeout(wait, recheck).await {
+            Ok(Ok(())) => Ok(()),
+            _ => self.check_lease(shard, epoch),
+        }
     }
 
     /// Admission of queries (concurrency, priority classes, shedding).
@@ -509,9 +561,25 @@ impl Node {
                         writes.push(Box::pin(async move { (shard, Err(error)) }));
                         continue;
                     }
+                    // As this shard's primary the node acknowledges only under a lease for
+                    // exactly this epoch, checked before storing and again before answering
+                    // (the lease may end while the WAL syncs). No map or no primary: no lease.
+                    let leased = routes.primary_epoch(shard);
                     for chunk in split_samples(series, chunk_samples_max) {
                         let engine = engine.clone();
-                        writes.push(Box::pin(async move { (shard, engine.append(shard, tenant, chunk).await.map_err(ShardWriteError::from)) }));
+                        writes.push(Box::pin(async move {
+                            if let Some(epoch) = leased {
+                                if let Err(refusal) = self.await_lease(shard, epoch).await {
+                                    return (shard, Err(ShardWriteError::Lease(refusal)));
+                                }
+                            }
+                            let result = engine.append(shard, tenant, chunk).await.map_err(ShardWriteError::from);
+                            let result = match (result, leased) {
+                                (Ok(report), Some(epoch)) => self.check_lease(shard, epoch).map(|_| report).map_err(ShardWriteError::Lease),
+                                (result, _) => result,
+                            };
+                            (shard, result)
+                        }));
                     }
                 }
                 Destination::Remote { node, addr, epoch } => {

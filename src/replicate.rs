@@ -161,8 +161,8 @@ impl Replication {
     }
 
     /// Per shard, the epoch at which the last full two-way sync between this node (as
-    /// primary) and the shard's current secondary completed. The lease branch's
-    /// `MarkShardSynced {shard, epoch}` raft action is fed from it.
+    /// primary) and the shard's current secondary completed. `failover::mark_merged` feeds the
+    /// `MarkShardSynced {shard, epoch}` raft action from it.
     pub fn synced_epochs(&self) -> watch::Receiver<BTreeMap<u32, u64>> {
         self.synced_tx.subscribe()
     }
@@ -213,7 +213,8 @@ impl Replication {
 
     /// The `--replication-lag-max` check for a write of `shard` on this node: `Ok` when this
     /// node is not the shard's primary, the shard has no secondary (unreplicated), or the lag
-    /// is within the bound; past it, 429 or (policy `unprotected`) `Ok` with the shard marked.
+    /// is within the bound; past it, 429 or (policy `unprotected`, or a promoted shard whose
+    /// secondary is the failed previous primary, merge pending) `Ok` with the shard marked.
     pub fn check_write(&self, table: &RouteTable, shard: u32, engine: &Engine) -> Result<(), ShardWriteError> {
         let Some(route) = table.shards.get(&shard) else { return Ok(()) };
         if route.primary != Some(table.me) || route.secondary.is_none_or(|s| s == table.me) {
@@ -224,9 +225,14 @@ impl Replication {
             self.update(shard, |s| s.unprotected = false);
             return Ok(());
         }
+        // Just promoted, with the previous (failed) primary as secondary and the merge-back not
+        // done: the secondary is known down, and refusing would turn every node failure into a
+        // write outage of its shards, undoing the failover. The shard runs unprotected (shown
+        // in status and metrics, and merge pending in `admin shards`) until the merge completes.
+        let failed_over = table.merge_pending.get(&shard).is_some_and(|(epoch, from_node)| *epoch == route.epoch && route.secondary == Some(*from_node));
         match self.policy {
-            LagPolicy::Refuse => Err(ShardWriteError::Lagging { shard, lag_ms: lag.lag_ms, lag_ms_max: self.lag_ms_max, secondary: route.secondary.unwrap_or(0) }),
-            LagPolicy::Unprotected => {
+            LagPolicy::Refuse if !failed_over => Err(ShardWriteError::Lagging { shard, lag_ms: lag.lag_ms, lag_ms_max: self.lag_ms_max, secondary: route.secondary.unwrap_or(0) }),
+            LagPolicy::Refuse | LagPolicy::Unprotected => {
                 self.update(shard, |s| s.unprotected = true);
                 Ok(())
             }

@@ -90,6 +90,9 @@ pub struct RouteTable {
     pub shards: BTreeMap<u32, ShardRoute>,
     /// Registered gRPC addresses by node id (the membership's, overridden by registrations).
     pub grpc_addrs: BTreeMap<u64, String>,
+    /// Shards promoted whose merge-back has not completed: shard → (the promotion's epoch, the
+    /// previous primary).
+    pub merge_pending: BTreeMap<u32, (u64, u64)>,
 }
 
 /// Where one shard's writes go.
@@ -115,7 +118,11 @@ impl RouteTable {
             Some(map) => map.shards.iter().map(|(id, s)| (*id, ShardRoute { primary: s.primary, secondary: s.secondary, epoch: s.epoch })).collect(),
             None => BTreeMap::new(),
         };
-        RouteTable { version, me, shards, grpc_addrs }
+        let merge_pending = match &state.shard_map {
+            Some(map) => map.shards.iter().filter_map(|(id, s)| s.merge_pending.as_ref().map(|m| (*id, (m.epoch, m.from_node)))).collect(),
+            None => BTreeMap::new(),
+        };
+        RouteTable { version, me, shards, grpc_addrs, merge_pending }
     }
 
     /// The shard count of the map, `None` without a map.
@@ -139,6 +146,16 @@ impl RouteTable {
     /// True when this node holds `shard` as primary at `epoch`.
     pub fn holds_primary(&self, shard: u32, epoch: u64) -> bool {
         self.shards.get(&shard).is_some_and(|s| s.primary == Some(self.me) && s.epoch == epoch)
+    }
+
+    /// This node's primary shards and their epochs (what its lease should list).
+    pub fn my_primaries(&self) -> BTreeMap<u32, u64> {
+        self.shards.iter().filter(|(_, s)| s.primary == Some(self.me)).map(|(id, s)| (*id, s.epoch)).collect()
+    }
+
+    /// The shard's epoch when this node is its primary (its writes then need a lease).
+    pub fn primary_epoch(&self, shard: u32) -> Option<u64> {
+        self.shards.get(&shard).filter(|s| s.primary == Some(self.me)).map(|s| s.epoch)
     }
 
     fn epoch_of(&self, shard: u32) -> Option<u64> {
@@ -165,6 +182,10 @@ pub enum ShardWriteError {
     /// moved (or did not move within the wait): 503, retryable once the map settles.
     #[error("shard {shard}: node {node} does not hold epoch {epoch} as primary ({reason}); retry once the shard map settles")]
     Epoch { shard: u32, node: u64, epoch: u64, reason: String },
+    /// This node is the shard's primary but holds no lease for its epoch (lease.rs): 503,
+    /// retryable (the lease is renewed, or the shard is promoted elsewhere).
+    #[error(transparent)]
+    Lease(crate::lease::LeaseRefusal),
     /// The primary refused for a reason a retry cannot fix (auth, a malformed batch): 500.
     #[error("shard {shard}'s primary node {node} refused the forwarded write: {reason}")]
     Refused { shard: u32, node: u64, reason: String },
@@ -183,7 +204,7 @@ impl ShardWriteError {
         match self {
             ShardWriteError::Engine(error) => crate::node::engine_error_status(error),
             ShardWriteError::Backpressure { .. } | ShardWriteError::Lagging { .. } | ShardWriteError::Throttled { .. } => 429,
-            ShardWriteError::Unavailable { .. } | ShardWriteError::Epoch { .. } => 503,
+            ShardWriteError::Unavailable { .. } | ShardWriteError::Epoch { .. } | ShardWriteError::Lease(_) => 503,
             ShardWriteError::Refused { .. } => 500,
         }
     }
@@ -698,6 +719,10 @@ impl Data for DataGrpcService {
             }
             return Err(status);
         }
+        // A primary acknowledges only under a lease for exactly this epoch: checked before the
+        // import and again before answering, since the lease may end while the WAL syncs.
+        let lease_status = |refusal: crate::lease::LeaseRefusal| Status::unavailable(format!("node {} refuses a write for shard {} at epoch {}: {refusal}", table.me, request.shard, request.epoch));
+        self.node.await_lease(request.shard, request.epoch).await.map_err(lease_status)?;
         let shard_count = table.shard_count().unwrap_or(1);
         let mut series = Vec::with_capacity(request.series.len());
         for s in request.series {
@@ -715,6 +740,7 @@ impl Data for DataGrpcService {
                 Status::internal(format!("storage: {error}"))
             }
         })?;
+        self.node.check_lease(request.shard, request.epoch).map_err(lease_status)?;
         self.node.metrics.forwarded_samples_applied.inc_by(report.accepted + report.duplicates);
         self.node.metrics.samples_stored.inc_by(report.accepted);
         Ok(Response::new(report_to_pb(report)))
@@ -904,6 +930,22 @@ async fn remote_select(node: &Node, dest: u64, addr: &str, read: &ReadRequest<'_
     Ok(out)
 }
 
+/// One warning per previous primary whose shards were promoted and not merged back yet: the
+/// new primary may lack samples the previous one acknowledged (docs/design/replication.md).
+pub fn merge_pending_warnings(table: &RouteTable) -> Vec<String> {
+    let mut by_node: BTreeMap<u64, Vec<(u32, u64)>> = BTreeMap::new();
+    for (shard, (epoch, from_node)) in &table.merge_pending {
+        by_node.entry(*from_node).or_default().push((*shard, *epoch));
+    }
+    by_node
+        .into_iter()
+        .map(|(from_node, shards)| {
+            let list = shards.iter().map(|(shard, epoch)| format!("{shard} (promoted at epoch {epoch})")).collect::<Vec<_>>().join(", ");
+            format!("shards {list}: merge-back from node {from_node} has not completed; the answer may lack samples acknowledged by the previous primary")
+        })
+        .collect()
+}
+
 fn shard_list(shards: &BTreeSet<u32>) -> String {
     shards.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
@@ -1014,6 +1056,7 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
             }
         }
     }
+    warnings.extend(merge_pending_warnings(&table));
     if !unavailable.is_empty() {
         node.metrics.fanout_shards_unavailable.inc_by(unavailable.len() as u64);
         let shards: BTreeSet<u32> = unavailable.keys().copied().collect();
@@ -1084,6 +1127,28 @@ mod tests {
         assert!(table.holds_primary(1, 1));
         assert!(!table.holds_primary(1, 2), "other epoch");
         assert!(!table.holds_primary(0, 4), "not the primary");
+        assert_eq!(table.primary_epoch(1), Some(1), "this node's shard: its writes need a lease at epoch 1");
+        assert_eq!(table.primary_epoch(0), None, "another node's shard");
+        assert_eq!(table.primary_epoch(2), None, "no primary: no lease");
+    }
+
+    // Goal: merge-pending shards produce one warning per previous primary naming each shard and
+    // its promotion epoch; no pending shard, no warning.
+    #[test]
+    fn merge_pending_warning_text() {
+        let check = |pending: &[(u32, u64, u64)], expected: &[&str]| {
+            let table = RouteTable { merge_pending: pending.iter().map(|(s, e, n)| (*s, (*e, *n))).collect(), ..RouteTable::default() };
+            assert_eq!(merge_pending_warnings(&table), expected.iter().map(|w| w.to_string()).collect::<Vec<_>>(), "{pending:?}");
+        };
+        check(&[], &[]);
+        check(&[(3, 2, 1)], &["shards 3 (promoted at epoch 2): merge-back from node 1 has not completed; the answer may lack samples acknowledged by the previous primary"]);
+        check(
+            &[(7, 5, 2), (3, 2, 1), (4, 3, 1)],
+            &[
+                "shards 3 (promoted at epoch 2), 4 (promoted at epoch 3): merge-back from node 1 has not completed; the answer may lack samples acknowledged by the previous primary",
+                "shards 7 (promoted at epoch 5): merge-back from node 2 has not completed; the answer may lack samples acknowledged by the previous primary",
+            ],
+        );
     }
 
     // Goal: the forward-side judgement refuses only clock-rule violations and counts them.

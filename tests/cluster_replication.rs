@@ -369,6 +369,18 @@ async fn merge_back_takes_the_union_and_the_primary_value_wins() {
     let shard = shard_of(i);
     let now = cluster.node(1).clock().now_wall_ms() / 1000 * 1000;
     let (extra_t, conflict_t) = (now - 20_000, now - 10_000);
+    // Plant only once the stream's start-up sync is done and node 1 holds its lease, so the
+    // client's write reaches the primary first and the conflict meets the stream (a batch with
+    // conflicts triggers a sync). Planted earlier, the start-up sync could copy the planted
+    // value to the primary first, and the client's write would then be refused (first write
+    // wins) — also correct, but not the rule under test.
+    let epoch = cluster.state().shard_map.as_ref().unwrap().shards[&shard].epoch;
+    eventually("node 1 streaming the shard under a lease", || async {
+        let node = cluster.node(1);
+        let streaming = node.replication().primary_shards().get(&shard).is_some_and(|s| s.state == sextant::replicate::StreamState::Streaming);
+        (streaming && node.lease().check(shard, epoch, node.clock().now_monotonic_ns()).is_ok()).then_some(())
+    })
+    .await;
     let planted = WriteSeries { labels: labels_of(i), samples: vec![CoreSample::new(extra_t, 1.5), CoreSample::new(conflict_t, -1.0)] };
     cluster.node(2).engine().unwrap().import(shard, "default", vec![planted]).await.unwrap();
     let (status, body) = remote_write(cluster.node(1), &request(&[i], &[conflict_t, now - 5000])).await;

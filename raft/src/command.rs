@@ -127,6 +127,20 @@ pub enum Action {
         id: NodeId,
         node: Node,
     },
+    /// Failover: makes the shard's secondary its primary and the old primary its secondary,
+    /// bumps the epoch and marks the shard merge pending. A compare-and-set on the epoch: at
+    /// any other epoch than `expected_epoch` (the proposer's view is stale) it is a no-op.
+    /// Proposed by the Raft leader when a primary stops renewing its lease, or by an operator.
+    PromoteShard {
+        shard: u32,
+        expected_epoch: u64,
+    },
+    /// The merge-back of a promoted shard completed at `epoch`: clears merge pending. A no-op
+    /// when the shard has moved to another epoch since (the sync is stale) or nothing is pending.
+    MarkShardSynced {
+        shard: u32,
+        epoch: u64,
+    },
 }
 
 /// The limits a tenant without its own entry gets, and what a tenant entry's zero fields
@@ -411,6 +425,16 @@ fn check_shard(field: &str, assignment: &ShardAssignment) -> Result<(), Validati
     Ok(())
 }
 
+fn check_shard_id(shard: u32) -> Result<(), ValidationError> {
+    if shard >= SHARD_COUNT_MAX {
+        return Err(invalid(
+            "shard",
+            format!("{shard} is not below {SHARD_COUNT_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_shard_map(
     shard_count: u32,
     assignments: &BTreeMap<u32, ShardAssignment>,
@@ -487,13 +511,28 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
             }
         }
         Action::AssignShard { shard, assignment } => {
-            if *shard >= SHARD_COUNT_MAX {
+            check_shard_id(*shard)?;
+            check_shard("assignment", assignment)?;
+        }
+        Action::PromoteShard {
+            shard,
+            expected_epoch,
+        } => {
+            check_shard_id(*shard)?;
+            // A shard without a primary has epoch 0 and nothing to promote; u64::MAX cannot
+            // be bumped.
+            if *expected_epoch == 0 || *expected_epoch == u64::MAX {
                 return Err(invalid(
-                    "shard",
-                    format!("{shard} is not below {SHARD_COUNT_MAX}"),
+                    "expected_epoch",
+                    format!("{expected_epoch} is not an epoch a promotable shard can have (1..u64::MAX)"),
                 ));
             }
-            check_shard("assignment", assignment)?;
+        }
+        Action::MarkShardSynced { shard, epoch } => {
+            check_shard_id(*shard)?;
+            if *epoch == 0 {
+                return Err(invalid("epoch", "0 is not an epoch a promoted shard can have"));
+            }
         }
         Action::PutTenantLimits { tenant, limits } => {
             check_name("tenant", tenant)?;

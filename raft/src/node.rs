@@ -420,6 +420,37 @@ impl RaftHandle {
         Ok(self.local_read())
     }
 
+    /// Confirms that this node is still the leader (openraft's read index: a quorum
+    /// acknowledged this leader's term after the call began) and waits until this node has
+    /// applied up to the read index; answers the applied index then. A deposed leader that
+    /// has not noticed yet gets [`ReadError::NotLeader`] instead. Cheaper than
+    /// [`RaftHandle::linearizable_read`]: the state is not copied — read it with
+    /// [`RaftHandle::read_local`] afterwards (it can only be newer).
+    pub async fn confirm_leader(&self) -> Result<u64, ReadError> {
+        if let Err(error) = self.raft.ensure_linearizable().await {
+            return Err(match error.forward_to_leader() {
+                Some(forward) => {
+                    let (leader_id, leader_addr) = leader_of(forward);
+                    ReadError::NotLeader {
+                        leader_id,
+                        leader_addr,
+                    }
+                }
+                None => ReadError::Raft(error.to_string()),
+            });
+        }
+        Ok(self.read_local(|state| state.last_applied.map(|id| id.index).unwrap_or(0)))
+    }
+
+    /// The leader this node currently knows of (openraft's metrics), if any, and the term.
+    /// A leader that sees the term move while it still leads was re-elected: whatever it
+    /// learnt in the earlier term may be stale (another leader may have led in between).
+    pub fn leadership(&self) -> (Option<NodeId>, u64) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.current_leader, metrics.current_term)
+    }
+
     /// Projects this node's own applied copy without copying all of it; `read` gets the
     /// state, whose `last_applied` says which version it is.
     pub fn read_local<T>(&self, read: impl FnOnce(&MetadataState) -> T) -> T {

@@ -31,6 +31,21 @@ pub struct Shard {
     pub epoch: u64,
     /// The log index that last changed this shard.
     pub version: u64,
+    /// Set by [`Action::PromoteShard`]: the new primary may lack samples the previous one
+    /// acknowledged, until the merge-back completes ([`Action::MarkShardSynced`]). Absent from
+    /// older snapshots and log entries (serde default) and not written while `None`, so a
+    /// shard that was never promoted serializes to the same bytes as before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_pending: Option<MergePending>,
+}
+
+/// A promotion whose merge-back has not completed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergePending {
+    /// The epoch the promotion created; only a sync reported at this epoch clears it.
+    pub epoch: u64,
+    /// The previous primary, which may hold acknowledged samples the new primary lacks.
+    pub from_node: NodeId,
 }
 
 /// The shard map: the shard count is fixed when it is created.
@@ -286,6 +301,70 @@ impl MetadataState {
                 map.version = index;
                 Outcome::Applied
             }
+            Action::PromoteShard {
+                shard,
+                expected_epoch,
+            } => {
+                let Some(map) = self.shard_map.as_mut() else {
+                    return no_op("no shard map yet");
+                };
+                let count = map.shard_count();
+                let Some(current) = map.shards.get_mut(shard) else {
+                    return no_op(format!(
+                        "shard {shard} does not exist (the map has {count} shards)"
+                    ));
+                };
+                // Compare-and-set: a promotion decided on an older view of the shard (another
+                // promotion or an assignment came first) must not apply.
+                if current.epoch != *expected_epoch {
+                    return no_op(format!(
+                        "shard {shard} is at epoch {}, not {expected_epoch}; the promotion is stale",
+                        current.epoch
+                    ));
+                }
+                let (Some(old_primary), Some(new_primary)) = (current.primary, current.secondary)
+                else {
+                    return no_op(format!(
+                        "shard {shard} has no {} to promote",
+                        if current.primary.is_none() { "primary" } else { "secondary" }
+                    ));
+                };
+                current.primary = Some(new_primary);
+                current.secondary = Some(old_primary);
+                current.epoch += 1;
+                current.version = index;
+                current.merge_pending = Some(MergePending {
+                    epoch: current.epoch,
+                    from_node: old_primary,
+                });
+                map.version = index;
+                Outcome::Applied
+            }
+            Action::MarkShardSynced { shard, epoch } => {
+                let Some(map) = self.shard_map.as_mut() else {
+                    return no_op("no shard map yet");
+                };
+                let count = map.shard_count();
+                let Some(current) = map.shards.get_mut(shard) else {
+                    return no_op(format!(
+                        "shard {shard} does not exist (the map has {count} shards)"
+                    ));
+                };
+                if current.merge_pending.is_none() {
+                    return no_op(format!("shard {shard} has no merge pending"));
+                }
+                // A sync completed at another epoch says nothing about the current pair.
+                if current.epoch != *epoch {
+                    return no_op(format!(
+                        "shard {shard} is at epoch {}, the sync was at epoch {epoch}",
+                        current.epoch
+                    ));
+                }
+                current.merge_pending = None;
+                current.version = index;
+                map.version = index;
+                Outcome::Applied
+            }
             Action::PutTenantLimits { tenant, limits } => {
                 let entry = self.tenants.entry(tenant.clone()).or_default();
                 entry.limits = limits.clone();
@@ -415,6 +494,7 @@ fn shard_map_of(
                 secondary: assignment.secondary,
                 epoch,
                 version: index,
+                merge_pending: None,
             };
             (id, shard)
         })
@@ -436,6 +516,13 @@ fn describe(action: &Action) -> String {
                 "assign shard {shard}: primary {:?}, secondary {:?}",
                 assignment.primary, assignment.secondary
             )
+        }
+        Action::PromoteShard {
+            shard,
+            expected_epoch,
+        } => format!("promote the secondary of shard {shard} (epoch {expected_epoch} → {})", expected_epoch + 1),
+        Action::MarkShardSynced { shard, epoch } => {
+            format!("shard {shard}: merge-back completed at epoch {epoch}")
         }
         Action::PutTenantLimits { tenant, .. } => format!("set limits of tenant {tenant:?}"),
         Action::DeleteTenant { tenant } => format!("delete tenant {tenant:?}"),

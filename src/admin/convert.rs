@@ -44,6 +44,11 @@ pub fn shard(id: u32, shard: &Shard) -> pb::ShardInfo {
         secondary: shard.secondary,
         epoch: shard.epoch,
         version: shard.version,
+        lease_holder: None,
+        lease_age_ms: 0,
+        lease_known: false,
+        merge_pending_epoch: shard.merge_pending.as_ref().map(|m| m.epoch),
+        merge_from_node: shard.merge_pending.as_ref().map(|m| m.from_node),
     }
 }
 

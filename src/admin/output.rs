@@ -124,13 +124,36 @@ pub fn shard_map_table(reply: &pb::ShardMapReply) -> String {
         .map(|s| {
             let mut row = vec![s.shard.to_string(), opt(s.primary), opt(s.secondary), s.epoch.to_string(), s.version.to_string()];
             row.extend(replication_cells(replication.get(&s.shard).copied()));
+            row.push(lease_cell(s));
+            row.push(merge_cell(s));
             row
         })
         .collect();
     let mut out = format!("{} shards, version {}\n", reply.shards.len(), reply.version);
-    out.push_str(&table(&["SHARD", "PRIMARY", "SECONDARY", "EPOCH", "VERSION", "REPLICATION", "LAG", "SYNCED"], &rows));
+    out.push_str(&table(&["SHARD", "PRIMARY", "SECONDARY", "EPOCH", "VERSION", "REPLICATION", "LAG", "SYNCED", "LEASE", "MERGE"], &rows));
+    if reply.shards.iter().any(|s| !s.lease_known) {
+        out.push_str("LEASE is known to the metadata leader only; ask it (or read linearizably) to see lease holders\n");
+    }
     out.push_str(&read_line(&reply.read));
     out
+}
+
+/// The LEASE cell: the grant table's holder and how long ago it renewed, `none` when no live
+/// grant, `?` when the answering node is not the leader.
+fn lease_cell(shard: &pb::ShardInfo) -> String {
+    match (shard.lease_known, shard.lease_holder) {
+        (false, _) => "?".to_string(),
+        (true, None) => "none".to_string(),
+        (true, Some(node)) => format!("{node} ({} ms ago)", shard.lease_age_ms),
+    }
+}
+
+/// The MERGE cell: `pending from N (epoch E)` until the merge-back completes.
+fn merge_cell(shard: &pb::ShardInfo) -> String {
+    match (shard.merge_pending_epoch, shard.merge_from_node) {
+        (Some(epoch), Some(node)) => format!("pending from {node} (epoch {epoch})"),
+        _ => "-".to_string(),
+    }
 }
 
 pub fn shard_map_json(reply: &pb::ShardMapReply) -> Value {
@@ -142,7 +165,12 @@ pub fn shard_map_json(reply: &pb::ShardMapReply) -> Value {
             let r = replication.get(&s.shard).map(|r| {
                 json!({"state": r.state, "lag_ms": r.lag_ms, "lag_records": r.lag_records, "lag_bytes": r.lag_bytes, "synced_epoch": r.synced_epoch, "unprotected": r.unprotected, "error": r.error})
             });
-            json!({"shard": s.shard, "primary": s.primary, "secondary": s.secondary, "epoch": s.epoch, "version": s.version, "replication": r})
+            let lease = if s.lease_known { json!({"holder": s.lease_holder, "age_ms": s.lease_holder.map(|_| s.lease_age_ms)}) } else { Value::Null };
+            let merge_pending = match (s.merge_pending_epoch, s.merge_from_node) {
+                (Some(epoch), Some(from_node)) => json!({"epoch": epoch, "from_node": from_node}),
+                _ => Value::Null,
+            };
+            json!({"shard": s.shard, "primary": s.primary, "secondary": s.secondary, "epoch": s.epoch, "version": s.version, "replication": r, "lease": lease, "merge_pending": merge_pending})
         })
         .collect();
     json!({"read": read_json(&reply.read), "exists": reply.exists, "version": reply.version, "shards": shards})

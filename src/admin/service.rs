@@ -411,7 +411,27 @@ impl AdminService for AdminGrpcService {
         self.caller(&request)?;
         let (read, info) = self.read(request.into_inner().consistency).await?;
         let mut reply = match &read.state.shard_map {
-            Some(map) => pb::ShardMapReply { read: Some(info), exists: true, version: map.version, shards: map.shards.iter().map(|(id, s)| convert::shard(*id, s)).collect(), replication: vec![] },
+            Some(map) => {
+                // Lease holders are known to the leader only (its grant table).
+                let now_ns = self.node.clock().now_monotonic_ns();
+                let authority = self.node.lease_authority();
+                let leading = authority.is_leading();
+                let holders = authority.holders(now_ns, &self.node.config().lease);
+                let shards = map
+                    .shards
+                    .iter()
+                    .map(|(id, s)| {
+                        let mut info = convert::shard(*id, s);
+                        info.lease_known = leading;
+                        if let Some(holder) = holders.get(id) {
+                            info.lease_holder = Some(holder.node);
+                            info.lease_age_ms = now_ns.saturating_sub(holder.granted_ns) / 1_000_000;
+                        }
+                        info
+                    })
+                    .collect();
+                pb::ShardMapReply { read: Some(info), exists: true, version: map.version, shards, replication: vec![] }
+            }
             None => pb::ShardMapReply { read: Some(info), exists: false, version: 0, shards: vec![], replication: vec![] },
         };
         reply.replication = self.shard_replication(&reply.shards).await;
