@@ -15,8 +15,8 @@ What it checks:
      exactly what Prometheus's own TSDB holds for every sample more than LAG_MS_MAX before
      the kill; and an answer covering the last LAG_MS_MAX before the kill carries a warning
      (it may lack samples acknowledged by the dead primary);
-  4. the victim restarts; Prometheus's queue drains (everything it buffered is acknowledged);
-     scraping is stopped by reloading Prometheus without scrape targets; merge-back completes
+  4. the victim restarts; scraping is stopped by reloading Prometheus without scrape targets;
+     Prometheus's queue drains (everything it buffered is acknowledged); merge-back completes
      (no shard left merge pending) and `sextant admin shards --verify` reports equal digests on
      both replicas of every shard over everything they hold;
   5. then every sample from before the kill is answered by every node, equal to Prometheus's,
@@ -399,7 +399,8 @@ def run(cluster, prom):
     # Restart; let Prometheus deliver what it buffered, stop scraping, wait for merge-back.
     cluster.start(victim)
     restarted = time.monotonic()
-    wait_for("Prometheus's queue to drain after the restart", DRAIN_SECONDS_MAX, lambda: drained(prom), cluster)
+    # (The queue is drained only once scraping stops: while Prometheus scrapes every second and
+    # sends every few seconds, samples are almost always pending.)
     prom.stop_scraping()
     time.sleep(3)
     wait_for("Prometheus's queue to drain after scraping stopped", DRAIN_SECONDS_MAX, lambda: drained(prom), cluster)

@@ -70,13 +70,16 @@ async fn grant_here(handle: &RaftHandle, node: &Node, requester: u64) -> Result<
         Err(_) => return Err(Status::unavailable(format!("node {me} could not confirm its leadership within {} ms", config.lease_renew_ms))),
     };
     let map = handle.read_local(placements);
-    let (granted, withheld) = node.lease_authority().grant(requester, &map, node.clock().now_monotonic_ns(), &config);
+    let now_ns = node.clock().now_monotonic_ns();
+    let (granted, withheld) = node.lease_authority().grant(requester, &map, now_ns, &config);
+    let silent_nodes = node.lease_authority().silent_nodes(&map, now_ns, &config);
     Ok(pb::RenewReply {
         leader: me,
         lease_ms: config.lease_ms,
         applied_index,
         granted: granted.into_iter().map(|(shard, epoch)| pb::ShardEpoch { shard, epoch }).collect(),
         withheld: withheld.into_iter().map(|(shard, reason)| pb::Withheld { shard, reason }).collect(),
+        silent_nodes: silent_nodes.into_iter().collect(),
     })
 }
 
@@ -167,6 +170,7 @@ impl Renewer {
             leader: reply.leader,
             shards: reply.granted.into_iter().map(|g| (g.shard, g.epoch)).collect(),
             withheld: reply.withheld.into_iter().map(|w| (w.shard, w.reason)).collect(),
+            silent_nodes: reply.silent_nodes.into_iter().collect(),
         })
     }
 }

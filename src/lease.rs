@@ -104,6 +104,8 @@ pub struct Grant {
     pub shards: BTreeMap<u32, u64>,
     /// Shards this node is primary of in the leader's map but was not granted, and why.
     pub withheld: BTreeMap<u32, String>,
+    /// Nodes the leader saw silent for longer than the promotion timeout when it granted.
+    pub silent_nodes: BTreeSet<u64>,
 }
 
 impl Grant {
@@ -213,6 +215,13 @@ impl LeaseHolder {
                 Err(LeaseRefusal::EpochNotGranted { shard, epoch, held })
             }
         }
+    }
+
+    /// Did the metadata leader, in this node's live grant at `now_ns`, list `node` as silent
+    /// for longer than the promotion timeout? False without a live grant (and on a bare node).
+    pub fn node_known_down(&self, node: u64, now_ns: u64) -> bool {
+        let current = self.grant.lock().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().is_some_and(|grant| now_ns < grant.expires_at_ns() && grant.silent_nodes.contains(&node))
     }
 
     /// The shards this node holds a live lease for at `now_ns` (the per-shard gauge).
@@ -337,6 +346,20 @@ impl LeaseAuthority {
         Some(ms_of(now_ns.saturating_sub(last)))
     }
 
+    /// The nodes of `map` (primaries and secondaries) silent for longer than the promotion
+    /// timeout at `now_ns`, silence counted from this node's election. Empty while not leading.
+    pub fn silent_nodes(&self, map: &BTreeMap<u32, Placement>, now_ns: u64, config: &LeaseConfig) -> BTreeSet<u64> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(since) = state.leader_since_ns else {
+            return BTreeSet::new();
+        };
+        map.values()
+            .flat_map(|p| [p.primary, p.secondary])
+            .flatten()
+            .filter(|node| ms_of(now_ns.saturating_sub(state.renewed_ns.get(node).copied().unwrap_or(since).max(since))) > config.promotion_timeout_ms)
+            .collect()
+    }
+
     /// The leader's current lease holder of each shard whose grant is live at `now_ns`
     /// (admin's LEASE column).
     pub fn holders(&self, now_ns: u64, config: &LeaseConfig) -> BTreeMap<u32, Holder> {
@@ -389,7 +412,7 @@ mod tests {
     }
 
     fn grant(sent_at_ns: u64, shards: &[(u32, u64)]) -> Grant {
-        Grant { sent_at_ns, lease_ms: 400, leader: 1, shards: shards.iter().copied().collect(), withheld: BTreeMap::new() }
+        Grant { sent_at_ns, lease_ms: 400, leader: 1, shards: shards.iter().copied().collect(), withheld: BTreeMap::new(), silent_nodes: BTreeSet::new() }
     }
 
     fn map(entries: &[(u32, Option<u64>, Option<u64>, u64)]) -> BTreeMap<u32, Placement> {
@@ -539,7 +562,7 @@ mod tests {
                         let (granted, _) = authority.grant(1, &shards, leader_now, &config);
                         authority.grant(2, &shards, leader_now, &config);
                         assert_eq!(granted, BTreeMap::from([(7, 3)]));
-                        holder.accept(Grant { sent_at_ns: sent, lease_ms: config.lease_ms, leader: 9, shards: granted, withheld: BTreeMap::new() });
+                        holder.accept(Grant { sent_at_ns: sent, lease_ms: config.lease_ms, leader: 9, shards: granted, withheld: BTreeMap::new(), silent_nodes: BTreeSet::new() });
                     }
                     // The secondary keeps renewing; the primary is cut off after real 40 ms.
                     if real_ms % config.lease_renew_ms == 0 {
@@ -557,5 +580,30 @@ mod tests {
                 assert!(promoted_at > config.promotion_timeout_ms, "{config:?}: promoted at {promoted_at} ms");
             }
         }
+    }
+
+    // Goal: the leader lists as silent exactly the map's nodes that have not renewed for longer
+    // than the promotion timeout (counted from its election), and a holder trusts that list
+    // only while its grant is live.
+    // Method: an authority elected at 0; node 1 renews at 900 ms, nodes 2 and 3 never; a holder
+    // with a grant listing node 3, checked before and after the grant expires.
+    #[test]
+    fn silent_nodes_are_listed_and_trusted_only_under_a_live_lease() {
+        let authority = LeaseAuthority::default();
+        let placements = map(&[(0, Some(1), Some(2), 1), (1, Some(2), Some(3), 1), (2, Some(3), None, 1)]);
+        assert_eq!(authority.silent_nodes(&placements, 5_000 * MS, &config()), BTreeSet::new(), "not leading: nothing known");
+        authority.lead_term(1, 0);
+        authority.grant(1, &placements, 900 * MS, &config());
+        assert_eq!(authority.silent_nodes(&placements, 1_000 * MS, &config()), BTreeSet::new(), "silence counts from the election: exactly the timeout is not past it");
+        assert_eq!(authority.silent_nodes(&placements, 1_001 * MS, &config()), BTreeSet::from([2, 3]));
+        assert_eq!(authority.silent_nodes(&placements, 1_901 * MS, &config()), BTreeSet::from([1, 2, 3]));
+
+        let holder = LeaseHolder::default();
+        holder.require(100);
+        assert!(!holder.node_known_down(3, 0), "no grant: nothing known");
+        holder.accept(Grant { silent_nodes: BTreeSet::from([3]), ..grant(10 * MS, &[(0, 1)]) });
+        assert!(holder.node_known_down(3, 409 * MS));
+        assert!(!holder.node_known_down(2, 409 * MS), "only listed nodes");
+        assert!(!holder.node_known_down(3, 410 * MS), "the grant expired at 10 + 400 ms");
     }
 }

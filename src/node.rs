@@ -557,7 +557,7 @@ impl Node {
                 Destination::Local => {
                     // A primary whose secondary lags past --replication-lag-max refuses the
                     // shard's writes (429) unless the policy is `unprotected` (replicate.rs).
-                    if let Err(error) = self.replication.check_write(&routes, shard, &engine) {
+                    if let Err(error) = self.replication.check_write(&routes, shard, &engine, &self.lease) {
                         writes.push(Box::pin(async move { (shard, Err(error)) }));
                         continue;
                     }

@@ -213,9 +213,10 @@ impl Replication {
 
     /// The `--replication-lag-max` check for a write of `shard` on this node: `Ok` when this
     /// node is not the shard's primary, the shard has no secondary (unreplicated), or the lag
-    /// is within the bound; past it, 429 or (policy `unprotected`, or a promoted shard whose
-    /// secondary is the failed previous primary, merge pending) `Ok` with the shard marked.
-    pub fn check_write(&self, table: &RouteTable, shard: u32, engine: &Engine) -> Result<(), ShardWriteError> {
+    /// is within the bound; past it, 429 or (policy `unprotected`, or a secondary known down:
+    /// the failed previous primary of a promoted shard, or a node the metadata leader lists as
+    /// silent past the promotion timeout) `Ok` with the shard marked unprotected.
+    pub fn check_write(&self, table: &RouteTable, shard: u32, engine: &Engine, lease: &crate::lease::LeaseHolder) -> Result<(), ShardWriteError> {
         let Some(route) = table.shards.get(&shard) else { return Ok(()) };
         if route.primary != Some(table.me) || route.secondary.is_none_or(|s| s == table.me) {
             return Ok(());
@@ -225,13 +226,15 @@ impl Replication {
             self.update(shard, |s| s.unprotected = false);
             return Ok(());
         }
-        // Just promoted, with the previous (failed) primary as secondary and the merge-back not
-        // done: the secondary is known down, and refusing would turn every node failure into a
-        // write outage of its shards, undoing the failover. The shard runs unprotected (shown
-        // in status and metrics, and merge pending in `admin shards`) until the merge completes.
+        // The secondary is known down: the shard was just promoted away from it (merge pending,
+        // the previous primary as secondary), or the metadata leader lists it as silent past the
+        // promotion timeout in this node's live lease. Refusing would turn every node failure
+        // into a write outage of the shards it replicates, undoing the failover; the shard runs
+        // unprotected instead (status and metrics) until the secondary catches up.
         let failed_over = table.merge_pending.get(&shard).is_some_and(|(epoch, from_node)| *epoch == route.epoch && route.secondary == Some(*from_node));
+        let secondary_down = route.secondary.is_some_and(|secondary| lease.node_known_down(secondary, self.clock.now_monotonic_ns()));
         match self.policy {
-            LagPolicy::Refuse if !failed_over => Err(ShardWriteError::Lagging { shard, lag_ms: lag.lag_ms, lag_ms_max: self.lag_ms_max, secondary: route.secondary.unwrap_or(0) }),
+            LagPolicy::Refuse if !failed_over && !secondary_down => Err(ShardWriteError::Lagging { shard, lag_ms: lag.lag_ms, lag_ms_max: self.lag_ms_max, secondary: route.secondary.unwrap_or(0) }),
             LagPolicy::Refuse | LagPolicy::Unprotected => {
                 self.update(shard, |s| s.unprotected = true);
                 Ok(())

@@ -569,7 +569,7 @@ impl Router {
                         Destination::Local => {
                             // This node became the primary: store the rest here, judged as
                             // they were.
-                            node.replication().check_write(&fresh, shard, engine)?;
+                            node.replication().check_write(&fresh, shard, engine, node.lease())?;
                             for batch in pending.drain(..) {
                                 let series = batch
                                     .into_iter()
@@ -712,7 +712,7 @@ impl Data for DataGrpcService {
                 table.me, request.shard, request.epoch, request.from_node
             )));
         }
-        if let Err(error) = self.node.replication().check_write(&table, request.shard, &engine) {
+        if let Err(error) = self.node.replication().check_write(&table, request.shard, &engine, self.node.lease()) {
             let mut status = Status::resource_exhausted(error.to_string());
             if let Ok(value) = REPLICATION_LAG_LIMIT.parse() {
                 status.metadata_mut().insert(LIMIT_METADATA, value);
