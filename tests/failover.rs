@@ -343,3 +343,115 @@ async fn a_stopped_primary_is_replaced_and_returns_as_secondary() {
         server.shutdown().await.unwrap();
     }
 }
+
+fn admin_args(addr: SocketAddr, command: &[&str]) -> sextant::admin::cli::AdminArgs {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        admin: sextant::admin::cli::AdminArgs,
+    }
+    let mut argv = vec!["admin".to_string(), "--addr".into(), addr.to_string(), "--output".into(), "json".into()];
+    argv.extend(command.iter().map(|s| s.to_string()));
+    Cli::parse_from(argv).admin
+}
+
+async fn admin(addr: SocketAddr, command: &[&str]) -> Result<serde_json::Value, String> {
+    match sextant::admin::cli::run(&admin_args(addr, command)).await {
+        Ok(text) => Ok(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{command:?} answered no JSON ({e}): {text}"))),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+// Goal: an operator's `admin shards promote` swaps a live shard's replicas (epoch + 1, merge
+// pending from the old primary), writes succeed through the new primary, and the merge-back
+// clears the flag while both run; `admin shards set-secondary` names another secondary, which
+// the primary's stream catches up (`admin shards --verify` equal). Refused, changing nothing:
+// a stale --expected-epoch, an unknown node, the primary as its own secondary, a shard that
+// does not exist.
+// Method: three nodes in process with short lease timings; every step through the admin CLI's
+// `run` against node 1's gRPC port; stored samples read from each engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_promotes_a_shard_and_replaces_its_secondary() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut grpc = Vec::new();
+    let mut http_listeners = Vec::new();
+    for _ in 0..3 {
+        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        http_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let grpc_addrs: Vec<SocketAddr> = grpc.iter().map(|l| l.local_addr().unwrap()).collect();
+    let initial_cluster = grpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let mut servers = Vec::new();
+    for (i, (g, h)) in grpc.into_iter().zip(http_listeners).enumerate() {
+        servers.push(start_node(&dirs[i], i as u64 + 1, &initial_cluster, g, h).await);
+    }
+    eventually("every node to hold the map, all addresses and leases for its primary shards", || {
+        let ok = servers.iter().all(|s| s.node().router().table().grpc_addrs.len() == 3 && state(s).nodes.len() == 3 && s.node().readiness().is_ok() && leases_match_map(s));
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let first = state(&servers[0]);
+    let map = first.shard_map.clone().unwrap();
+    let (shard, before) = map.shards.iter().find(|(_, s)| s.primary == Some(1)).map(|(id, s)| (*id, s.clone())).unwrap();
+    let (old_primary, old_secondary) = (before.primary.unwrap(), before.secondary.unwrap());
+    let series: Vec<usize> = (0..SERIES).filter(|i| shard_of(&first, *i) == shard).collect();
+    assert!(!series.is_empty());
+    let now = servers[0].node().clock().now_wall_ms() / 1000 * 1000;
+    let times: Vec<i64> = (0..3).map(|k| now - 9000 + k * 1000).collect();
+    let (status, body) = remote_write(servers[0].node(), &request(&series, &times)).await;
+    assert_eq!(status, 204, "{body}");
+    let addr = grpc_addrs[0];
+    let shard_text = shard.to_string();
+
+    // Refusals change nothing.
+    let stale = (before.epoch + 7).to_string();
+    let error = admin(addr, &["shards", "promote", &shard_text, "--expected-epoch", &stale]).await.expect_err("a stale epoch is refused");
+    assert!(error.contains("nothing changed") && error.contains("stale"), "{error}");
+    let error = admin(addr, &["shards", "set-secondary", &shard_text, "9"]).await.expect_err("node 9 is not registered");
+    assert!(error.contains("node 9 is not a registered node"), "{error}");
+    let error = admin(addr, &["shards", "set-secondary", &shard_text, &old_primary.to_string()]).await.expect_err("the primary cannot be the secondary");
+    assert!(error.contains("a secondary must be another node"), "{error}");
+    let error = admin(addr, &["shards", "promote", "9999"]).await.expect_err("no such shard");
+    assert!(error.contains("shard 9999 does not exist"), "{error}");
+    assert_eq!(state(&servers[0]).shard_map.unwrap().shards[&shard], before, "refusals changed nothing");
+
+    // Promote: the replicas swap at epoch + 1, merge pending from the old primary.
+    let reply = admin(addr, &["shards", "promote", &shard_text]).await.expect("promote");
+    assert_eq!(reply["write"]["applied"], true, "{reply}");
+    let promoted = state(&servers[0]).shard_map.unwrap().shards[&shard].clone();
+    assert_eq!((promoted.primary, promoted.secondary, promoted.epoch), (Some(old_secondary), Some(old_primary), before.epoch + 1));
+    // Writes succeed again once the new primary holds its lease (after the old one's fence).
+    let later: Vec<i64> = times.iter().map(|t| t + 3000).collect();
+    eventually("a write through node 1 to reach the new primary", || {
+        let node = servers[0].node().clone();
+        let request = request(&series, &later);
+        async move { (remote_write(&node, &request).await.0 == 204).then_some(()) }
+    })
+    .await;
+    eventually("merge pending to clear on every node", || {
+        let done = servers.iter().all(|s| state(s).shard_map.unwrap().shards[&shard].merge_pending.is_none());
+        async move { done.then_some(()) }
+    })
+    .await;
+    for node in [old_secondary, old_primary] {
+        for i in &series {
+            eventually(&format!("series i{i:02} on node {node}"), || async { (stored_at(&servers[node as usize - 1], *i, &later).await == 3 && stored_at(&servers[node as usize - 1], *i, &times).await == 3).then_some(()) }).await;
+        }
+    }
+
+    // Replace the secondary (the old primary) with the third node: caught up by sync.
+    let third = (1..=3).find(|n| *n != old_primary && *n != old_secondary).unwrap();
+    let reply = admin(addr, &["shards", "set-secondary", &shard_text, &third.to_string()]).await.expect("set-secondary");
+    assert_eq!(reply["write"]["applied"], true, "{reply}");
+    let replaced = state(&servers[0]).shard_map.unwrap().shards[&shard].clone();
+    assert_eq!((replaced.primary, replaced.secondary, replaced.epoch), (Some(old_secondary), Some(third), before.epoch + 1), "the primary and epoch stay");
+    for i in &series {
+        eventually(&format!("series i{i:02} caught up on node {third}"), || async { (stored_at(&servers[third as usize - 1], *i, &later).await == 3 && stored_at(&servers[third as usize - 1], *i, &times).await == 3).then_some(()) }).await;
+    }
+    let verify = eventually("admin shards --verify to report equal digests", || async { admin(addr, &["shards", "--verify"]).await.ok() }).await;
+    assert_eq!(verify["mismatched"], 0, "{verify}");
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}

@@ -67,8 +67,11 @@ pub enum AdminCommand {
     Node(NodeCommand),
     /// The shard map: each shard's primary, secondary, epoch, and replication state and lag
     /// (asked of each primary). With --verify: digests every shard on each replica and
-    /// reports equal or MISMATCH (exit status 1 on any mismatch).
+    /// reports equal or MISMATCH (exit status 1 on any mismatch). Subcommands change it.
+    #[command(args_conflicts_with_subcommands = true)]
     Shards {
+        #[command(subcommand)]
+        action: Option<ShardsCommand>,
         /// Compare the replicas' digests instead of listing the map.
         #[arg(long)]
         verify: bool,
@@ -96,6 +99,22 @@ pub enum AdminCommand {
     Cardinality(CardinalityCommand),
     /// Make the addressed node snapshot its metadata state now.
     Snapshot,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ShardsCommand {
+    /// Promote the shard's secondary to primary (epoch + 1; the old primary becomes the
+    /// secondary and the shard is merge pending until the new primary has synced with it). The
+    /// new primary acknowledges writes only once the old primary's lease has certainly ended.
+    Promote {
+        shard: u32,
+        /// Promote only if the shard is still at this epoch. [default: its current epoch]
+        #[arg(long)]
+        expected_epoch: Option<u64>,
+    },
+    /// Name another secondary for the shard (a dead one's replacement); the primary's stream
+    /// catches it up by a two-way sync. The previous secondary keeps its copy on disk.
+    SetSecondary { shard: u32, node: u64 },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -323,6 +342,8 @@ named! {
     pb::RemoveNodeRequest => pb::MembershipReply, "node remove";
     pb::ReadRequest => pb::ShardMapReply, "shards";
     pb::VerifyShardsRequest => pb::VerifyShardsReply, "shards --verify";
+    pb::PromoteShardRequest => pb::WriteReply, "shards promote";
+    pb::SetShardSecondaryRequest => pb::WriteReply, "shards set-secondary";
     pb::ApplyRulesRequest => pb::ApplyRulesReply, "rules apply";
     pb::GetRuleGroupRequest => pb::RuleGroupsReply, "rules get";
     pb::DeleteRuleGroupRequest => pb::WriteReply, "rules delete";
@@ -403,11 +424,23 @@ pub async fn run(args: &AdminArgs) -> Result<String, CliError> {
             let reply = session.call(pb::RemoveNodeRequest { node_id: *id }, |mut c, r| async move { c.remove_node(r).await }).await?;
             Ok(render(format, || output::membership_text("removed", *id, &reply), || output::membership_json(&reply)))
         }
+        AdminCommand::Shards { action: Some(ShardsCommand::Promote { shard, expected_epoch }), .. } => {
+            let request = pb::PromoteShardRequest { shard: *shard, expected_epoch: *expected_epoch };
+            let write = Some(session.call(request, |mut c, r| async move { c.promote_shard(r).await }).await?);
+            require_applied("shards promote", &write)?;
+            Ok(render(format, || output::write_text(&format!("promoted the secondary of shard {shard}"), &write), || json!({"write": output::write_json(&write)})))
+        }
+        AdminCommand::Shards { action: Some(ShardsCommand::SetSecondary { shard, node }), .. } => {
+            let request = pb::SetShardSecondaryRequest { shard: *shard, secondary: *node };
+            let write = Some(session.call(request, |mut c, r| async move { c.set_shard_secondary(r).await }).await?);
+            require_applied("shards set-secondary", &write)?;
+            Ok(render(format, || output::write_text(&format!("shard {shard}'s secondary is now node {node}"), &write), || json!({"write": output::write_json(&write)})))
+        }
         AdminCommand::Shards { verify: false, .. } => {
             let reply = session.call(read, |mut c, r| async move { c.get_shard_map(r).await }).await?;
             Ok(render(format, || output::shard_map_table(&reply), || output::shard_map_json(&reply)))
         }
-        AdminCommand::Shards { verify: true, from, to } => {
+        AdminCommand::Shards { verify: true, from, to, .. } => {
             let time = |flag: &str, text: &Option<String>| -> Result<Option<i64>, CliError> {
                 text.as_ref().map(|t| crate::query_api::parse_time_ms(t).map_err(|e| CliError::Usage(format!("{flag} {t:?}: {e}")))).transpose()
             };

@@ -612,6 +612,34 @@ impl AdminService for AdminGrpcService {
         Ok(Response::new(pb::SetTenantLimitsReply { write: Some(write), limits: Some(convert::limits_to_pb(&limits)) }))
     }
 
+    async fn promote_shard(&self, request: Request<pb::PromoteShardRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let (read, _) = self.read(pb::Consistency::Linearizable as i32).await?;
+        let current = shard_of(&read.state, request.shard)?;
+        if current.secondary.is_none() {
+            return Err(Status::failed_precondition(format!("shard {} has no secondary to promote", request.shard)));
+        }
+        let expected_epoch = request.expected_epoch.unwrap_or(current.epoch);
+        Ok(Response::new(self.write(&caller, Action::PromoteShard { shard: request.shard, expected_epoch }).await?))
+    }
+
+    async fn set_shard_secondary(&self, request: Request<pb::SetShardSecondaryRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let (read, _) = self.read(pb::Consistency::Linearizable as i32).await?;
+        let current = shard_of(&read.state, request.shard)?;
+        if !read.state.nodes.contains_key(&request.secondary) {
+            let known: Vec<u64> = read.state.nodes.keys().copied().collect();
+            return Err(Status::invalid_argument(format!("node {} is not a registered node (registered: {known:?})", request.secondary)));
+        }
+        if current.primary == Some(request.secondary) {
+            return Err(Status::invalid_argument(format!("node {} is shard {}'s primary; a secondary must be another node", request.secondary, request.shard)));
+        }
+        let assignment = sextant_raft::command::ShardAssignment { primary: current.primary, secondary: Some(request.secondary) };
+        Ok(Response::new(self.write(&caller, Action::AssignShard { shard: request.shard, assignment }).await?))
+    }
+
     async fn block_label(&self, request: Request<pb::LabelRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
@@ -709,4 +737,10 @@ impl AdminGrpcService {
             learners: membership.learner_ids().collect(),
         }
     }
+}
+
+/// `shard` in the applied shard map: NOT_FOUND without a map or when it has no such shard.
+fn shard_of(state: &sextant_raft::state::MetadataState, shard: u32) -> Result<sextant_raft::state::Shard, Status> {
+    let map = state.shard_map.as_ref().ok_or_else(|| Status::failed_precondition("there is no shard map yet"))?;
+    map.shards.get(&shard).cloned().ok_or_else(|| Status::not_found(format!("shard {shard} does not exist (the map has {} shards)", map.shards.len())))
 }
