@@ -419,7 +419,9 @@ async fn operator_promotes_a_shard_and_replaces_its_secondary() {
     // Promote: the replicas swap at epoch + 1, merge pending from the old primary.
     let reply = admin(addr, &["shards", "promote", &shard_text]).await.expect("promote");
     assert_eq!(reply["write"]["applied"], true, "{reply}");
-    let promoted = state(&servers[0]).shard_map.unwrap().shards[&shard].clone();
+    // Applied at the leader; node 1 (whose view is read here) applies it a moment later.
+    let index = reply["write"]["index"].as_u64().unwrap();
+    let promoted = eventually("node 1 to apply the promotion", || async { (servers[0].raft().local_read().applied_index >= index).then(|| state(&servers[0]).shard_map.unwrap().shards[&shard].clone()) }).await;
     assert_eq!((promoted.primary, promoted.secondary, promoted.epoch), (Some(old_secondary), Some(old_primary), before.epoch + 1));
     // Writes succeed again once the new primary holds its lease (after the old one's fence).
     let later: Vec<i64> = times.iter().map(|t| t + 3000).collect();
@@ -444,7 +446,8 @@ async fn operator_promotes_a_shard_and_replaces_its_secondary() {
     let third = (1..=3).find(|n| *n != old_primary && *n != old_secondary).unwrap();
     let reply = admin(addr, &["shards", "set-secondary", &shard_text, &third.to_string()]).await.expect("set-secondary");
     assert_eq!(reply["write"]["applied"], true, "{reply}");
-    let replaced = state(&servers[0]).shard_map.unwrap().shards[&shard].clone();
+    let index = reply["write"]["index"].as_u64().unwrap();
+    let replaced = eventually("node 1 to apply the new secondary", || async { (servers[0].raft().local_read().applied_index >= index).then(|| state(&servers[0]).shard_map.unwrap().shards[&shard].clone()) }).await;
     assert_eq!((replaced.primary, replaced.secondary, replaced.epoch), (Some(old_secondary), Some(third), before.epoch + 1), "the primary and epoch stay");
     for i in &series {
         eventually(&format!("series i{i:02} caught up on node {third}"), || async { (stored_at(&servers[third as usize - 1], *i, &later).await == 3 && stored_at(&servers[third as usize - 1], *i, &times).await == 3).then_some(()) }).await;
