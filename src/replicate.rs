@@ -805,6 +805,19 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
             seq
         }
         _ => {
+            // A merge-back waits for this node's lease at the new epoch. The leader grants it
+            // only once the previous primary's lease has certainly ended (the fence), so every
+            // write the previous primary acknowledged is in its engine before the sync reads
+            // it; syncing earlier could miss one it acknowledged in its lease's last moments
+            // (an operator's promotion of a live primary, `admin rebalance`) and then clear
+            // merge pending without it.
+            let merge_back = node.router().table().merge_pending.get(&shard) == Some(&(epoch, secondary));
+            while merge_back && node.lease().check(shard, epoch, node.clock().now_monotonic_ns()).is_err() {
+                replication.update(shard, |s| s.last_error = format!("merge-back from node {secondary} waits for this node's lease at epoch {epoch}"));
+                if pause(stop, REPLICATE_POLL_MS).await {
+                    return RoundEnd::Stopped;
+                }
+            }
             // Catch up: floor at the durable position P, sync, position := P.
             replication.update(shard, |s| s.state = StreamState::Syncing);
             // P: every record at or below it is durable and in the head, so the sync's

@@ -51,7 +51,11 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: imp
 }
 
 async fn start_node(dir: &tempfile::TempDir, id: u64, initial_cluster: &str, grpc: TcpListener, http: TcpListener) -> Server {
-    let args = sextant::config::ServeArgs { data_dir: Some(dir.path().to_path_buf()), node_id: Some(id), initial_cluster: Some(initial_cluster.to_string()), ..Default::default() };
+    start_node_with(dir, id, initial_cluster, grpc, http, None).await
+}
+
+async fn start_node_with(dir: &tempfile::TempDir, id: u64, initial_cluster: &str, grpc: TcpListener, http: TcpListener, shard_count: Option<u32>) -> Server {
+    let args = sextant::config::ServeArgs { data_dir: Some(dir.path().to_path_buf()), node_id: Some(id), initial_cluster: Some(initial_cluster.to_string()), shard_count, ..Default::default() };
     let mut config = ServeConfig::resolve(&args, None).unwrap();
     config.maintain_interval_ms = 3_600_000;
     config.lease = LEASES;
@@ -453,6 +457,181 @@ async fn operator_promotes_a_shard_and_replaces_its_secondary() {
         eventually(&format!("series i{i:02} caught up on node {third}"), || async { (stored_at(&servers[third as usize - 1], *i, &later).await == 3 && stored_at(&servers[third as usize - 1], *i, &times).await == 3).then_some(()) }).await;
     }
     let verify = eventually("admin shards --verify to report equal digests", || async { admin(addr, &["shards", "--verify"]).await.ok() }).await;
+    assert_eq!(verify["mismatched"], 0, "{verify}");
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}
+
+fn w_labels(i: usize) -> Labels {
+    Labels::from_pairs(&[("__name__", "w"), ("instance", &format!("i{i:02}"))])
+}
+
+/// One sample of `w` for each of `series` at `t`.
+fn w_request(series: usize, t: i64) -> WriteRequest {
+    let timeseries = (0..series)
+        .map(|i| TimeSeries { labels: w_labels(i).iter().map(|l| Label { name: l.name.clone(), value: l.value.clone() }).collect(), samples: vec![Sample { timestamp: t, value: i as f64 }], exemplars: vec![], histograms: vec![] })
+        .collect();
+    WriteRequest { timeseries, metadata: vec![] }
+}
+
+/// The timestamps of `w{instance="iNN"}` in `server`'s engine.
+async fn w_stored(server: &Server, i: usize) -> BTreeSet<i64> {
+    let engine = server.node().engine().unwrap();
+    let matchers = vec![Matcher::new(MatchOp::Equal, "__name__", "w").unwrap(), Matcher::new(MatchOp::Equal, "instance", format!("i{i:02}")).unwrap()];
+    engine.select("default", &matchers, i64::MIN, i64::MAX).await.unwrap().into_iter().flat_map(|s| s.samples).map(|s| s.t).collect()
+}
+
+/// (primaries, secondaries) per node in `state`'s shard map.
+fn roles(state: &MetadataState) -> BTreeMap<u64, (usize, usize)> {
+    let mut out: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    for s in state.shard_map.as_ref().unwrap().shards.values() {
+        if let Some(p) = s.primary {
+            out.entry(p).or_default().0 += 1;
+        }
+        if let Some(x) = s.secondary {
+            out.entry(x).or_default().1 += 1;
+        }
+    }
+    out
+}
+
+// Goal: `admin rebalance --drain 3` plans moves that touch only shards node 3 holds, and with
+// --apply leaves node 3 holding nothing, nodes 1 and 2 evenly loaded (3 primaries and 3
+// secondaries each of 6 shards), no merge pending, replicas equal (`shards --verify`), every
+// acknowledged sample readable and writes accepted. `admin rebalance --apply` over all three
+// voters then spreads the shards back (2 + 2 each), and a third run has nothing to move.
+// Writes keep arriving at all three nodes throughout: every one acknowledged is, at the end, on
+// both replicas of its shard (promoting a live primary loses no acknowledged write).
+// Method: three nodes in process, 6 shards, short lease timings; the admin CLI's `run` against
+// node 1; stored samples read through node 1's query API and from each engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_drains_a_node_and_spreads_shards_back() {
+    const SHARDS: u32 = 6;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut grpc = Vec::new();
+    let mut http_listeners = Vec::new();
+    for _ in 0..3 {
+        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        http_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let grpc_addrs: Vec<SocketAddr> = grpc.iter().map(|l| l.local_addr().unwrap()).collect();
+    let initial_cluster = grpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let mut servers = Vec::new();
+    for (i, (g, h)) in grpc.into_iter().zip(http_listeners).enumerate() {
+        servers.push(start_node_with(&dirs[i], i as u64 + 1, &initial_cluster, g, h, Some(SHARDS)).await);
+    }
+    eventually("every node to hold the map, all addresses and leases for its primary shards", || {
+        let ok = servers.iter().all(|s| s.node().router().table().grpc_addrs.len() == 3 && state(s).nodes.len() == 3 && s.node().readiness().is_ok() && leases_match_map(s));
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let before = state(&servers[0]);
+    assert_eq!(before.shard_map.as_ref().unwrap().shard_count(), SHARDS);
+    let held_by_3: BTreeSet<u32> = before.shard_map.as_ref().unwrap().shards.iter().filter(|(_, s)| s.primary == Some(3) || s.secondary == Some(3)).map(|(id, _)| *id).collect();
+    assert!(!held_by_3.is_empty(), "node 3 holds shards at formation: {:?}", roles(&before));
+    let series: Vec<usize> = (0..SERIES).collect();
+    let now = servers[0].node().clock().now_wall_ms() / 1000 * 1000;
+    let times: Vec<i64> = (0..3).map(|k| now - 9000 + k * 1000).collect();
+    let (status, body) = remote_write(servers[0].node(), &request(&series, &times)).await;
+    assert_eq!(status, 204, "{body}");
+    let addr = grpc_addrs[0];
+    // The writer: one sample of `w` per series every 20 ms, through nodes 1, 2, 3 in turn.
+    let (stop_writer, stopped) = tokio::sync::watch::channel(false);
+    let writer = {
+        let nodes: Vec<Arc<Node>> = servers.iter().map(|s| s.node().clone()).collect();
+        let base = now - 60_000;
+        tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0usize);
+            for k in 0.. {
+                if *stopped.borrow() {
+                    break;
+                }
+                let t = base + k as i64;
+                match remote_write(&nodes[k % 3], &w_request(SERIES, t)).await.0 {
+                    204 => acked.push(t),
+                    _ => refused += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, refused)
+        })
+    };
+
+    // The plan alone changes nothing and moves exactly the shards node 3 holds.
+    let planned = admin(addr, &["rebalance", "--drain", "3"]).await.expect("plan");
+    assert_eq!(planned["voters"], serde_json::json!([1, 2]), "{planned}");
+    let moved: BTreeSet<u32> = planned["moves"].as_array().unwrap().iter().map(|m| m["shard"].as_u64().unwrap() as u32).collect();
+    assert_eq!(moved, held_by_3, "{planned}");
+    assert_eq!(state(&servers[0]).shard_map, before.shard_map, "a plan without --apply changes nothing");
+    let error = admin(addr, &["rebalance", "--drain", "7"]).await.expect_err("node 7 is not a voter");
+    assert!(error.contains("--drain 7: not a voter"), "{error}");
+
+    // Drain node 3.
+    let drained = admin(addr, &["rebalance", "--drain", "3", "--apply", "--step-timeout", "60s"]).await.expect("drain");
+    assert_eq!(drained["moves_done"].as_u64().unwrap() as usize, moved.len(), "{drained}");
+    let after = eventually("node 1 to see the drained map without merges pending", || {
+        let s = state(&servers[0]);
+        let settled = s.shard_map.as_ref().unwrap().shards.values().all(|x| x.merge_pending.is_none());
+        async move { settled.then_some(s) }
+    })
+    .await;
+    assert_eq!(roles(&after), BTreeMap::from([(1, (3, 3)), (2, (3, 3))]), "{:?}", after.shard_map);
+    let verify = eventually("admin shards --verify to report equal digests", || async { admin(addr, &["shards", "--verify"]).await.ok().filter(|v| v["mismatched"] == 0) }).await;
+    assert_eq!(verify["mismatched"], 0, "{verify}");
+    let (read, _) = query_range(servers[0].node(), &times).await;
+    assert_eq!(read.len(), SERIES, "every series readable after the drain");
+    for (instance, points) in &read {
+        let i: usize = instance[1..].parse().unwrap();
+        assert_eq!(points, &times.iter().map(|t| (*t, value(i, *t))).collect::<Vec<_>>(), "{instance}");
+    }
+    let later: Vec<i64> = times.iter().map(|t| t + 3000).collect();
+    eventually("writes to every shard to succeed after the drain", || {
+        let node = servers[0].node().clone();
+        let request = request(&series, &later);
+        async move { (remote_write(&node, &request).await.0 == 204).then_some(()) }
+    })
+    .await;
+
+    // Spread back over all three, then nothing is left to move.
+    let spread = admin(addr, &["rebalance", "--apply", "--step-timeout", "60s"]).await.expect("spread");
+    assert!(spread["moves_done"].as_u64().unwrap() > 0, "{spread}");
+    let balanced = eventually("node 1 to see the spread map without merges pending", || {
+        let s = state(&servers[0]);
+        let settled = s.shard_map.as_ref().unwrap().shards.values().all(|x| x.merge_pending.is_none());
+        async move { settled.then_some(s) }
+    })
+    .await;
+    assert_eq!(roles(&balanced), BTreeMap::from([(1, (2, 2)), (2, (2, 2)), (3, (2, 2))]), "{:?}", balanced.shard_map);
+    let again = admin(addr, &["rebalance"]).await.expect("plan again");
+    assert_eq!(again["moves"], serde_json::json!([]), "{again}");
+    stop_writer.send(true).unwrap();
+    let (acked, refused) = writer.await.unwrap();
+    // Most writes succeed; a few wait out a promotion's fence and are refused (503).
+    assert!(acked.len() >= 20, "acknowledged {} writes, refused {refused}", acked.len());
+    eprintln!("writer: {} acknowledged, {refused} refused during the rebalances", acked.len());
+    let acked: BTreeSet<i64> = acked.into_iter().collect();
+    let map = balanced.shard_map.as_ref().unwrap();
+    for i in 0..SERIES {
+        let shard = shard_for(fingerprint("default", &w_labels(i)), SHARDS);
+        let placement = &map.shards[&shard];
+        for node in [placement.primary.unwrap(), placement.secondary.unwrap()] {
+            let stored = eventually(&format!("w{{instance=\"i{i:02}\"}} on node {node} to hold every acknowledged write"), || async {
+                let stored = w_stored(&servers[node as usize - 1], i).await;
+                acked.is_subset(&stored).then_some(stored)
+            })
+            .await;
+            assert!(acked.is_subset(&stored));
+        }
+    }
+    let (read, _) = query_range(servers[0].node(), &[times[0], times[1], times[2], later[0], later[1], later[2]]).await;
+    for (instance, points) in &read {
+        let i: usize = instance[1..].parse().unwrap();
+        let expected: Vec<(i64, f64)> = times.iter().chain(&later).map(|t| (*t, value(i, *t))).collect();
+        assert_eq!(points, &expected, "{instance}");
+    }
+    assert_eq!(read.len(), SERIES);
+    let verify = eventually("admin shards --verify to report equal digests", || async { admin(addr, &["shards", "--verify"]).await.ok().filter(|v| v["mismatched"] == 0) }).await;
     assert_eq!(verify["mismatched"], 0, "{verify}");
     for server in servers {
         server.shutdown().await.unwrap();

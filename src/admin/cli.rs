@@ -99,6 +99,22 @@ pub enum AdminCommand {
     Cardinality(CardinalityCommand),
     /// Make the addressed node snapshot its metadata state now.
     Snapshot,
+    /// Plan moves that spread primaries and secondaries evenly over the voters (after `node
+    /// add` or before `node remove`), and with --apply carry them out one step at a time:
+    /// a new primary is made the secondary and caught up before it is promoted, and every step
+    /// waits until the stream has synced (docs/design/replication.md § Rebalancing).
+    Rebalance {
+        /// Carry the plan out (without it: print the plan only).
+        #[arg(long)]
+        apply: bool,
+        /// Longest wait for one step to complete (sync, merge-back).
+        #[arg(long, default_value = "10m")]
+        step_timeout: String,
+        /// Plan as if this voter were gone: move every shard off it (before `node remove`,
+        /// which would otherwise cut it off from the map while it still holds shards).
+        #[arg(long)]
+        drain: Vec<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -552,6 +568,13 @@ pub async fn run(args: &AdminArgs) -> Result<String, CliError> {
             let reply = session.call(request, |mut c, r| async move { c.cardinality_top(r).await }).await?;
             Ok(render(format, || output::cardinality_table(&reply), || output::cardinality_json(&reply)))
         }
+        AdminCommand::Rebalance { apply, step_timeout, drain } => {
+            let step_timeout_ms = crate::duration::parse_duration_ms(step_timeout).map_err(|e| CliError::Usage(format!("--step-timeout {step_timeout:?}: {e}")))?;
+            if step_timeout_ms <= 0 {
+                return Err(CliError::Usage(format!("--step-timeout {step_timeout:?} must be positive")));
+            }
+            rebalance(&session, format, *apply, drain, Duration::from_millis(step_timeout_ms as u64)).await
+        }
         AdminCommand::Snapshot => {
             let reply = session.call(pb::TriggerSnapshotRequest { wait_ms: 0 }, |mut c, r| async move { c.trigger_snapshot(r).await }).await?;
             Ok(render(
@@ -565,3 +588,100 @@ pub async fn run(args: &AdminArgs) -> Result<String, CliError> {
         }
     }
 }
+
+/// `admin rebalance`: plans from the voters and the shard map read linearizably, prints the
+/// plan, and with `apply` carries out each move's steps in order, waiting for each.
+async fn rebalance(session: &Session, format: OutputFormat, apply: bool, drain: &[u64], step_timeout: Duration) -> Result<String, CliError> {
+    use super::rebalance::{plan, Step};
+    let linearizable = pb::Consistency::Linearizable as i32;
+    let status = session.call(pb::ClusterStatusRequest { consistency: linearizable, member_timeout_ms: 0 }, |mut c, r| async move { c.cluster_status(r).await }).await?;
+    let all_voters: Vec<u64> = status.members.iter().filter(|m| m.role == "voter").map(|m| m.node_id).collect();
+    if let Some(node) = drain.iter().find(|n| !all_voters.contains(n)) {
+        return Err(CliError::Usage(format!("--drain {node}: not a voter (voters: {all_voters:?})")));
+    }
+    let voters: Vec<u64> = all_voters.into_iter().filter(|v| !drain.contains(v)).collect();
+    if voters.len() < 2 {
+        return Err(CliError::Call { code: tonic::Code::FailedPrecondition, message: format!("rebalance needs at least two voters (RF=2); the cluster has {voters:?}") });
+    }
+    let map = session.call(pb::ReadRequest { consistency: linearizable }, |mut c, r| async move { c.get_shard_map(r).await }).await?;
+    if !map.exists {
+        return Err(CliError::Call { code: tonic::Code::FailedPrecondition, message: "there is no shard map yet".into() });
+    }
+    let current: std::collections::BTreeMap<u32, super::rebalance::Replicas> = map.shards.iter().map(|s| (s.shard, (s.primary, s.secondary))).collect();
+    let moves = plan(&current, &voters);
+    let plan_json = |done: usize| {
+        json!({"voters": voters, "apply": apply, "moves_done": done, "moves": moves.iter().map(|m| json!({"shard": m.shard, "from": [m.from.0, m.from.1], "to": [m.to.0, m.to.1], "steps": m.steps().iter().map(step_text).collect::<Vec<_>>()})).collect::<Vec<_>>()})
+    };
+    let plan_table = |done: usize| {
+        let rows: Vec<Vec<String>> = moves.iter().map(|m| vec![m.shard.to_string(), format!("{}/{}", output::opt(m.from.0), output::opt(m.from.1)), format!("{}/{}", output::opt(m.to.0), output::opt(m.to.1)), m.steps().iter().map(step_text).collect::<Vec<_>>().join(", ")]).collect();
+        let head = match (moves.is_empty(), apply) {
+            (true, _) => format!("balanced over voters {voters:?}: nothing to move\n"),
+            (false, false) => format!("{} moves over voters {voters:?} (a plan only: --apply carries it out)\n", moves.len()),
+            (false, true) => format!("{done} of {} moves done over voters {voters:?}\n", moves.len()),
+        };
+        if rows.is_empty() { head } else { head + &output::table(&["SHARD", "FROM", "TO", "STEPS"], &rows) }
+    };
+    if !apply || moves.is_empty() {
+        return Ok(render(format, || plan_table(0), || plan_json(0)));
+    }
+    let progress = indicatif::ProgressBar::new(moves.iter().map(|m| m.steps().len() as u64).sum());
+    progress.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} {bar:40} {pos}/{len} steps {msg}").expect("a valid template"));
+    for (done, m) in moves.iter().enumerate() {
+        for step in m.steps() {
+            progress.set_message(format!("shard {}: {}", m.shard, step_text(&step)));
+            let write = match step {
+                Step::SetSecondary(node) => session.call(pb::SetShardSecondaryRequest { shard: m.shard, secondary: node }, |mut c, r| async move { c.set_shard_secondary(r).await }).await,
+                Step::Promote => session.call(pb::PromoteShardRequest { shard: m.shard, expected_epoch: None }, |mut c, r| async move { c.promote_shard(r).await }).await,
+            };
+            let stopped = |error: CliError| {
+                progress.abandon();
+                CliError::Found { output: render(format, || plan_table(done), || plan_json(done)), message: format!("rebalance stopped at shard {} ({}): {error}; the moves before it are done — run `sextant admin rebalance` again to plan the rest", m.shard, step_text(&step)) }
+            };
+            let write = Some(write.map_err(stopped)?);
+            require_applied("rebalance", &write).map_err(stopped)?;
+            wait_step(session, m.shard, step, step_timeout).await.map_err(stopped)?;
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    Ok(render(format, || plan_table(moves.len()), || plan_json(moves.len())))
+}
+
+fn step_text(step: &super::rebalance::Step) -> String {
+    match step {
+        super::rebalance::Step::SetSecondary(node) => format!("set secondary {node}"),
+        super::rebalance::Step::Promote => "promote".to_string(),
+    }
+}
+
+/// Waits until `step` of `shard` completed: after set-secondary, the primary streams to the new
+/// secondary at the shard's epoch after a full sync; after promote, the merge-back completed
+/// (merge pending clear) and the new primary streams to the old one, synced.
+async fn wait_step(session: &Session, shard: u32, step: super::rebalance::Step, step_timeout: Duration) -> Result<(), CliError> {
+    let local = pb::ReadRequest { consistency: pb::Consistency::Linearizable as i32 };
+    let mut last = String::from("no answer yet");
+    let wait = async {
+        loop {
+            if let Ok(map) = session.call(local.clone(), |mut c, r| async move { c.get_shard_map(r).await }).await {
+                let info = map.shards.iter().find(|s| s.shard == shard);
+                let replication = map.replication.iter().find(|r| r.shard == shard);
+                if let (Some(info), Some(r)) = (info, replication) {
+                    let wanted_secondary = match step {
+                        super::rebalance::Step::SetSecondary(node) => Some(node),
+                        super::rebalance::Step::Promote => info.secondary,
+                    };
+                    let done = info.secondary == wanted_secondary && info.merge_pending_epoch.is_none() && r.secondary == wanted_secondary && r.epoch == info.epoch && r.state == "streaming" && r.synced_epoch == Some(info.epoch);
+                    if done {
+                        return;
+                    }
+                    last = format!("primary {}, secondary {}, epoch {}, stream {}{}{}", output::opt(info.primary), output::opt(info.secondary), info.epoch, r.state, if info.merge_pending_epoch.is_some() { ", merge pending" } else { "" }, if r.error.is_empty() { String::new() } else { format!(" ({})", r.error) });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(REBALANCE_POLL_MS)).await;
+        }
+    };
+    tokio::time::timeout(step_timeout, wait).await.map_err(|_| CliError::Call { code: tonic::Code::DeadlineExceeded, message: format!("shard {shard} did not complete the step within {} s; last seen: {last}", step_timeout.as_secs()) })
+}
+
+/// How often `rebalance` looks at the shard map while a step completes.
+const REBALANCE_POLL_MS: u64 = 500;

@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod convert;
 pub mod output;
+pub mod rebalance;
 pub mod service;
 
 /// The generated protobuf and gRPC code. `tonic::include_proto!` picks the real or the

@@ -62,7 +62,7 @@ pub fn write_json(write: &Option<pb::WriteReply>) -> Value {
     }
 }
 
-fn opt(value: Option<u64>) -> String {
+pub fn opt(value: Option<u64>) -> String {
     value.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
 }
 

@@ -253,6 +253,8 @@ impl AdminGrpcService {
                             synced_epoch: r.synced_epoch,
                             unprotected: r.unprotected,
                             error: r.last_error.clone(),
+                            secondary: r.secondary,
+                            epoch: r.epoch,
                         },
                         None => unknown(format!("node {primary} does not hold the shard as primary in its view (its map may be behind)")),
                     },
