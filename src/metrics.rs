@@ -127,6 +127,7 @@ pub struct Metrics {
     pub replication_lag_ms: Family<ShardLabels, Gauge>,
     pub replication_lag_records: Family<ShardLabels, Gauge>,
     pub replication_lag_bytes: Family<ShardLabels, Gauge>,
+    pub replication_lag_samples: Family<ShardLabels, Gauge>,
     pub replication_unprotected: Family<ShardLabels, Gauge>,
     pub replication_unreplicated: Family<ShardLabels, Gauge>,
     pub replication_errors: Counter,
@@ -194,6 +195,7 @@ impl Metrics {
             replication_lag_ms: Family::default(),
             replication_lag_records: Family::default(),
             replication_lag_bytes: Family::default(),
+            replication_lag_samples: Family::default(),
             replication_unprotected: Family::default(),
             replication_unreplicated: Family::default(),
             replication_errors: Counter::default(),
@@ -247,6 +249,11 @@ impl Metrics {
         registry.register("replication_lag_ms", "Age of the oldest WAL record the shard's secondary has not acknowledged (0 when caught up), per shard this node is primary of", m.replication_lag_ms.clone());
         registry.register("replication_lag_records", "WAL records the shard's secondary has not acknowledged", m.replication_lag_records.clone());
         registry.register("replication_lag_bytes", "WAL payload bytes retained for the shard's secondary (above its acknowledged position)", m.replication_lag_bytes.clone());
+        registry.register(
+            "replication_lag_samples",
+            "Samples in the WAL records the shard's secondary has not acknowledged (records logged before the stream last started are not counted)",
+            m.replication_lag_samples.clone(),
+        );
         registry.register("replication_unprotected", "1 when the shard accepted writes past --replication-lag-max (policy unprotected) and its secondary has not caught up since", m.replication_unprotected.clone());
         registry.register("replication_unreplicated", "1 for each shard this node is primary of that has no secondary", m.replication_unreplicated.clone());
         registry.register("replication_errors", "Replication stream rounds that failed and were retried", m.replication_errors.clone());

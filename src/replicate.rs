@@ -268,7 +268,8 @@ impl Replication {
             };
             let logged_next = engine.as_ref().and_then(|e| e.wal_next_seq(*shard).ok()).unwrap_or(0);
             let lag = lag_of(stream, logged_next, now);
-            let lag_bytes = status.as_ref().and_then(|s| s.shards.get(shard)).map_or(0, |s| s.retained_bytes);
+            let retained = status.as_ref().and_then(|s| s.shards.get(shard));
+            let (lag_bytes, lag_samples) = retained.map_or((0, 0), |s| (s.retained_bytes, s.retained_samples));
             shards.push(pb::ShardReplication {
                 shard: *shard,
                 secondary: Some(secondary),
@@ -277,6 +278,7 @@ impl Replication {
                 lag_ms: lag.lag_ms,
                 lag_records: lag.records,
                 lag_bytes,
+                lag_samples,
                 acked_seq: stream.acked_seq,
                 durable_next_seq: stream.durable_next_seq,
                 synced_epoch: synced.get(shard).copied(),
@@ -294,6 +296,7 @@ impl Replication {
         m.replication_lag_ms.clear();
         m.replication_lag_records.clear();
         m.replication_lag_bytes.clear();
+        m.replication_lag_samples.clear();
         m.replication_unprotected.clear();
         m.replication_unreplicated.clear();
         for s in &status.shards {
@@ -305,6 +308,7 @@ impl Replication {
             m.replication_lag_ms.get_or_create(&labels).set(s.lag_ms);
             m.replication_lag_records.get_or_create(&labels).set(s.lag_records as i64);
             m.replication_lag_bytes.get_or_create(&labels).set(s.lag_bytes as i64);
+            m.replication_lag_samples.get_or_create(&labels).set(s.lag_samples as i64);
             m.replication_unprotected.get_or_create(&labels).set(i64::from(s.unprotected));
         }
     }

@@ -218,11 +218,12 @@ async fn one_node_every_verb() {
     check(a, &["node", "remove", "7"], Expect::Fails("node 7 is not a member")).await;
     check(a, &["snapshot"], Expect::Exact("snapshot on node 1 built: covers log index 13 (applied index 13)\n")).await;
     let status = check(a, &["cluster", "status"], Expect::Contains(vec!["leader: 1  term: 1  commit index: 13  last log index: 13", "ID  ROLE   STATE   GRPC", "answered by node 1 at applied index 13 (linearizable)"])).await;
-    assert!(status.contains(&format!("1   voter  leader  {a}  127.0.0.1:19001  13       13       0    ok")), "{status}");
+    assert!(status.contains(&format!("1   voter  leader  {a}  127.0.0.1:19001  13       13       0    -         ok")), "no shard map, no DATA LAG: {status}");
     let json = check(a, &["cluster", "status", "--output", "json"], Expect::Contains(vec![])).await;
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["members"][0]["health"], "ok");
     assert_eq!(value["members"][0]["applied_index"], 13);
+    assert_eq!(value["members"][0]["replication"]["primary_shards"], 0);
     assert_eq!(value["leader_id"], 1);
 
     // Usage errors are one line, before any call.

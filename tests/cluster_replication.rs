@@ -250,6 +250,7 @@ async fn writes_reach_secondaries_and_verify_reports_equal_then_mismatch() {
         let r = &s["replication"];
         assert_eq!(r["state"], "streaming", "{s}");
         assert_eq!(r["lag_records"], 0, "{s}");
+        assert_eq!(r["lag_samples"], 0, "{s}");
         assert_eq!(r["synced_epoch"], s["epoch"], "{s}");
     }
 
@@ -319,6 +320,20 @@ async fn lag_bound_refuses_writes_and_a_returning_secondary_catches_up() {
     let lag = metric(&metrics, "sextant_replication_lag_ms", shard).expect("lag exported per shard");
     assert!(lag > 300.0, "lag {lag} ms\n{metrics}");
     assert!(metric(&metrics, "sextant_replication_lag_records", shard).unwrap() >= 1.0);
+    // The lag in samples: at least the samples of the write accepted after the stop (one per
+    // series of `mine` in the shard; the probing writes add at most one more).
+    let in_shard = mine.iter().filter(|i| shard_of(**i) == shard).count() as f64;
+    let lag_samples = metric(&metrics, "sextant_replication_lag_samples", shard).expect("lag in samples exported per shard");
+    assert!((in_shard..=in_shard + 1.0).contains(&lag_samples), "lag {lag_samples} samples, {in_shard} series of the shard written\n{metrics}");
+    // `cluster status` sums it over node 1's primary shards and shows the largest lag.
+    let grpc = cluster.addrs[0].1;
+    let text = sextant::admin::cli::run(&admin_args(grpc, &["--consistency", "local", "cluster", "status"])).await.expect("cluster status (local: node 2 down leaves no quorum)");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let node1 = json["members"].as_array().unwrap().iter().find(|m| m["node_id"] == 1).unwrap();
+    assert!(node1["replication"]["lag_samples"].as_f64().unwrap() >= lag_samples, "{json}");
+    assert!(node1["replication"]["lag_ms_max"].as_f64().unwrap() > 300.0, "{json}");
+    let node2 = json["members"].as_array().unwrap().iter().find(|m| m["node_id"] == 2).unwrap();
+    assert!(node2["replication"].is_null() && !node2["replication_error"].as_str().unwrap().is_empty(), "the stopped node's data lag is unknown: {json}");
 
     // Back: it catches up by tailing, and writes are accepted again.
     cluster.restart(2).await;

@@ -605,6 +605,10 @@ async fn rebalance_drains_a_node_and_spreads_shards_back() {
     assert_eq!(roles(&balanced), BTreeMap::from([(1, (2, 2)), (2, (2, 2)), (3, (2, 2))]), "{:?}", balanced.shard_map);
     let again = admin(addr, &["rebalance"]).await.expect("plan again");
     assert_eq!(again["moves"], serde_json::json!([]), "{again}");
+    // `cluster status` shows each member's primary shards (from its own stream view).
+    let status = admin(addr, &["cluster", "status"]).await.expect("cluster status");
+    let primaries: Vec<u64> = status["members"].as_array().unwrap().iter().map(|m| m["replication"]["primary_shards"].as_u64().unwrap()).collect();
+    assert_eq!(primaries, vec![2, 2, 2], "{status}");
     stop_writer.send(true).unwrap();
     let (acked, refused) = writer.await.unwrap();
     // Most writes succeed; a few wait out a promotion's fence and are refused (503).

@@ -81,13 +81,32 @@ pub fn cluster_status_table(reply: &pb::ClusterStatusReply) -> String {
                 if m.reachable { m.applied_index.to_string() } else { "-".to_string() },
                 opt(m.matched_index),
                 opt(m.lag_entries),
+                data_lag_cell(m),
                 m.health.clone(),
             ]
         })
         .collect();
-    out.push_str(&table(&["ID", "ROLE", "STATE", "GRPC", "HTTP", "APPLIED", "MATCHED", "LAG", "HEALTH"], &rows));
+    out.push_str(&table(&["ID", "ROLE", "STATE", "GRPC", "HTTP", "APPLIED", "MATCHED", "LAG", "DATA LAG", "HEALTH"], &rows));
     out.push_str(&read_line(&reply.read));
     out
+}
+
+/// The DATA LAG cell: `N shards: Xms/Ysamples` over the shards the member is primary of
+/// (largest lag, summed samples), with unprotected and unreplicated counts; `-` without shards,
+/// `?` when its ReplicationStatus did not answer.
+fn data_lag_cell(m: &pb::MemberStatus) -> String {
+    let Some(r) = &m.replication else { return "?".to_string() };
+    if r.primary_shards == 0 {
+        return "-".to_string();
+    }
+    let mut cell = format!("{} shards: {}ms/{}samples", r.primary_shards, r.lag_ms_max, r.lag_samples);
+    if r.unprotected > 0 {
+        cell.push_str(&format!(", {} unprotected", r.unprotected));
+    }
+    if r.unreplicated > 0 {
+        cell.push_str(&format!(", {} unreplicated", r.unreplicated));
+    }
+    cell
 }
 
 pub fn cluster_status_json(reply: &pb::ClusterStatusReply) -> Value {
@@ -99,6 +118,11 @@ pub fn cluster_status_json(reply: &pb::ClusterStatusReply) -> Value {
                 "node_id": m.node_id, "role": m.role, "state": m.state, "grpc_addr": m.grpc_addr, "http_addr": m.http_addr,
                 "leader": m.leader, "reachable": m.reachable, "applied_index": m.applied_index, "ready": m.ready,
                 "health": m.health, "matched_index": m.matched_index, "lag_entries": m.lag_entries,
+                "replication": m.replication.as_ref().map(|r| json!({
+                    "primary_shards": r.primary_shards, "lag_ms_max": r.lag_ms_max, "lag_samples": r.lag_samples,
+                    "lag_records": r.lag_records, "unprotected": r.unprotected, "unreplicated": r.unreplicated,
+                })),
+                "replication_error": m.replication_error,
             })
         })
         .collect();
@@ -163,7 +187,7 @@ pub fn shard_map_json(reply: &pb::ShardMapReply) -> Value {
         .iter()
         .map(|s| {
             let r = replication.get(&s.shard).map(|r| {
-                json!({"state": r.state, "lag_ms": r.lag_ms, "lag_records": r.lag_records, "lag_bytes": r.lag_bytes, "synced_epoch": r.synced_epoch, "unprotected": r.unprotected, "error": r.error})
+                json!({"state": r.state, "lag_ms": r.lag_ms, "lag_records": r.lag_records, "lag_samples": r.lag_samples, "lag_bytes": r.lag_bytes, "synced_epoch": r.synced_epoch, "unprotected": r.unprotected, "error": r.error})
             });
             let lease = if s.lease_known { json!({"holder": s.lease_holder, "age_ms": s.lease_holder.map(|_| s.lease_age_ms)}) } else { Value::Null };
             let merge_pending = match (s.merge_pending_epoch, s.merge_from_node) {
@@ -183,7 +207,7 @@ fn replication_cells(r: Option<&pb::ShardReplicationInfo>) -> [String; 3] {
     if r.unprotected {
         state.push_str(",unprotected");
     }
-    let lag = if r.state == "unreplicated" || r.state == "unknown" { "-".to_string() } else { format!("{}ms/{}rec", r.lag_ms, r.lag_records) };
+    let lag = if r.state == "unreplicated" || r.state == "unknown" { "-".to_string() } else { format!("{}ms/{}samples/{}rec", r.lag_ms, r.lag_samples, r.lag_records) };
     [state, lag, opt(r.synced_epoch)]
 }
 

@@ -250,6 +250,7 @@ impl AdminGrpcService {
                             lag_ms: r.lag_ms,
                             lag_records: r.lag_records,
                             lag_bytes: r.lag_bytes,
+                            lag_samples: r.lag_samples,
                             synced_epoch: r.synced_epoch,
                             unprotected: r.unprotected,
                             error: r.last_error.clone(),
@@ -329,10 +330,16 @@ impl AdminService for AdminGrpcService {
                 }
             }
         });
-        let answers = futures_util::future::join_all(asks).await;
+        let data = nodes.keys().map(|id| async move {
+            match tokio::time::timeout(timeout, crate::replicate::primary_status(&self.node, *id)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!("no ReplicationStatus answer within {} ms", timeout.as_millis())),
+            }
+        });
+        let (answers, data) = futures_util::future::join(futures_util::future::join_all(asks), futures_util::future::join_all(data)).await;
         let replication = metrics.replication.clone();
         let mut members = Vec::new();
-        for ((id, (grpc_addr, http_addr)), answer) in nodes.iter().zip(answers) {
+        for (((id, (grpc_addr, http_addr)), answer), data) in nodes.iter().zip(answers).zip(data) {
             let matched_index = replication.as_ref().map(|r| if *id == self.id() { last_log_index } else { r.get(id).copied().flatten().map(|l| l.index).unwrap_or(0) });
             let mut member = pb::MemberStatus {
                 node_id: *id,
@@ -353,6 +360,10 @@ impl AdminService for AdminGrpcService {
                     member.health = if status.ready { "ok".to_string() } else { format!("not ready: {}", status.not_ready_reason) };
                 }
                 Err(error) => member.health = format!("unreachable: {error}"),
+            }
+            match data {
+                Ok(status) => member.replication = Some(replication_summary(&status)),
+                Err(error) => member.replication_error = error,
             }
             members.push(member);
         }
@@ -742,6 +753,20 @@ impl AdminGrpcService {
 }
 
 /// `shard` in the applied shard map: NOT_FOUND without a map or when it has no such shard.
+/// A member's data-path replication in one line of `cluster status`: over the shards it is
+/// primary of, the largest lag in ms and the sums of the lags in samples and records.
+fn replication_summary(status: &crate::route::pb::ReplicationStatusReply) -> pb::DataReplicationSummary {
+    let mut summary = pb::DataReplicationSummary { primary_shards: status.shards.len() as u32, ..Default::default() };
+    for s in &status.shards {
+        summary.lag_ms_max = summary.lag_ms_max.max(s.lag_ms);
+        summary.lag_samples += s.lag_samples;
+        summary.lag_records += s.lag_records;
+        summary.unprotected += u32::from(s.unprotected);
+        summary.unreplicated += u32::from(s.state == "unreplicated");
+    }
+    summary
+}
+
 fn shard_of(state: &sextant_raft::state::MetadataState, shard: u32) -> Result<sextant_raft::state::Shard, Status> {
     let map = state.shard_map.as_ref().ok_or_else(|| Status::failed_precondition("there is no shard map yet"))?;
     map.shards.get(&shard).cloned().ok_or_else(|| Status::not_found(format!("shard {shard} does not exist (the map has {} shards)", map.shards.len())))

@@ -846,9 +846,9 @@ impl Engine {
                     }
                 };
                 if let Some(ticket) = &series_ticket {
-                    self.note_appended(shard.id, ticket.seq(), ticket.bytes());
+                    self.note_appended(shard.id, ticket.seq(), ticket.bytes(), 0);
                 }
-                self.note_appended(shard.id, samples_ticket.seq(), samples_ticket.bytes());
+                self.note_appended(shard.id, samples_ticket.seq(), samples_ticket.bytes(), entries.len());
                 let seq = samples_ticket.seq();
                 let (outcome_tx, outcome_rx) = watch::channel(None);
                 shard.pending.seqs.insert(seq);
@@ -1214,7 +1214,7 @@ impl Engine {
         }
         let ticket =
             self.inner.wal.submit(id, RecordBody::Tombstone(TombstoneEntry { tenant: tenant.to_string(), matchers: matchers.to_vec(), min_t, max_t }))?;
-        self.note_appended(id, ticket.seq(), ticket.bytes());
+        self.note_appended(id, ticket.seq(), ticket.bytes(), 0);
         // The head only holds durable data, so log first and apply once durable. Holding
         // the shard lock meanwhile keeps writes from interleaving with the deletion.
         ticket.durable().await?;

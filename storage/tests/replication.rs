@@ -371,6 +371,14 @@ async fn floor_keeps_records_across_checkpoint() {
     let status = floored.replication_status().await;
     assert_eq!((status.shards[&0].floor, status.floors_released), (Some(0), 0));
     assert!(status.shards[&0].retained_bytes > 0);
+    // The lag in samples: every sample logged above the floor, then those above a raised one.
+    assert_eq!(status.shards[&0].retained_samples, 800);
+    let mid = tail.records[tail.records.len() / 2].seq;
+    floored.set_replication_floor(0, Some(mid)).unwrap();
+    let above: Vec<TailRecord> = tail.records.iter().filter(|r| r.seq > mid).cloned().collect();
+    assert!(!above.is_empty() && samples_of(&above).len() < 800);
+    assert_eq!(floored.replication_status().await.shards[&0].retained_samples, samples_of(&above).len() as u64);
+    floored.set_replication_floor(0, Some(0)).unwrap();
     // The secondary catches up from the retained records alone.
     let fs3 = SimFs::new(42);
     let secondary = open(&fs3, &clock, config()).await;
@@ -381,6 +389,7 @@ async fn floor_keeps_records_across_checkpoint() {
     // then answer Truncated and tails from the floor still work.
     let floor = tail.last_seq().unwrap();
     floored.set_replication_floor(0, Some(floor)).unwrap();
+    assert_eq!(floored.replication_status().await.shards[&0].retained_samples, 0, "nothing above the last record");
     floored.flush().await.unwrap();
     assert!(matches!(floored.wal_tail(0, 0, 1024).await, Err(TailError::Truncated { .. })));
     assert!(floored.wal_tail(0, floor, 1024).await.unwrap().records.is_empty());

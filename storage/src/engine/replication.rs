@@ -204,6 +204,9 @@ pub struct ReplicationShardStatus {
     pub retained_bytes: u64,
     /// Age of the oldest record above the floor, on the injected clock.
     pub retained_ms: i64,
+    /// Samples in the records logged above the floor since it was set (records already
+    /// logged above it when it was set are not counted: their contents are not read).
+    pub retained_samples: u64,
     /// Tails with `after_seq` below this answer `Truncated`.
     pub tail_from_seq: u64,
     /// Secondary side: the applied position.
@@ -216,12 +219,34 @@ struct Floor {
     /// (first seq, wall ms of that record, payload bytes of the records from it on until the
     /// next mark): a coarse account of records above the floor.
     marks: VecDeque<(u64, i64, u64)>,
+    /// (seq, samples) of each samples record logged above the floor, oldest first; exact,
+    /// unlike `marks`, as the lag in samples is a figure operators read.
+    samples: VecDeque<(u64, u64)>,
+    /// The sum of `samples`' counts.
+    samples_total: u64,
     /// Tails with `after_seq` below this are refused: records at or below it may have been
     /// changed or dropped by a checkpoint (or the floor holding them was released).
     truncated_through: u64,
 }
 
 impl Floor {
+    fn clear(&mut self) {
+        self.marks.clear();
+        self.samples.clear();
+        self.samples_total = 0;
+    }
+
+    /// Forgets the samples records at or below `seq`.
+    fn drop_samples_through(&mut self, seq: u64) {
+        while let Some((first, count)) = self.samples.front().copied() {
+            if first > seq {
+                break;
+            }
+            self.samples.pop_front();
+            self.samples_total -= count;
+        }
+    }
+
     fn retained(&self, now_ms: i64) -> (u64, i64) {
         let bytes = self.marks.iter().map(|m| m.2).sum();
         let ms = self.marks.front().map_or(0, |m| now_ms.saturating_sub(m.1).max(0));
@@ -407,9 +432,9 @@ impl Engine {
         Ok(states.iter().map(DigestState::finish).collect())
     }
 
-    /// Records a logged record for the floor accounting, and releases the floor when a bound
-    /// is exceeded.
-    pub(super) fn note_appended(&self, shard: ShardId, seq: u64, bytes: usize) {
+    /// Records a logged record (`samples` of them in it) for the floor accounting, and releases
+    /// the floor when a bound is exceeded.
+    pub(super) fn note_appended(&self, shard: ShardId, seq: u64, bytes: usize, samples: usize) {
         let now = self.inner.clock.now_wall_ms();
         let mut floors = self.inner.replication.floors();
         let Some(floor) = floors.get_mut(&shard) else { return };
@@ -419,6 +444,10 @@ impl Engine {
         match floor.marks.back_mut() {
             Some(mark) if now.saturating_sub(mark.1) < RETAIN_MARK_MS => mark.2 += bytes as u64,
             _ => floor.marks.push_back((seq, now, bytes as u64)),
+        }
+        if samples > 0 {
+            floor.samples.push_back((seq, samples as u64));
+            floor.samples_total += samples as u64;
         }
         self.enforce_bounds(shard, floor, now);
     }
@@ -439,7 +468,7 @@ impl Engine {
                 "replication floor released: the secondary is too far behind; it must copy data instead of tailing the WAL"
             );
             floor.floor = None;
-            floor.marks.clear();
+            floor.clear();
             floor.truncated_through = floor.truncated_through.max(logged_through);
             self.inner.replication.floors_released.fetch_add(1, Ordering::Relaxed);
         }
@@ -459,7 +488,7 @@ impl Engine {
         match seq {
             None => {
                 floor.floor = None;
-                floor.marks.clear();
+                floor.clear();
             }
             Some(seq) => {
                 if floor.floor.is_none() && seq.saturating_add(1) < logged_next {
@@ -475,6 +504,7 @@ impl Engine {
                 if floor.marks.front().is_some_and(|m| m.0 <= seq) && floor.marks.len() == 1 && seq.saturating_add(1) >= logged_next {
                     floor.marks.clear();
                 }
+                floor.drop_samples_through(seq);
                 self.enforce_bounds(shard, floor, now);
             }
         }
@@ -514,7 +544,14 @@ impl Engine {
                 let (retained_bytes, retained_ms) = floor.retained(now);
                 status.shards.insert(
                     *id,
-                    ReplicationShardStatus { floor: floor.floor, retained_bytes, retained_ms, tail_from_seq: floor.truncated_through, applied_through: None },
+                    ReplicationShardStatus {
+                        floor: floor.floor,
+                        retained_bytes,
+                        retained_ms,
+                        retained_samples: floor.samples_total,
+                        tail_from_seq: floor.truncated_through,
+                        applied_through: None,
+                    },
                 );
             }
         }
