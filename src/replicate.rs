@@ -205,10 +205,11 @@ impl Replication {
     /// this node runs no stream for the shard.
     pub fn lag(&self, shard: u32, engine: &Engine) -> Option<Lag> {
         let logged_next = engine.wal_next_seq(shard).ok()?;
+        let oldest = engine.replication_oldest_logged_ns(shard);
         let now = self.clock.now_monotonic_ns();
         let shards = self.lock();
         let state = shards.get(&shard)?;
-        Some(lag_of(state, logged_next, now))
+        Some(lag_of(state, logged_next, oldest, now))
     }
 
     /// The `--replication-lag-max` check for a write of `shard` on this node: `Ok` when this
@@ -267,8 +268,8 @@ impl Replication {
                 continue;
             };
             let logged_next = engine.as_ref().and_then(|e| e.wal_next_seq(*shard).ok()).unwrap_or(0);
-            let lag = lag_of(stream, logged_next, now);
             let retained = status.as_ref().and_then(|s| s.shards.get(shard));
+            let lag = lag_of(stream, logged_next, retained.and_then(|r| r.oldest_logged_ns), now);
             let (lag_bytes, lag_samples) = retained.map_or((0, 0), |s| (s.retained_bytes, s.retained_samples));
             shards.push(pb::ShardReplication {
                 shard: *shard,
@@ -314,12 +315,17 @@ impl Replication {
     }
 }
 
-fn lag_of(state: &PrimaryShard, logged_next: u64, now_ns: u64) -> Lag {
+/// The lag: 0 when the secondary acknowledged everything logged; else the age of the oldest
+/// unacknowledged record when storage tracked when it was logged (`oldest_logged_ns`, the
+/// usual case), never more than the time since the secondary last had everything (the bound
+/// that holds without it, e.g. just after the stream started).
+fn lag_of(state: &PrimaryShard, logged_next: u64, oldest_logged_ns: Option<u64>, now_ns: u64) -> Lag {
     let acked_next = state.acked_seq.map_or(1, |a| a + 1);
     if acked_next >= logged_next {
         return Lag::default();
     }
-    Lag { lag_ms: (now_ns.saturating_sub(state.caught_up_at_ns) / 1_000_000) as i64, records: logged_next - acked_next }
+    let since = oldest_logged_ns.map_or(state.caught_up_at_ns, |t| t.max(state.caught_up_at_ns));
+    Lag { lag_ms: (now_ns.saturating_sub(since) / 1_000_000) as i64, records: logged_next - acked_next }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,10 +997,12 @@ mod tests {
         assert!(wide[0].0 <= i64::MIN / 2 && wide[wide.len() - 1].1 >= i64::MAX / 2);
     }
 
-    // Goal: the lag is 0 when everything logged is acknowledged, else the time since the
-    // stream was last caught up, with the records not acknowledged.
+    // Goal: the lag is 0 when everything logged is acknowledged, else the age of the oldest
+    // unacknowledged record when storage knows when it was logged, never more than the time
+    // since the stream was last caught up (the bound without it), with the records not
+    // acknowledged.
     #[test]
-    fn lag_counts_from_the_last_caught_up_moment() {
+    fn lag_counts_from_the_oldest_unacknowledged_record() {
         let state = |acked: Option<u64>| PrimaryShard {
             secondary: 2,
             epoch: 1,
@@ -1006,8 +1014,14 @@ mod tests {
             last_error: String::new(),
         };
         fn check(state: PrimaryShard, logged_next: u64, now_ns: u64, expected: Lag) {
-            assert_eq!(lag_of(&state, logged_next, now_ns), expected, "{:?} logged_next {logged_next}", state.acked_seq);
+            assert_eq!(lag_of(&state, logged_next, None, now_ns), expected, "{:?} logged_next {logged_next}", state.acked_seq);
         }
+        // Sustained writes: never caught up since 1 s, but the oldest record waiting was
+        // logged at 3.4 s: 100 ms of lag, not 2.5 s.
+        assert_eq!(lag_of(&state(Some(9)), 13, Some(3_400_000_000), 3_500_000_000), Lag { lag_ms: 100, records: 3 });
+        // A time before the last caught-up moment cannot be the oldest unacknowledged record's.
+        assert_eq!(lag_of(&state(Some(9)), 13, Some(500_000_000), 3_500_000_000), Lag { lag_ms: 2_500, records: 3 });
+        assert_eq!(lag_of(&state(Some(9)), 10, Some(3_400_000_000), 3_500_000_000), Lag::default());
         check(state(None), 1, 9_000_000_000, Lag::default());
         check(state(Some(9)), 10, 9_000_000_000, Lag::default());
         check(state(Some(9)), 13, 3_500_000_000, Lag { lag_ms: 2_500, records: 3 });

@@ -335,6 +335,39 @@ async fn tail_pairs_with_appends_across_rotation_and_restart() {
     assert_eq!(got, all, "after restart the tail returns every record again");
 }
 
+// Goal: the age the lag bound uses — when the oldest record above the floor was logged, on
+// the monotonic clock — follows the floor: the first record's time, then the next one's once
+// the floor passes the first; none when nothing is above the floor, or for records logged
+// before the floor was set. Method: one engine, a manual clock advanced between appends.
+#[tokio::test]
+async fn oldest_logged_time_follows_the_floor() {
+    let clock = Arc::new(ManualClock::new(NOW));
+    let fs = SimFs::new(44);
+    let engine = open(&fs, &clock, config()).await;
+    engine.append(0, "t", vec![series("m", "a", &[(NOW, 1.0)])]).await.unwrap();
+    // Logged before any floor: not tracked.
+    engine.set_replication_floor(0, Some(0)).unwrap();
+    assert_eq!(engine.replication_oldest_logged_ns(0), None, "a record logged before the floor was set has no known time");
+    let first_seq = engine.wal_next_seq(0).unwrap() - 1;
+    engine.set_replication_floor(0, Some(first_seq)).unwrap();
+    assert_eq!(engine.replication_oldest_logged_ns(0), None, "nothing above the floor");
+    clock.advance_ms(1_000);
+    engine.append(0, "t", vec![series("m", "a", &[(NOW + 1000, 2.0)])]).await.unwrap();
+    let second_seq = engine.wal_next_seq(0).unwrap() - 1;
+    clock.advance_ms(250);
+    engine.append(0, "t", vec![series("m", "a", &[(NOW + 2000, 3.0)])]).await.unwrap();
+    assert_eq!(engine.replication_oldest_logged_ns(0), Some(1_000_000_000));
+    let status = engine.replication_status().await;
+    assert_eq!((status.shards[&0].oldest_logged_ns, status.shards[&0].retained_samples), (Some(1_000_000_000), 2));
+    engine.set_replication_floor(0, Some(second_seq)).unwrap();
+    assert_eq!(engine.replication_oldest_logged_ns(0), Some(1_250_000_000));
+    assert_eq!(engine.replication_status().await.shards[&0].retained_samples, 1);
+    engine.set_replication_floor(0, Some(engine.wal_next_seq(0).unwrap() - 1)).unwrap();
+    assert_eq!(engine.replication_oldest_logged_ns(0), None);
+    engine.set_replication_floor(0, None).unwrap();
+    assert_eq!(engine.replication_oldest_logged_ns(0), None, "no floor, no age");
+}
+
 /// Fills shard 0 with `steps` appends of 4 series and persists most of it to blocks.
 async fn fill_and_flush(engine: &Engine, clock: &ManualClock, steps: i64) {
     for step in 0..steps {
@@ -373,12 +406,18 @@ async fn floor_keeps_records_across_checkpoint() {
     assert!(status.shards[&0].retained_bytes > 0);
     // The lag in samples: every sample logged above the floor, then those above a raised one.
     assert_eq!(status.shards[&0].retained_samples, 800);
+    // ... and when the oldest record above the floor was logged (the lag's age).
+    let oldest = floored.replication_oldest_logged_ns(0).expect("every record above floor 0 is tracked");
+    assert_eq!(status.shards[&0].oldest_logged_ns, Some(oldest));
     let mid = tail.records[tail.records.len() / 2].seq;
     floored.set_replication_floor(0, Some(mid)).unwrap();
     let above: Vec<TailRecord> = tail.records.iter().filter(|r| r.seq > mid).cloned().collect();
     assert!(!above.is_empty() && samples_of(&above).len() < 800);
     assert_eq!(floored.replication_status().await.shards[&0].retained_samples, samples_of(&above).len() as u64);
+    assert!(floored.replication_oldest_logged_ns(0).expect("tracked") >= oldest);
+    // Moved back: the records between were forgotten, so no age is claimed.
     floored.set_replication_floor(0, Some(0)).unwrap();
+    assert_eq!(floored.replication_oldest_logged_ns(0), None);
     // The secondary catches up from the retained records alone.
     let fs3 = SimFs::new(42);
     let secondary = open(&fs3, &clock, config()).await;
@@ -390,6 +429,7 @@ async fn floor_keeps_records_across_checkpoint() {
     let floor = tail.last_seq().unwrap();
     floored.set_replication_floor(0, Some(floor)).unwrap();
     assert_eq!(floored.replication_status().await.shards[&0].retained_samples, 0, "nothing above the last record");
+    assert_eq!(floored.replication_oldest_logged_ns(0), None);
     floored.flush().await.unwrap();
     assert!(matches!(floored.wal_tail(0, 0, 1024).await, Err(TailError::Truncated { .. })));
     assert!(floored.wal_tail(0, floor, 1024).await.unwrap().records.is_empty());

@@ -207,6 +207,9 @@ pub struct ReplicationShardStatus {
     /// Samples in the records logged above the floor since it was set (records already
     /// logged above it when it was set are not counted: their contents are not read).
     pub retained_samples: u64,
+    /// When the oldest record above the floor was logged (injected clock, monotonic ns);
+    /// `None` when there is none or it was logged before the floor was set.
+    pub oldest_logged_ns: Option<u64>,
     /// Tails with `after_seq` below this answer `Truncated`.
     pub tail_from_seq: u64,
     /// Secondary side: the applied position.
@@ -219,11 +222,15 @@ struct Floor {
     /// (first seq, wall ms of that record, payload bytes of the records from it on until the
     /// next mark): a coarse account of records above the floor.
     marks: VecDeque<(u64, i64, u64)>,
-    /// (seq, samples) of each samples record logged above the floor, oldest first; exact,
-    /// unlike `marks`, as the lag in samples is a figure operators read.
-    samples: VecDeque<(u64, u64)>,
-    /// The sum of `samples`' counts.
+    /// (seq, samples in it, monotonic ns when logged) of each record logged above the floor
+    /// since it was set, oldest first; exact, unlike `marks`, as the lag in samples and the age
+    /// of the oldest unacknowledged record are figures operators read and the lag bound uses.
+    records: VecDeque<(u64, u64, u64)>,
+    /// The sum of `records`' sample counts.
     samples_total: u64,
+    /// Records through this seq were logged before the floor was set and are not in
+    /// `records` (their contents and times are unknown here).
+    untracked_through: u64,
     /// Tails with `after_seq` below this are refused: records at or below it may have been
     /// changed or dropped by a checkpoint (or the floor holding them was released).
     truncated_through: u64,
@@ -232,19 +239,29 @@ struct Floor {
 impl Floor {
     fn clear(&mut self) {
         self.marks.clear();
-        self.samples.clear();
+        self.records.clear();
         self.samples_total = 0;
     }
 
-    /// Forgets the samples records at or below `seq`.
-    fn drop_samples_through(&mut self, seq: u64) {
-        while let Some((first, count)) = self.samples.front().copied() {
+    /// Forgets the records at or below `seq`.
+    fn drop_records_through(&mut self, seq: u64) {
+        while let Some((first, count, _)) = self.records.front().copied() {
             if first > seq {
                 break;
             }
-            self.samples.pop_front();
+            self.records.pop_front();
             self.samples_total -= count;
         }
+    }
+
+    /// When the oldest record above the floor was logged (monotonic ns), if every record above
+    /// it is tracked and there is one.
+    fn oldest_logged_ns(&self) -> Option<u64> {
+        let floor = self.floor?;
+        if self.untracked_through > floor {
+            return None;
+        }
+        self.records.front().map(|r| r.2)
     }
 
     fn retained(&self, now_ms: i64) -> (u64, i64) {
@@ -445,10 +462,8 @@ impl Engine {
             Some(mark) if now.saturating_sub(mark.1) < RETAIN_MARK_MS => mark.2 += bytes as u64,
             _ => floor.marks.push_back((seq, now, bytes as u64)),
         }
-        if samples > 0 {
-            floor.samples.push_back((seq, samples as u64));
-            floor.samples_total += samples as u64;
-        }
+        floor.records.push_back((seq, samples as u64, self.inner.clock.now_monotonic_ns()));
+        floor.samples_total += samples as u64;
         self.enforce_bounds(shard, floor, now);
     }
 
@@ -491,6 +506,11 @@ impl Engine {
                 floor.clear();
             }
             Some(seq) => {
+                if floor.floor.is_none_or(|old| seq < old) {
+                    // Set anew, or moved back (the records between were forgotten): what is
+                    // logged so far is not tracked.
+                    floor.untracked_through = logged_next.saturating_sub(1);
+                }
                 if floor.floor.is_none() && seq.saturating_add(1) < logged_next {
                     // Records already logged above the new floor: counted from now, with no
                     // bytes (their sizes are not known without reading the log).
@@ -504,11 +524,18 @@ impl Engine {
                 if floor.marks.front().is_some_and(|m| m.0 <= seq) && floor.marks.len() == 1 && seq.saturating_add(1) >= logged_next {
                     floor.marks.clear();
                 }
-                floor.drop_samples_through(seq);
+                floor.drop_records_through(seq);
                 self.enforce_bounds(shard, floor, now);
             }
         }
         Ok(())
+    }
+
+    /// When the shard's oldest record above the replication floor was logged (monotonic ns on
+    /// the injected clock): `None` when nothing is above it, no floor is set, or that record
+    /// was logged before the floor was set. Cheap (one lock), for the write path's lag check.
+    pub fn replication_oldest_logged_ns(&self, shard: ShardId) -> Option<u64> {
+        self.inner.replication.floors().get(&shard).and_then(Floor::oldest_logged_ns)
     }
 
     /// Floors in force for a checkpoint, after enforcing the bounds.
@@ -549,6 +576,7 @@ impl Engine {
                         retained_bytes,
                         retained_ms,
                         retained_samples: floor.samples_total,
+                        oldest_logged_ns: floor.oldest_logged_ns(),
                         tail_from_seq: floor.truncated_through,
                         applied_through: None,
                     },
