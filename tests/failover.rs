@@ -641,3 +641,97 @@ async fn rebalance_drains_a_node_and_spreads_shards_back() {
         server.shutdown().await.unwrap();
     }
 }
+
+// Goal: the operator's flow when a node is lost for good. Node 3 stops and stays down; the
+// leader promotes its shards (merge pending from node 3). `shards abandon-merge` is refused
+// while node 3 is still such a shard's secondary and a voter (its merge-back could complete).
+// `rebalance --drain 3 --apply` completes without waiting for those merge-backs (they cannot
+// complete through another secondary) and leaves node 3 holding nothing; queries still warn
+// until `shards abandon-merge` clears each shard, after which the warning is gone, a second
+// abandon is refused, every sample replicated before the loss is answered, `shards --verify`
+// is equal and writes succeed.
+// Method: three nodes in process, 6 shards, short lease timings; node 3's server shut down;
+// the admin CLI's `run` against node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lost_for_good_is_drained_and_its_merges_abandoned() {
+    const SHARDS: u32 = 6;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut grpc = Vec::new();
+    let mut http_listeners = Vec::new();
+    for _ in 0..3 {
+        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        http_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let grpc_addrs: Vec<SocketAddr> = grpc.iter().map(|l| l.local_addr().unwrap()).collect();
+    let initial_cluster = grpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let mut servers = Vec::new();
+    for (i, (g, h)) in grpc.into_iter().zip(http_listeners).enumerate() {
+        servers.push(start_node_with(&dirs[i], i as u64 + 1, &initial_cluster, g, h, Some(SHARDS)).await);
+    }
+    eventually("every node to hold the map, all addresses and leases for its primary shards", || {
+        let ok = servers.iter().all(|s| s.node().router().table().grpc_addrs.len() == 3 && state(s).nodes.len() == 3 && s.node().readiness().is_ok() && leases_match_map(s));
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let addr = grpc_addrs[0];
+    let all: Vec<usize> = (0..SERIES).collect();
+    let now = servers[0].node().clock().now_wall_ms() / 1000 * 1000;
+    let times: Vec<i64> = (0..3).map(|k| now - 9000 + k * 1000).collect();
+    let (status, body) = remote_write(servers[0].node(), &request(&all, &times)).await;
+    assert_eq!(status, 204, "{body}");
+    // Replicated everywhere before the loss (what the loss may cost is the lag; here none).
+    eventually("equal replicas before the loss", || async { admin(addr, &["shards", "--verify"]).await.ok().filter(|v| v["mismatched"] == 0) }).await;
+
+    let victim = servers.pop().unwrap();
+    victim.shutdown().await.unwrap();
+    let promoted: BTreeSet<u32> = eventually("node 3's shards to be promoted", || {
+        let map = state(&servers[0]).shard_map.unwrap();
+        let done = map.shards.values().all(|s| s.primary != Some(3));
+        let promoted = map.shards.iter().filter(|(_, s)| s.merge_pending.as_ref().is_some_and(|m| m.from_node == 3)).map(|(id, _)| *id).collect();
+        async move { done.then_some(promoted) }
+    })
+    .await;
+    assert!(!promoted.is_empty(), "node 3 was primary of some shards");
+    let first = promoted.iter().next().unwrap().to_string();
+    let error = admin(addr, &["shards", "abandon-merge", &first]).await.expect_err("node 3 is still the secondary and a voter");
+    assert!(error.contains("can still complete"), "{error}");
+
+    let drained = admin(addr, &["rebalance", "--drain", "3", "--apply", "--step-timeout", "60s"]).await.expect("drain a dead node");
+    assert!(drained["moves_done"].as_u64().unwrap() > 0, "{drained}");
+    let map = state(&servers[0]).shard_map.unwrap();
+    assert!(map.shards.values().all(|s| s.primary != Some(3) && s.secondary != Some(3)), "node 3 holds nothing: {map:?}");
+    assert_eq!(roles(&state(&servers[0])), BTreeMap::from([(1, (3, 3)), (2, (3, 3))]));
+    let pending: BTreeSet<u32> = map.shards.iter().filter(|(_, s)| s.merge_pending.is_some()).map(|(id, _)| *id).collect();
+    assert_eq!(pending, promoted, "the merges from node 3 stay pending: nothing can complete them");
+    let (_, warnings) = query_range(servers[0].node(), &times).await;
+    assert!(warnings.iter().any(|w| w.contains("merge-back from node 3 has not completed")), "{warnings:?}");
+
+    for shard in &promoted {
+        let reply = admin(addr, &["shards", "abandon-merge", &shard.to_string()]).await.expect("abandon-merge");
+        assert_eq!(reply["write"]["applied"], true, "{reply}");
+        let index = reply["write"]["index"].as_u64().unwrap();
+        eventually("node 1 to apply the abandon", || async { (servers[0].raft().local_read().applied_index >= index).then_some(()) }).await;
+    }
+    let error = admin(addr, &["shards", "abandon-merge", &first]).await.expect_err("nothing pending any more");
+    assert!(error.contains("has no merge pending"), "{error}");
+    assert!(state(&servers[0]).shard_map.unwrap().shards.values().all(|s| s.merge_pending.is_none()));
+    let (read, warnings) = query_range(servers[0].node(), &times).await;
+    assert!(warnings.is_empty(), "no warning once abandoned and drained: {warnings:?}");
+    assert_eq!(read.len(), SERIES);
+    for (instance, points) in &read {
+        let i: usize = instance[1..].parse().unwrap();
+        assert_eq!(points, &times.iter().map(|t| (*t, value(i, *t))).collect::<Vec<_>>(), "{instance}");
+    }
+    let verify = eventually("equal replicas on nodes 1 and 2", || async { admin(addr, &["shards", "--verify"]).await.ok().filter(|v| v["mismatched"] == 0) }).await;
+    assert_eq!(verify["mismatched"], 0);
+    let later: Vec<i64> = times.iter().map(|t| t + 3000).collect();
+    eventually("writes to every shard to succeed", || {
+        let node = servers[0].node().clone();
+        let request = request(&all, &later);
+        async move { (remote_write(&node, &request).await.0 == 204).then_some(()) }
+    })
+    .await;
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}

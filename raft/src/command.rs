@@ -141,6 +141,14 @@ pub enum Action {
         shard: u32,
         epoch: u64,
     },
+    /// An operator gives up the merge-back of a promoted shard at `epoch` (its previous
+    /// primary is gone for good): clears merge pending like `MarkShardSynced`, and the audit
+    /// says it was abandoned — samples only the previous primary held are lost. The same no-op
+    /// rules as `MarkShardSynced`.
+    AbandonMerge {
+        shard: u32,
+        epoch: u64,
+    },
 }
 
 /// The limits a tenant without its own entry gets, and what a tenant entry's zero fields
@@ -528,7 +536,7 @@ pub fn validate(command: &Command) -> Result<(), ValidationError> {
                 ));
             }
         }
-        Action::MarkShardSynced { shard, epoch } => {
+        Action::MarkShardSynced { shard, epoch } | Action::AbandonMerge { shard, epoch } => {
             check_shard_id(*shard)?;
             if *epoch == 0 {
                 return Err(invalid("epoch", "0 is not an epoch a promoted shard can have"));

@@ -340,7 +340,7 @@ impl MetadataState {
                 map.version = index;
                 Outcome::Applied
             }
-            Action::MarkShardSynced { shard, epoch } => {
+            Action::MarkShardSynced { shard, epoch } | Action::AbandonMerge { shard, epoch } => {
                 let Some(map) = self.shard_map.as_mut() else {
                     return no_op("no shard map yet");
                 };
@@ -523,6 +523,9 @@ fn describe(action: &Action) -> String {
         } => format!("promote the secondary of shard {shard} (epoch {expected_epoch} → {})", expected_epoch + 1),
         Action::MarkShardSynced { shard, epoch } => {
             format!("shard {shard}: merge-back completed at epoch {epoch}")
+        }
+        Action::AbandonMerge { shard, epoch } => {
+            format!("shard {shard}: merge-back abandoned at epoch {epoch} (samples only the previous primary held are lost)")
         }
         Action::PutTenantLimits { tenant, .. } => format!("set limits of tenant {tenant:?}"),
         Action::DeleteTenant { tenant } => format!("delete tenant {tenant:?}"),

@@ -417,6 +417,33 @@ fn promotion_table() {
         },
     );
     check(
+        "abandoning the merge-back clears merge pending at its epoch, audited as abandoned; stale or repeated requests are no-ops",
+        vec![
+            shard_map_1_2(),
+            Action::PromoteShard {
+                shard: 0,
+                expected_epoch: 1,
+            },
+            Action::AbandonMerge { shard: 0, epoch: 1 },
+            Action::AbandonMerge { shard: 0, epoch: 2 },
+            Action::AbandonMerge { shard: 0, epoch: 2 },
+            Action::MarkShardSynced { shard: 0, epoch: 2 },
+        ],
+        vec![
+            Outcome::Applied,
+            Outcome::Applied,
+            no_op("shard 0 is at epoch 2, the sync was at epoch 1"),
+            Outcome::Applied,
+            no_op("shard 0 has no merge pending"),
+            no_op("shard 0 has no merge pending"),
+        ],
+        |state| {
+            assert_eq!(merge_pending(state, 0), None);
+            assert_eq!(placement(state, 0), (Some(2), Some(1), 2, 4), "the version moves, the epoch stays");
+            assert!(state.audit.iter().any(|a| a.what == "shard 0: merge-back abandoned at epoch 2 (samples only the previous primary held are lost)"), "{:?}", state.audit);
+        },
+    );
+    check(
         "a second promotion before the merge-back replaces what is pending; a sync of the first epoch does not clear it",
         vec![
             shard_map_1_2(),
@@ -773,6 +800,16 @@ fn validate_table() {
             "mark synced at epoch 0",
             Action::MarkShardSynced { shard: 0, epoch: 0 },
             Err("invalid epoch: 0 is not an epoch"),
+        ),
+        (
+            "abandon a merge at epoch 0",
+            Action::AbandonMerge { shard: 0, epoch: 0 },
+            Err("invalid epoch: 0 is not an epoch"),
+        ),
+        (
+            "abandon a merge past the largest map",
+            Action::AbandonMerge { shard: 4_096, epoch: 2 },
+            Err("invalid shard: 4096 is not below 4096"),
         ),
         (
             "negative retention",

@@ -131,6 +131,15 @@ pub enum ShardsCommand {
     /// Name another secondary for the shard (a dead one's replacement); the primary's stream
     /// catches it up by a two-way sync. The previous secondary keeps its copy on disk.
     SetSecondary { shard: u32, node: u64 },
+    /// Give up a promoted shard's merge-back because its previous primary is gone for good:
+    /// clears merge pending (and the query warning). Samples only that node held are lost.
+    /// Refused while that node is still the shard's secondary and a voter.
+    AbandonMerge {
+        shard: u32,
+        /// Only if the shard is still at this epoch.
+        #[arg(long)]
+        expected_epoch: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -360,6 +369,7 @@ named! {
     pb::VerifyShardsRequest => pb::VerifyShardsReply, "shards --verify";
     pb::PromoteShardRequest => pb::WriteReply, "shards promote";
     pb::SetShardSecondaryRequest => pb::WriteReply, "shards set-secondary";
+    pb::AbandonMergeRequest => pb::WriteReply, "shards abandon-merge";
     pb::ApplyRulesRequest => pb::ApplyRulesReply, "rules apply";
     pb::GetRuleGroupRequest => pb::RuleGroupsReply, "rules get";
     pb::DeleteRuleGroupRequest => pb::WriteReply, "rules delete";
@@ -445,6 +455,12 @@ pub async fn run(args: &AdminArgs) -> Result<String, CliError> {
             let write = Some(session.call(request, |mut c, r| async move { c.promote_shard(r).await }).await?);
             require_applied("shards promote", &write)?;
             Ok(render(format, || output::write_text(&format!("promoted the secondary of shard {shard}"), &write), || json!({"write": output::write_json(&write)})))
+        }
+        AdminCommand::Shards { action: Some(ShardsCommand::AbandonMerge { shard, expected_epoch }), .. } => {
+            let request = pb::AbandonMergeRequest { shard: *shard, expected_epoch: *expected_epoch };
+            let write = Some(session.call(request, |mut c, r| async move { c.abandon_merge(r).await }).await?);
+            require_applied("shards abandon-merge", &write)?;
+            Ok(render(format, || output::write_text(&format!("shard {shard}: merge-back abandoned"), &write), || json!({"write": output::write_json(&write)})))
         }
         AdminCommand::Shards { action: Some(ShardsCommand::SetSecondary { shard, node }), .. } => {
             let request = pb::SetShardSecondaryRequest { shard: *shard, secondary: *node };
@@ -608,9 +624,12 @@ async fn rebalance(session: &Session, format: OutputFormat, apply: bool, drain: 
         return Err(CliError::Call { code: tonic::Code::FailedPrecondition, message: "there is no shard map yet".into() });
     }
     let current: std::collections::BTreeMap<u32, super::rebalance::Replicas> = map.shards.iter().map(|s| (s.shard, (s.primary, s.secondary))).collect();
-    let moves = plan(&current, &voters);
+    // A shard with a merge-back pending keeps its primary: promoting it again would replace the
+    // pending merge (and its query warning) before that node's samples are back.
+    let pinned: std::collections::BTreeSet<u32> = map.shards.iter().filter(|s| s.merge_pending_epoch.is_some()).map(|s| s.shard).collect();
+    let moves = plan(&current, &voters, &pinned);
     let plan_json = |done: usize| {
-        json!({"voters": voters, "apply": apply, "moves_done": done, "moves": moves.iter().map(|m| json!({"shard": m.shard, "from": [m.from.0, m.from.1], "to": [m.to.0, m.to.1], "steps": m.steps().iter().map(step_text).collect::<Vec<_>>()})).collect::<Vec<_>>()})
+        json!({"voters": voters, "apply": apply, "moves_done": done, "pinned": pinned, "moves": moves.iter().map(|m| json!({"shard": m.shard, "from": [m.from.0, m.from.1], "to": [m.to.0, m.to.1], "steps": m.steps().iter().map(step_text).collect::<Vec<_>>()})).collect::<Vec<_>>()})
     };
     let plan_table = |done: usize| {
         let rows: Vec<Vec<String>> = moves.iter().map(|m| vec![m.shard.to_string(), format!("{}/{}", output::opt(m.from.0), output::opt(m.from.1)), format!("{}/{}", output::opt(m.to.0), output::opt(m.to.1)), m.steps().iter().map(step_text).collect::<Vec<_>>().join(", ")]).collect();
@@ -619,6 +638,12 @@ async fn rebalance(session: &Session, format: OutputFormat, apply: bool, drain: 
             (false, false) => format!("{} moves over voters {voters:?} (a plan only: --apply carries it out)\n", moves.len()),
             (false, true) => format!("{done} of {} moves done over voters {voters:?}\n", moves.len()),
         };
+        let pinned_note = if pinned.is_empty() {
+            String::new()
+        } else {
+            format!("shards {pinned:?} keep their primary while their merge-back is pending (`shards abandon-merge` gives up one whose previous primary is gone)\n")
+        };
+        let head = head + &pinned_note;
         if rows.is_empty() { head } else { head + &output::table(&["SHARD", "FROM", "TO", "STEPS"], &rows) }
     };
     if !apply || moves.is_empty() {
@@ -670,7 +695,10 @@ async fn wait_step(session: &Session, shard: u32, step: super::rebalance::Step, 
                         super::rebalance::Step::SetSecondary(node) => Some(node),
                         super::rebalance::Step::Promote => info.secondary,
                     };
-                    let done = info.secondary == wanted_secondary && info.merge_pending_epoch.is_none() && r.secondary == wanted_secondary && r.epoch == info.epoch && r.state == "streaming" && r.synced_epoch == Some(info.epoch);
+                    // A merge pending from another node than the wanted secondary cannot complete
+                    // through this stream (its source is gone from the pair): not waited for.
+                    let merging = info.merge_pending_epoch.is_some() && info.merge_from_node == wanted_secondary;
+                    let done = info.secondary == wanted_secondary && !merging && r.secondary == wanted_secondary && r.epoch == info.epoch && r.state == "streaming" && r.synced_epoch == Some(info.epoch);
                     if done {
                         return;
                     }

@@ -9,7 +9,7 @@
 //! Secondaries prefer the shard's previous primary when it is a voter with room (it holds the
 //! data already). Everything iterates `BTreeMap`s: the plan is a function of its input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One shard's replicas: (primary, secondary).
 pub type Replicas = (Option<u64>, Option<u64>);
@@ -67,14 +67,21 @@ fn targets(shards: usize, voters: &[u64], held: &BTreeMap<u64, usize>) -> BTreeM
     order.iter().enumerate().map(|(rank, v)| (*v, shards / n + usize::from(rank < shards % n))).collect()
 }
 
+/// The voter holding the fewest of `assigned` (lowest id on ties).
+fn least_loaded(voters: &[u64], assigned: &BTreeMap<u32, u64>) -> u64 {
+    *voters.iter().min_by_key(|v| (assigned.values().filter(|a| a == v).count(), **v)).expect("two or more voters")
+}
+
 /// The voter with the most room left (lowest id on ties), other than `except`.
 fn roomiest(room: &BTreeMap<u64, usize>, except: Option<u64>) -> Option<u64> {
     room.iter().filter(|(v, r)| **r > 0 && Some(**v) != except).max_by_key(|(v, r)| (**r, std::cmp::Reverse(**v))).map(|(v, _)| *v)
 }
 
-/// The moves that balance `map` over `voters` (ids; order irrelevant). Fewer than two voters:
-/// no moves (RF=2 needs two nodes; the CLI refuses to rebalance then).
-pub fn plan(map: &BTreeMap<u32, Replicas>, voters: &[u64]) -> Vec<Move> {
+/// The moves that balance `map` over `voters` (ids; order irrelevant). Shards in `pinned`
+/// keep their primary (a merge-back is pending: promoting again would replace the pending
+/// merge and lose track of it), even past its target; the others balance around them. Fewer
+/// than two voters: no moves (RF=2 needs two nodes; the CLI refuses to rebalance then).
+pub fn plan(map: &BTreeMap<u32, Replicas>, voters: &[u64], pinned: &BTreeSet<u32>) -> Vec<Move> {
     let mut voters: Vec<u64> = voters.to_vec();
     voters.sort_unstable();
     voters.dedup();
@@ -95,7 +102,15 @@ pub fn plan(map: &BTreeMap<u32, Replicas>, voters: &[u64]) -> Vec<Move> {
     // Primaries.
     let mut room = targets(map.len(), &voters, &count(|r| r.0));
     let mut primary: BTreeMap<u32, u64> = BTreeMap::new();
-    for (shard, (p, _)) in map {
+    for (shard, (p, _)) in map.iter().filter(|(shard, _)| pinned.contains(shard)) {
+        if let Some(p) = *p {
+            if let Some(r) = room.get_mut(&p) {
+                *r = r.saturating_sub(1);
+            }
+            primary.insert(*shard, p);
+        }
+    }
+    for (shard, (p, _)) in map.iter().filter(|(shard, _)| !pinned.contains(shard)) {
         if let Some(p) = is_voter(*p) {
             if room[&p] > 0 {
                 *room.get_mut(&p).unwrap() -= 1;
@@ -109,7 +124,8 @@ pub fn plan(map: &BTreeMap<u32, Replicas>, voters: &[u64]) -> Vec<Move> {
         }
         let chosen = match is_voter(*s) {
             Some(s) if room[&s] > 0 => s,
-            _ => roomiest(&room, None).expect("targets add up to the shard count"),
+            // No room anywhere only when pinned shards overfill a voter: the least loaded.
+            _ => roomiest(&room, None).unwrap_or_else(|| least_loaded(&voters, &primary)),
         };
         *room.get_mut(&chosen).unwrap() -= 1;
         primary.insert(*shard, chosen);
@@ -212,15 +228,37 @@ mod tests {
             ("uneven", (0..16).map(|i| (i as u32, (Some(1 + i as u64 % 2), Some(2 - i as u64 % 2)))).collect(), vec![1, 2, 3], vec![(1, 6), (2, 5), (3, 5)], vec![(1, 6), (2, 5), (3, 5)], 10),
         ];
         for (name, before, voters, primaries, secondaries, moves_expected) in cases {
-            let moves = plan(&before, &voters);
+            let moves = plan(&before, &voters, &BTreeSet::new());
             let after = apply(&before, &moves);
             assert_eq!(counts(&after, |r| r.0), primaries.into_iter().collect(), "{name}: primaries");
             assert_eq!(counts(&after, |r| r.1), secondaries.into_iter().collect(), "{name}: secondaries");
             assert!(after.values().all(|(p, s)| p != s), "{name}: a shard's secondary is another node: {after:?}");
             assert_eq!(moves.len(), moves_expected, "{name}: {moves:?}");
-            assert_eq!(plan(&after, &voters), vec![], "{name}: planning again moves nothing");
+            assert_eq!(plan(&after, &voters, &BTreeSet::new()), vec![], "{name}: planning again moves nothing");
         }
-        assert_eq!(plan(&round_robin_2, &[1]), vec![], "one voter: nothing to balance onto");
+        assert_eq!(plan(&round_robin_2, &[1], &BTreeSet::new()), vec![], "one voter: nothing to balance onto");
+    }
+
+    // Goal: pinned shards (merge pending) keep their primary, even past its target, and the
+    // others balance around them; their secondary may still move. Method: node 3 drained from
+    // a map where node 1 holds pinned primaries.
+    #[test]
+    fn pinned_shards_keep_their_primary() {
+        // Node 3 was lost: shards 2 and 5 were promoted to node 1 (merge pending from 3).
+        let before = map(&[(1, 2), (2, 3), (1, 3), (3, 1), (2, 3), (1, 3)]);
+        let pinned: BTreeSet<u32> = [2, 5].into();
+        let moves = plan(&before, &[1, 2], &pinned);
+        let after = apply(&before, &moves);
+        for shard in &pinned {
+            assert_eq!(after[shard].0, before[shard].0, "shard {shard} keeps its primary: {moves:?}");
+        }
+        assert!(after.values().all(|(p, s)| *p != Some(3) && *s != Some(3) && p != s), "{after:?}");
+        assert_eq!(counts(&after, |r| r.0), [(1, 3), (2, 3)].into(), "{after:?}");
+        // Three pinned on node 1 of four shards over two voters: node 1 is over its target of
+        // two; the rest go to node 2.
+        let crowded = map(&[(1, 2), (1, 2), (1, 2), (2, 1)]);
+        let after = apply(&crowded, &plan(&crowded, &[1, 2], &[0, 1, 2].into()));
+        assert_eq!(counts(&after, |r| r.0), [(1, 3), (2, 1)].into(), "{after:?}");
     }
 
     // Goal: a move's steps copy before they switch: a new primary is made the secondary first

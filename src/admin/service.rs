@@ -633,6 +633,15 @@ impl AdminService for AdminGrpcService {
         if current.secondary.is_none() {
             return Err(Status::failed_precondition(format!("shard {} has no secondary to promote", request.shard)));
         }
+        // Promoting again replaces the pending merge; fine when the secondary is its source
+        // (that node becomes primary with its own samples), not otherwise: the previous
+        // primary's samples would no longer be merged nor warned about.
+        if let Some(merge) = current.merge_pending.as_ref().filter(|m| current.secondary != Some(m.from_node)) {
+            return Err(Status::failed_precondition(format!(
+                "shard {}'s merge-back from node {} has not completed; promoting now would lose track of it — wait for it, or give it up with `shards abandon-merge {}` if node {} is gone for good",
+                request.shard, merge.from_node, request.shard, merge.from_node
+            )));
+        }
         let expected_epoch = request.expected_epoch.unwrap_or(current.epoch);
         Ok(Response::new(self.write(&caller, Action::PromoteShard { shard: request.shard, expected_epoch }).await?))
     }
@@ -651,6 +660,25 @@ impl AdminService for AdminGrpcService {
         }
         let assignment = sextant_raft::command::ShardAssignment { primary: current.primary, secondary: Some(request.secondary) };
         Ok(Response::new(self.write(&caller, Action::AssignShard { shard: request.shard, assignment }).await?))
+    }
+
+    async fn abandon_merge(&self, request: Request<pb::AbandonMergeRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let (read, _) = self.read(pb::Consistency::Linearizable as i32).await?;
+        let current = shard_of(&read.state, request.shard)?;
+        let Some(merge) = current.merge_pending.clone() else {
+            return Err(Status::failed_precondition(format!("shard {} has no merge pending", request.shard)));
+        };
+        let voter = read.state.membership.membership().voter_ids().any(|id| id == merge.from_node);
+        if voter && current.secondary == Some(merge.from_node) {
+            return Err(Status::failed_precondition(format!(
+                "shard {}'s merge-back from node {} can still complete: that node is its secondary and a voter; name another secondary (`shards set-secondary`) or remove node {} first, then abandon",
+                request.shard, merge.from_node, merge.from_node
+            )));
+        }
+        let epoch = request.expected_epoch.unwrap_or(current.epoch);
+        Ok(Response::new(self.write(&caller, Action::AbandonMerge { shard: request.shard, epoch }).await?))
     }
 
     async fn block_label(&self, request: Request<pb::LabelRequest>) -> Result<Response<pb::WriteReply>, Status> {
