@@ -482,6 +482,30 @@ async fn w_stored(server: &Server, i: usize) -> BTreeSet<i64> {
     engine.select("default", &matchers, i64::MIN, i64::MAX).await.unwrap().into_iter().flat_map(|s| s.samples).map(|s| s.t).collect()
 }
 
+/// Three nodes of `shard_count` shards, ready: each holds the map, every address and leases for
+/// its primary shards. (data directories, servers, gRPC addresses).
+async fn start_three(shard_count: u32) -> (Vec<tempfile::TempDir>, Vec<Server>, Vec<SocketAddr>) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut grpc = Vec::new();
+    let mut http_listeners = Vec::new();
+    for _ in 0..3 {
+        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        http_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let grpc_addrs: Vec<SocketAddr> = grpc.iter().map(|l| l.local_addr().unwrap()).collect();
+    let initial_cluster = grpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let mut servers = Vec::new();
+    for (i, (g, h)) in grpc.into_iter().zip(http_listeners).enumerate() {
+        servers.push(start_node_with(&dirs[i], i as u64 + 1, &initial_cluster, g, h, Some(shard_count)).await);
+    }
+    eventually("every node to hold the map, all addresses and leases for its primary shards", || {
+        let ok = servers.iter().all(|s| s.node().router().table().grpc_addrs.len() == 3 && state(s).nodes.len() == 3 && s.node().readiness().is_ok() && leases_match_map(s));
+        async move { ok.then_some(()) }
+    })
+    .await;
+    (dirs, servers, grpc_addrs)
+}
+
 /// (primaries, secondaries) per node in `state`'s shard map.
 fn roles(state: &MetadataState) -> BTreeMap<u64, (usize, usize)> {
     let mut out: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
@@ -508,24 +532,7 @@ fn roles(state: &MetadataState) -> BTreeMap<u64, (usize, usize)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_drains_a_node_and_spreads_shards_back() {
     const SHARDS: u32 = 6;
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut grpc = Vec::new();
-    let mut http_listeners = Vec::new();
-    for _ in 0..3 {
-        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        http_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let grpc_addrs: Vec<SocketAddr> = grpc.iter().map(|l| l.local_addr().unwrap()).collect();
-    let initial_cluster = grpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-    let mut servers = Vec::new();
-    for (i, (g, h)) in grpc.into_iter().zip(http_listeners).enumerate() {
-        servers.push(start_node_with(&dirs[i], i as u64 + 1, &initial_cluster, g, h, Some(SHARDS)).await);
-    }
-    eventually("every node to hold the map, all addresses and leases for its primary shards", || {
-        let ok = servers.iter().all(|s| s.node().router().table().grpc_addrs.len() == 3 && state(s).nodes.len() == 3 && s.node().readiness().is_ok() && leases_match_map(s));
-        async move { ok.then_some(()) }
-    })
-    .await;
+    let (_dirs, servers, grpc_addrs) = start_three(SHARDS).await;
     let before = state(&servers[0]);
     assert_eq!(before.shard_map.as_ref().unwrap().shard_count(), SHARDS);
     let held_by_3: BTreeSet<u32> = before.shard_map.as_ref().unwrap().shards.iter().filter(|(_, s)| s.primary == Some(3) || s.secondary == Some(3)).map(|(id, _)| *id).collect();
@@ -655,24 +662,7 @@ async fn rebalance_drains_a_node_and_spreads_shards_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_lost_for_good_is_drained_and_its_merges_abandoned() {
     const SHARDS: u32 = 6;
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut grpc = Vec::new();
-    let mut http_listeners = Vec::new();
-    for _ in 0..3 {
-        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        http_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let grpc_addrs: Vec<SocketAddr> = grpc.iter().map(|l| l.local_addr().unwrap()).collect();
-    let initial_cluster = grpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-    let mut servers = Vec::new();
-    for (i, (g, h)) in grpc.into_iter().zip(http_listeners).enumerate() {
-        servers.push(start_node_with(&dirs[i], i as u64 + 1, &initial_cluster, g, h, Some(SHARDS)).await);
-    }
-    eventually("every node to hold the map, all addresses and leases for its primary shards", || {
-        let ok = servers.iter().all(|s| s.node().router().table().grpc_addrs.len() == 3 && state(s).nodes.len() == 3 && s.node().readiness().is_ok() && leases_match_map(s));
-        async move { ok.then_some(()) }
-    })
-    .await;
+    let (_dirs, mut servers, grpc_addrs) = start_three(SHARDS).await;
     let addr = grpc_addrs[0];
     let all: Vec<usize> = (0..SERIES).collect();
     let now = servers[0].node().clock().now_wall_ms() / 1000 * 1000;
