@@ -377,24 +377,7 @@ async fn admin(addr: SocketAddr, command: &[&str]) -> Result<serde_json::Value, 
 // `run` against node 1's gRPC port; stored samples read from each engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_promotes_a_shard_and_replaces_its_secondary() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut grpc = Vec::new();
-    let mut http_listeners = Vec::new();
-    for _ in 0..3 {
-        grpc.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        http_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let grpc_addrs: Vec<SocketAddr> = grpc.iter().map(|l| l.local_addr().unwrap()).collect();
-    let initial_cluster = grpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-    let mut servers = Vec::new();
-    for (i, (g, h)) in grpc.into_iter().zip(http_listeners).enumerate() {
-        servers.push(start_node(&dirs[i], i as u64 + 1, &initial_cluster, g, h).await);
-    }
-    eventually("every node to hold the map, all addresses and leases for its primary shards", || {
-        let ok = servers.iter().all(|s| s.node().router().table().grpc_addrs.len() == 3 && state(s).nodes.len() == 3 && s.node().readiness().is_ok() && leases_match_map(s));
-        async move { ok.then_some(()) }
-    })
-    .await;
+    let (_dirs, servers, grpc_addrs) = start_three(sextant_raft::command::SHARD_COUNT_DEFAULT).await;
     let first = state(&servers[0]);
     let map = first.shard_map.clone().unwrap();
     let (shard, before) = map.shards.iter().find(|(_, s)| s.primary == Some(1)).map(|(id, s)| (*id, s.clone())).unwrap();
