@@ -147,6 +147,12 @@ pub(crate) fn engine_error_status(error: &EngineError) -> u16 {
     }
 }
 
+/// Called with (shard, epoch) each time this node, as the shard's primary, passes the last
+/// lease check before acknowledging a write ([`Node::lease_for_ack`]). The simulator's oracle 8
+/// (no two primaries acknowledge one shard over overlapping time) records these; `sextant
+/// serve` sets none.
+pub type AckObserver = Arc<dyn Fn(u32, u64) + Send + Sync>;
+
 /// The node.
 pub struct Node {
     config: ServeConfig,
@@ -168,6 +174,7 @@ pub struct Node {
     lease: crate::lease::LeaseHolder,
     /// The grant table and promotion decisions, used while this node leads the metadata group.
     lease_authority: crate::lease::LeaseAuthority,
+    ack_observer: std::sync::OnceLock<AckObserver>,
     pub metrics: Metrics,
 }
 
@@ -209,6 +216,7 @@ impl Node {
             replication: crate::replicate::Replication::new(clock.clone(), config.replication_lag_ms_max, config.replication_lag_policy),
             lease: crate::lease::LeaseHolder::default(),
             lease_authority: crate::lease::LeaseAuthority::default(),
+            ack_observer: std::sync::OnceLock::new(),
             metrics,
             config,
             clock,
@@ -253,6 +261,24 @@ impl Node {
         let result = self.lease.check(shard, epoch, self.clock.now_monotonic_ns());
         if result.is_err() {
             self.metrics.lease_write_refusals.inc();
+        }
+        result
+    }
+
+    /// Sets the [`AckObserver`] (once; later calls are ignored).
+    pub fn set_ack_observer(&self, observer: AckObserver) {
+        let _ = self.ack_observer.set(observer);
+    }
+
+    /// The last check before this node acknowledges a write of `shard` as its primary at
+    /// `epoch` (the write is stored; the lease may have ended while the WAL synced):
+    /// [`Node::check_lease`], and on success the [`AckObserver`] hears of it.
+    pub fn lease_for_ack(&self, shard: u32, epoch: u64) -> Result<(), crate::lease::LeaseRefusal> {
+        let result = self.check_lease(shard, epoch);
+        if result.is_ok() {
+            if let Some(observe) = self.ack_observer.get() {
+                observe(shard, epoch);
+            }
         }
         result
     }
@@ -575,7 +601,7 @@ impl Node {
                             }
                             let result = engine.append(shard, tenant, chunk).await.map_err(ShardWriteError::from);
                             let result = match (result, leased) {
-                                (Ok(report), Some(epoch)) => self.check_lease(shard, epoch).map(|_| report).map_err(ShardWriteError::Lease),
+                                (Ok(report), Some(epoch)) => self.lease_for_ack(shard, epoch).map(|_| report).map_err(ShardWriteError::Lease),
                                 (result, _) => result,
                             };
                             (shard, result)

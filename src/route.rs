@@ -740,7 +740,7 @@ impl Data for DataGrpcService {
                 Status::internal(format!("storage: {error}"))
             }
         })?;
-        self.node.check_lease(request.shard, request.epoch).map_err(lease_status)?;
+        self.node.lease_for_ack(request.shard, request.epoch).map_err(lease_status)?;
         self.node.metrics.forwarded_samples_applied.inc_by(report.accepted + report.duplicates);
         self.node.metrics.samples_stored.inc_by(report.accepted);
         Ok(Response::new(report_to_pb(report)))
@@ -759,7 +759,11 @@ impl Data for DataGrpcService {
         let shards: BTreeSet<u32> = request.shards.into_iter().collect();
         let mut budget = SelectBudget::new(usize_of(request.series_max), usize_of(request.samples_max), usize_of(request.bytes_max));
         let found = read_local(&engine, &tenant, &matchers, request.min_t, request.max_t, &mut budget, request.labels_only, &shards, shard_count).await.map_err(limit_status)?;
+        // Judged after the read: a lease that lapsed while reading is doubted too.
+        let table = self.node.router().table();
+        let doubts = shards.iter().filter_map(|&shard| primary_read_doubt(&self.node, &table, shard).map(|reason| pb::ShardDoubt { shard, reason })).collect();
         let reply = pb::SelectReply {
+            doubts,
             series: found
                 .iter()
                 .map(|s| pb::Series {
@@ -882,7 +886,11 @@ enum RemoteFailure {
     Unavailable(String),
 }
 
-async fn remote_select(node: &Node, dest: u64, addr: &str, read: &ReadRequest<'_>, shards: &BTreeSet<u32>, shard_count: u32, budget: &SelectBudget) -> Result<Vec<SeriesSamples>, RemoteFailure> {
+/// A remote node's answer: its series, and the shards it cannot vouch for as primary
+/// ([`primary_read_doubt`] on its side).
+type RemoteAnswer = (Vec<SeriesSamples>, BTreeMap<u32, String>);
+
+async fn remote_select(node: &Node, dest: u64, addr: &str, read: &ReadRequest<'_>, shards: &BTreeSet<u32>, shard_count: u32, budget: &SelectBudget) -> Result<RemoteAnswer, RemoteFailure> {
     let router = node.router();
     node.metrics.fanout_selects.get_or_create(&DestinationLabels { node: dest.to_string() }).inc();
     let mut client = router.client(addr).await.map_err(RemoteFailure::Unavailable)?;
@@ -927,7 +935,37 @@ async fn remote_select(node: &Node, dest: u64, addr: &str, read: &ReadRequest<'_
         let labels = labels_from_pb(s.labels).map_err(|e| RemoteFailure::Unavailable(format!("node {dest} answered invalid labels: {e}")))?;
         out.push(SeriesSamples { labels, samples: s.samples.into_iter().map(|x| Sample::new(x.t, x.v)).collect() });
     }
-    Ok(out)
+    let doubts = reply.doubts.into_iter().filter(|d| shards.contains(&d.shard)).map(|d| (d.shard, d.reason)).collect();
+    Ok((out, doubts))
+}
+
+/// Why this node cannot vouch, as `shard`'s primary, that its copy holds every acknowledged
+/// sample: in a cluster (leases required) it must be the primary in its own map and hold a
+/// live lease for that epoch — the lease is what keeps any other node from acknowledging the
+/// shard's writes meanwhile. A node cut off by a partition keeps its old map and its copy; once
+/// its lease lapses a newer primary may acknowledge writes it never sees, so reading it as the
+/// primary would be silently short. `None`: it can vouch (or needs no lease: no cluster).
+pub fn primary_read_doubt(node: &Node, table: &RouteTable, shard: u32) -> Option<String> {
+    if !node.lease().required() {
+        return None;
+    }
+    let Some(route) = table.shards.get(&shard) else {
+        return Some(format!("shard {shard} is not in node {}'s shard map (applied index {})", table.me, table.version));
+    };
+    if route.primary != Some(table.me) {
+        return Some(format!("node {}'s shard map (applied index {}) names {:?} the primary of shard {shard}", table.me, table.version, route.primary));
+    }
+    node.lease().check(shard, route.epoch, node.clock().now_monotonic_ns()).err().map(|refusal| format!("node {}: {refusal}", table.me))
+}
+
+/// The warning for shards read from `dest` as their primary when it could not vouch for them.
+fn doubt_warning(dest: u64, doubts: &BTreeMap<u32, String>) -> Option<String> {
+    let first = doubts.values().next()?;
+    let shards: BTreeSet<u32> = doubts.keys().copied().collect();
+    Some(format!(
+        "shards {} were read from node {dest}, which holds no live lease as their primary (its view of the cluster may be stale); the answer may lack samples acknowledged by the current primary ({first})",
+        shard_list(&shards)
+    ))
 }
 
 /// One warning per previous primary whose shards were promoted and not merged back yet: the
@@ -974,6 +1012,7 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
     for (shard, route) in &table.shards {
         plan.entry(route.primary.unwrap_or(table.me)).or_default().insert(*shard);
     }
+    let mut warnings = Vec::new();
     let mut merged: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
     let mut merge = |series: Vec<SeriesSamples>| {
         for s in series {
@@ -991,7 +1030,6 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
             }
         }
     };
-    let mut warnings = Vec::new();
     let mut failed: BTreeMap<u32, String> = BTreeMap::new();
     // The remote reads run concurrently, each with what is left of the budget before any of
     // them; their answers are charged on arrival, so the limit holds across the fan-out.
@@ -1004,12 +1042,15 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
     .await;
     if let Some(local) = plan.get(&table.me) {
         merge(read_local(engine, read.tenant, read.matchers, read.min_t, read.max_t, budget, read.labels_only, local, shard_count).await?);
+        let doubts: BTreeMap<u32, String> = local.iter().filter_map(|&shard| primary_read_doubt(node, &table, shard).map(|reason| (shard, reason))).collect();
+        warnings.extend(doubt_warning(table.me, &doubts));
     }
     for ((dest, shards), answer) in remote.iter().zip(answers) {
         match answer {
-            Ok(series) => {
+            Ok((series, doubts)) => {
                 charge(budget, &series)?;
                 merge(series);
+                warnings.extend(doubt_warning(*dest, &doubts));
             }
             Err(RemoteFailure::Limit(error)) => return Err(error),
             Err(RemoteFailure::Unavailable(reason)) => {
@@ -1038,7 +1079,8 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
         } else {
             let addr = table.addr(dest);
             let snapshot = *budget;
-            remote_select(node, dest, &addr, read, &shards, shard_count, &snapshot).await.and_then(|series| charge(budget, &series).map(|_| series).map_err(RemoteFailure::Limit))
+            // A secondary's answer is warned about below whatever its lease says.
+            remote_select(node, dest, &addr, read, &shards, shard_count, &snapshot).await.and_then(|(series, _)| charge(budget, &series).map(|_| series).map_err(RemoteFailure::Limit))
         };
         match answer {
             Ok(series) => {

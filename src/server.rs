@@ -6,14 +6,26 @@
 //! waits, so the listen backlog pushes back on senders instead of the node growing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use sextant_raft::RaftHandle;
+use sextant_core::clock::Clock;
+use sextant_storage::engine::{Engine, EngineConfig};
+use sextant_storage::fs::FileSystem;
+use sextant_storage::wal::WalConfig;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
+
+use crate::auth::Tokens;
+use crate::cluster::ClusterMember;
+use crate::config::ServeConfig;
+use crate::node::{EngineSlot, MetadataStatus, Node};
 
 /// Open HTTP connections served at once by default.
 pub const HTTP_CONNECTIONS_MAX: usize = 1024;
@@ -70,6 +82,149 @@ pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: wat
     let _all = slots.acquire_many(connections_max as u32).await;
 }
 
+/// What one incarnation of a node runs on, besides its configuration: its disk, its clock, its
+/// listeners and its bearer tokens. `sextant serve` passes the real ones (`real::Server`); the
+/// simulator passes a `SimFs`, a skewed `SimClock` and madsim listeners.
+pub struct NodeEnv {
+    pub fs: Arc<dyn FileSystem>,
+    pub clock: Arc<dyn Clock>,
+    pub tokens: Option<Tokens>,
+    pub http_listener: TcpListener,
+    pub grpc_listener: TcpListener,
+    /// The addresses recorded in the metadata group for this node.
+    pub advertise: sextant_raft::Node,
+    /// Adjusts the storage engine's configuration after it is derived from the flags: the
+    /// simulator's scaled sizes (short blocks, small WAL segments). `sextant serve` passes none.
+    pub tune_engine: Option<Box<dyn FnOnce(&mut EngineConfig) + Send>>,
+    /// The simulator's record of primary acknowledgements (oracle 8); `sextant serve` passes none.
+    pub ack_observer: Option<crate::node::AckObserver>,
+}
+
+/// The parts of a running node that `sextant serve` and the simulator share: HTTP, the metadata
+/// group's member, the storage engine (opened in the background), the maintenance loop and the
+/// replication streams. Started by [`Running::start`], stopped by [`Running::shutdown`].
+pub struct Running {
+    node: Arc<Node>,
+    cluster: ClusterMember,
+    shutdown_tx: watch::Sender<bool>,
+    http: JoinHandle<()>,
+    maintainer: JoinHandle<()>,
+    /// RF=2 replication streams of this node's primary shards (replicate.rs).
+    replicator: JoinHandle<()>,
+    opener: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts serving HTTP at once (`/-/ready` says what is still starting), then the metadata
+    /// member (forming or recovering the cluster), then opens storage in the background.
+    pub async fn start(config: ServeConfig, env: NodeEnv) -> Result<Running, String> {
+        let NodeEnv { fs, clock, tokens, http_listener, grpc_listener, advertise, tune_engine, ack_observer } = env;
+        let node = Node::new(config.clone(), clock.clone(), tokens);
+        if let Some(observer) = ack_observer {
+            node.set_ack_observer(observer);
+        }
+        node.set_metadata_status(MetadataStatus::Starting);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let http = tokio::spawn(serve_http(http_listener, crate::http::router(node.clone()), shutdown_rx.clone(), HTTP_CONNECTIONS_MAX));
+
+        let cluster = match ClusterMember::start(node.clone(), fs.clone(), grpc_listener, advertise).await {
+            Ok(cluster) => cluster,
+            Err(error) => {
+                node.set_metadata_status(MetadataStatus::Failed(error.clone()));
+                let _ = shutdown_tx.send(true);
+                let _ = http.await;
+                return Err(error);
+            }
+        };
+        node.set_metadata_status(MetadataStatus::Started);
+
+        // The engine holds every shard of the cluster's map: its count once the cluster is
+        // seeded (fixed at creation), else this node's --shard-count (what a seed from this
+        // node would create).
+        let map_shards = cluster.handle().read_local(|state| state.shard_map.as_ref().map(|m| m.shard_count()));
+        let shard_count = match map_shards {
+            Some(n) if n != config.cluster.shard_count => {
+                tracing::warn!(cluster = n, flag = config.cluster.shard_count, "--shard-count differs from the cluster's shard map; the map's count is used (it is fixed when the cluster is created)");
+                n
+            }
+            Some(n) => n,
+            None => config.cluster.shard_count,
+        };
+        let mut engine_config = EngineConfig {
+            shard_ids: (0..shard_count).collect(),
+            wal: WalConfig { fsync: config.fsync, ..WalConfig::default() },
+            acceptance: config.acceptance,
+            retention_ms: config.retention_ms,
+            memory_bytes_max: config.memory_bytes_max,
+            ..EngineConfig::default()
+        };
+        if let Some(tune) = tune_engine {
+            tune(&mut engine_config);
+        }
+        let opener = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                tracing::info!("opening storage (loading blocks, replaying the WAL)");
+                match Engine::open(fs, clock, engine_config).await {
+                    Ok(engine) => {
+                        let status = engine.status().await;
+                        tracing::info!(head_series = status.head_series, blocks = status.blocks, replay_records = status.replay_records, "storage open; ready");
+                        node.set_engine_ready(engine).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "storage failed to open");
+                        node.set_engine(EngineSlot::Failed(error.to_string()));
+                    }
+                }
+            })
+        };
+        let maintainer = {
+            let node = node.clone();
+            let mut stop = shutdown_rx.clone();
+            let interval = Duration::from_millis(config.maintain_interval_ms.max(1) as u64);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => node.maintain().await,
+                        _ = stopped(&mut stop) => break,
+                    }
+                }
+            })
+        };
+        let replicator = tokio::spawn(crate::replicate::run(node.clone(), shutdown_rx.clone()));
+        Ok(Running { node, cluster, shutdown_tx, http, maintainer, replicator, opener })
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The metadata group's member.
+    pub fn raft(&self) -> &RaftHandle {
+        self.cluster.handle()
+    }
+
+    /// Stops taking requests and lets in-flight ones finish (each is acknowledged only once
+    /// durable), closes the engine (which waits for queued WAL records), then stops the
+    /// metadata group's member.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.http.await;
+        let _ = self.maintainer.await;
+        // The streams stop before the engine closes (they read its WAL).
+        let _ = self.replicator.await;
+        let _ = self.opener.await;
+        let closed = match self.node.take_engine_for_close() {
+            Some(engine) => engine.close().await.map_err(|e| format!("closing storage: {e}")),
+            None => Ok(()),
+        };
+        tracing::info!("storage closed");
+        let stopped = self.cluster.shutdown().await.map_err(|e| format!("stopping the metadata raft member: {e}"));
+        tracing::info!("metadata raft member stopped; bye");
+        closed.and(stopped)
+    }
+}
+
 #[cfg(not(madsim))]
 pub use real::{run, Server};
 
@@ -77,22 +232,17 @@ pub use real::{run, Server};
 mod real {
     use std::net::SocketAddr;
     use std::sync::Arc;
-    use std::time::Duration;
 
     use sextant_raft::RaftHandle;
     use sextant_storage::clock::SystemClock;
-    use sextant_storage::engine::{Engine, EngineConfig};
     use sextant_storage::fs::real::RealFs;
     use sextant_storage::fs::FileSystem;
-    use sextant_storage::wal::WalConfig;
     use tokio::net::TcpListener;
-    use tokio::sync::watch;
-    use tokio::task::JoinHandle;
 
+    use super::{NodeEnv, Running};
     use crate::auth::Tokens;
-    use crate::cluster::ClusterMember;
     use crate::config::ServeConfig;
-    use crate::node::{EngineSlot, MetadataStatus, Node};
+    use crate::node::Node;
 
     async fn wait_for_signal() {
         let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -116,19 +266,12 @@ mod real {
         server.shutdown().await
     }
 
-    /// A running `sextant serve`: HTTP, the storage engine, the metadata group's member and
-    /// the maintenance loop. [`run`] is `start`, a signal, `shutdown`; tests call the parts.
+    /// A running `sextant serve`: [`Running`] on the real disk and clock, holding the data
+    /// directory's lock. [`run`] is `start`, a signal, `shutdown`; tests call the parts.
     pub struct Server {
-        node: Arc<Node>,
-        cluster: ClusterMember,
+        running: Running,
         http_addr: SocketAddr,
         grpc_addr: SocketAddr,
-        shutdown_tx: watch::Sender<bool>,
-        http: JoinHandle<()>,
-        maintainer: JoinHandle<()>,
-        /// RF=2 replication streams of this node's primary shards (replicate.rs).
-        replicator: JoinHandle<()>,
-        opener: JoinHandle<()>,
         lock: std::fs::File,
     }
 
@@ -164,87 +307,20 @@ mod real {
                 http_addr: config.cluster.advertise_http.clone().unwrap_or_else(|| http_addr.to_string()),
                 grpc_addr: config.cluster.advertise_grpc.clone().unwrap_or_else(|| grpc_addr.to_string()),
             };
-
-            let clock = Arc::new(SystemClock::new());
-            let node = Node::new(config.clone(), clock.clone(), tokens);
-            node.set_metadata_status(MetadataStatus::Starting);
             tracing::info!(node_id = config.cluster.node_id, http = %http_addr, grpc = %grpc_addr, advertise = %advertise, data_dir = ?config.data_dir, "sextant serve starting");
-            let (shutdown_tx, shutdown_rx) = watch::channel(false);
-            let http = tokio::spawn(super::serve_http(http_listener, crate::http::router(node.clone()), shutdown_rx.clone(), super::HTTP_CONNECTIONS_MAX));
-
             let fs: Arc<dyn FileSystem> = Arc::new(RealFs::new(config.data_dir.clone()));
-            let cluster = match ClusterMember::start(node.clone(), fs.clone(), grpc_listener, advertise).await {
-                Ok(cluster) => cluster,
-                Err(error) => {
-                    node.set_metadata_status(MetadataStatus::Failed(error.clone()));
-                    let _ = shutdown_tx.send(true);
-                    let _ = http.await;
-                    return Err(error);
-                }
-            };
-            node.set_metadata_status(MetadataStatus::Started);
-
-            // The engine holds every shard of the cluster's map: its count once the cluster is
-            // seeded (fixed at creation), else this node's --shard-count (what a seed from this
-            // node would create).
-            let map_shards = cluster.handle().read_local(|state| state.shard_map.as_ref().map(|m| m.shard_count()));
-            let shard_count = match map_shards {
-                Some(n) if n != config.cluster.shard_count => {
-                    tracing::warn!(cluster = n, flag = config.cluster.shard_count, "--shard-count differs from the cluster's shard map; the map's count is used (it is fixed when the cluster is created)");
-                    n
-                }
-                Some(n) => n,
-                None => config.cluster.shard_count,
-            };
-            let engine_config = EngineConfig {
-                shard_ids: (0..shard_count).collect(),
-                wal: WalConfig { fsync: config.fsync, ..WalConfig::default() },
-                acceptance: config.acceptance,
-                retention_ms: config.retention_ms,
-                memory_bytes_max: config.memory_bytes_max,
-                ..EngineConfig::default()
-            };
-            let opener = {
-                let node = node.clone();
-                tokio::spawn(async move {
-                    tracing::info!("opening storage (loading blocks, replaying the WAL)");
-                    match Engine::open(fs, clock, engine_config).await {
-                        Ok(engine) => {
-                            let status = engine.status().await;
-                            tracing::info!(head_series = status.head_series, blocks = status.blocks, replay_records = status.replay_records, "storage open; ready");
-                            node.set_engine_ready(engine).await;
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "storage failed to open");
-                            node.set_engine(EngineSlot::Failed(error.to_string()));
-                        }
-                    }
-                })
-            };
-            let maintainer = {
-                let node = node.clone();
-                let mut stop = shutdown_rx.clone();
-                let interval = Duration::from_millis(config.maintain_interval_ms as u64);
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(interval) => node.maintain().await,
-                            _ = super::stopped(&mut stop) => break,
-                        }
-                    }
-                })
-            };
-            let replicator = tokio::spawn(crate::replicate::run(node.clone(), shutdown_rx.clone()));
-            Ok(Server { node, cluster, http_addr, grpc_addr, shutdown_tx, http, maintainer, replicator, opener, lock })
+            let env = NodeEnv { fs, clock: Arc::new(SystemClock::new()), tokens, http_listener, grpc_listener, advertise, tune_engine: None, ack_observer: None };
+            let running = Running::start(config, env).await?;
+            Ok(Server { running, http_addr, grpc_addr, lock })
         }
 
         pub fn node(&self) -> &Arc<Node> {
-            &self.node
+            self.running.node()
         }
 
         /// The metadata group's member.
         pub fn raft(&self) -> &RaftHandle {
-            self.cluster.handle()
+            self.running.raft()
         }
 
         pub fn http_addr(&self) -> SocketAddr {
@@ -255,25 +331,11 @@ mod real {
             self.grpc_addr
         }
 
-        /// Stops taking requests and lets in-flight ones finish (each is acknowledged only
-        /// once durable), closes the engine (which waits for queued WAL records), then stops
-        /// the metadata group's member.
+        /// [`Running::shutdown`], then the data directory's lock is released.
         pub async fn shutdown(self) -> Result<(), String> {
-            let _ = self.shutdown_tx.send(true);
-            let _ = self.http.await;
-            let _ = self.maintainer.await;
-            // The streams stop before the engine closes (they read its WAL).
-            let _ = self.replicator.await;
-            let _ = self.opener.await;
-            let closed = match self.node.take_engine_for_close() {
-                Some(engine) => engine.close().await.map_err(|e| format!("closing storage: {e}")),
-                None => Ok(()),
-            };
-            tracing::info!("storage closed");
-            let stopped = self.cluster.shutdown().await.map_err(|e| format!("stopping the metadata raft member: {e}"));
-            tracing::info!("metadata raft member stopped; bye");
+            let result = self.running.shutdown().await;
             drop(self.lock);
-            closed.and(stopped)
+            result
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The simulated cluster: real Sextant nodes on madsim, their disks and clocks, and the
 //! client machines.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::runtime::{Handle, NodeHandle};
-use sextant::config::ServeConfig;
+use sextant::config::{ClusterConfig, Formation, ServeConfig};
 use sextant::node::{EngineSlot, Node};
+use sextant::server::{NodeEnv, Running};
+use sextant_raft::RaftHandle;
 use sextant_storage::acceptance::AcceptanceConfig;
 use sextant_storage::engine::{Engine, EngineConfig};
 use sextant_storage::fs::sim::{CrashMode, FaultConfig, SimFs};
@@ -16,11 +19,13 @@ use sextant_storage::wal::{FsyncPolicy, WalConfig};
 use tokio::net::TcpListener;
 
 use crate::clock::SimClock;
-use crate::config::SimConfig;
+use crate::config::{Scenario, SimConfig};
 use crate::schedule::{CrashKind, Schedule};
 
 /// The HTTP port of every node.
 pub const HTTP_PORT: u16 = 9480;
+/// The gRPC port of every node of the `replicated` scenario (raft, data, admin services).
+pub const GRPC_PORT: u16 = 9481;
 /// Connections one node serves at once.
 const CONNECTIONS_MAX: usize = 64;
 
@@ -33,12 +38,19 @@ pub struct SimNode {
     pub fs: SimFs,
     pub clock: Arc<SimClock>,
     pub live: Arc<Mutex<Option<Arc<Node>>>>,
+    /// The current incarnation's metadata member (`replicated` scenario only).
+    pub raft: Arc<Mutex<Option<RaftHandle>>>,
 }
 
 impl SimNode {
     /// The current incarnation, if it is up.
     pub fn node(&self) -> Option<Arc<Node>> {
         self.live.lock().expect("live lock").clone()
+    }
+
+    /// The current incarnation's metadata member, if it is up (`replicated` only).
+    pub fn raft(&self) -> Option<RaftHandle> {
+        self.raft.lock().expect("raft lock").clone()
     }
 }
 
@@ -52,9 +64,11 @@ impl SimNode {
 /// | reader | `reader` | `10.0.3.1` | reads back every node over HTTP (`read_all`: `/api/v1/query`), runs the answer oracles |
 /// | probe | `probe` | `10.0.4.1` | liveness probes (`/-/ready`, a write) |
 ///
-/// There is no raft and no replication yet: each node is its own database, and a client
-/// writes to one node. When raft/ lands, raft nodes join this table (gRPC on port 9481) and
-/// `start` builds the metadata group before the data nodes; replication adds peers per shard.
+/// In the single-node scenarios each node is its own database and a client writes to one node.
+/// In `replicated` each node is the whole `sextant serve` ([`sextant::server::Running`]): node
+/// *i* is metadata member *i+1* with gRPC on `10.0.0.(i+1):9481` (raft, data, replication and
+/// admin services), the three bootstrap the group with `--initial-cluster`, and the node a
+/// writer sends to forwards each shard's series to its primary.
 pub struct Cluster {
     pub handle: Handle,
     pub nodes: Vec<SimNode>,
@@ -63,6 +77,8 @@ pub struct Cluster {
     pub reader: NodeHandle,
     pub probe: NodeHandle,
     pub config: SimConfig,
+    /// Primary acknowledgements of the `replicated` nodes (oracle 8).
+    pub acks: Arc<Mutex<AckLog>>,
 }
 
 /// The node configuration the simulation runs (see `SimConfig`'s table).
@@ -81,6 +97,18 @@ pub fn serve_config(config: &SimConfig, addr: SocketAddr) -> ServeConfig {
     };
     serve.limits.series_per_metric_max = config.series_per_metric_max;
     serve.limits.series_per_tenant_max = config.series_per_tenant_max;
+    if config.scenario == Scenario::Replicated {
+        let grpc = |i: usize| SocketAddr::new(IpAddr::V4(node_ip(i)), GRPC_PORT);
+        let index = (0..config.nodes).find(|&i| node_ip(i) == addr.ip()).expect("addr is a node's");
+        serve.grpc_listen = grpc(index);
+        serve.cluster = ClusterConfig {
+            node_id: index as u64 + 1,
+            advertise_grpc: Some(grpc(index).to_string()),
+            advertise_http: Some(addr.to_string()),
+            formation: Formation::Initial((0..config.nodes).map(|i| (i as u64 + 1, grpc(i).to_string())).collect()),
+            shard_count: config.shards,
+        };
+    }
     if config.planted_bug == Some(crate::config::PlantedBug::AckBeforeFsync) {
         serve.fsync = FsyncPolicy::Interval { interval_ms: 10_000 };
     }
@@ -129,6 +157,105 @@ async fn run_node(serve: ServeConfig, engine_config: EngineConfig, fs: SimFs, cl
     }
 }
 
+/// Every acknowledgement a node gave as a shard's primary (oracle 8), by (shard, epoch, node
+/// id): (first, last) in simulated ns since the run started. Filled through the node's
+/// [`sextant::node::AckObserver`] seam.
+#[derive(Debug, Default)]
+pub struct AckLog {
+    pub spans: BTreeMap<(u32, u64, u64), (u64, u64)>,
+    pub acks: u64,
+}
+
+impl AckLog {
+    /// Oracle 8's evidence: pairs of (shard, epoch, node) spans of one shard that overlap in
+    /// simulated time — two primaries acknowledging at once — or one epoch acknowledged by two
+    /// nodes. Empty when there was no split brain.
+    pub fn overlaps(&self) -> Vec<String> {
+        let mut by_shard: BTreeMap<u32, Vec<(u64, u64, u64, u64)>> = BTreeMap::new();
+        for (&(shard, epoch, node), &(first, last)) in &self.spans {
+            by_shard.entry(shard).or_default().push((first, last, epoch, node));
+        }
+        let mut out = Vec::new();
+        for (shard, mut spans) in by_shard {
+            spans.sort();
+            for (i, a) in spans.iter().enumerate() {
+                for b in &spans[i + 1..] {
+                    if b.0 > a.1 {
+                        break;
+                    }
+                    if a.3 != b.3 || a.2 != b.2 {
+                        out.push(format!(
+                            "shard {shard}: node {} acknowledged at epoch {} from {:.3} s to {:.3} s while node {} acknowledged at epoch {} from {:.3} s to {:.3} s",
+                            a.3, a.2, a.0 as f64 / 1e9, a.1 as f64 / 1e9, b.3, b.2, b.0 as f64 / 1e9, b.1 as f64 / 1e9
+                        ));
+                    }
+                }
+            }
+            let mut nodes_of_epoch: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+            for &(_, _, epoch, node) in &spans {
+                nodes_of_epoch.entry(epoch).or_default().insert(node);
+            }
+            for (epoch, nodes) in nodes_of_epoch.into_iter().filter(|(_, n)| n.len() > 1) {
+                out.push(format!("shard {shard}: epoch {epoch} acknowledged by nodes {nodes:?}"));
+            }
+        }
+        out
+    }
+}
+
+/// The observer a node of `replicated` records its primary acknowledgements with.
+fn ack_observer(log: Arc<Mutex<AckLog>>, node_id: u64) -> sextant::node::AckObserver {
+    Arc::new(move |shard, epoch| {
+        let now_ns = madsim::time::TimeHandle::current().elapsed().as_nanos() as u64;
+        let mut log = log.lock().expect("ack log");
+        log.acks += 1;
+        let span = log.spans.entry((shard, epoch, node_id)).or_insert((now_ns, now_ns));
+        span.1 = span.1.max(now_ns);
+    })
+}
+
+/// One incarnation of a node of the `replicated` scenario: the whole `sextant serve`
+/// ([`Running`]) on the simulated disk and clock, with the simulation's engine sizes. Runs
+/// until the machine is killed.
+async fn run_cluster_node(config: SimConfig, serve: ServeConfig, fs: SimFs, clock: Arc<SimClock>, live: Arc<Mutex<Option<Arc<Node>>>>, raft: Arc<Mutex<Option<RaftHandle>>>, acks: Arc<Mutex<AckLog>>) {
+    let any = |port: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let http_listener = TcpListener::bind(any(HTTP_PORT)).await.expect("bind the node's HTTP port");
+    let grpc_listener = TcpListener::bind(any(GRPC_PORT)).await.expect("bind the node's gRPC port");
+    let advertise = sextant_raft::Node {
+        http_addr: serve.cluster.advertise_http.clone().expect("set by serve_config"),
+        grpc_addr: serve.cluster.advertise_grpc.clone().expect("set by serve_config"),
+    };
+    let tuning = engine_config(&config, &serve);
+    let env = NodeEnv {
+        fs: Arc::new(fs),
+        clock,
+        tokens: None,
+        http_listener,
+        grpc_listener,
+        advertise,
+        tune_engine: Some(Box::new(move |engine: &mut EngineConfig| {
+            engine.wal.segment_bytes = tuning.wal.segment_bytes;
+            engine.block_span_ms = tuning.block_span_ms;
+        })),
+        ack_observer: Some(ack_observer(acks, serve.cluster.node_id)),
+    };
+    match Running::start(serve, env).await {
+        Ok(running) => {
+            *live.lock().expect("live lock") = Some(running.node().clone());
+            *raft.lock().expect("raft lock") = Some(running.raft().clone());
+            // The machine's kill drops this future and everything it spawned.
+            std::future::pending::<()>().await;
+            drop(running);
+        }
+        Err(error) => tracing::error!(%error, "the node failed to start"),
+    }
+}
+
+/// Node `index`'s address on the simulated network.
+pub fn node_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, index as u8 + 1)
+}
+
 fn machine(handle: &Handle, name: String, ip: Ipv4Addr) -> NodeHandle {
     handle.create_node().name(name).ip(IpAddr::V4(ip)).build()
 }
@@ -138,23 +265,26 @@ impl Cluster {
     /// created here, outside the nodes, and handed to each incarnation. Call inside the runtime.
     pub fn start(config: SimConfig, schedule: &Schedule) -> Cluster {
         let handle = Handle::current();
+        let acks = Arc::new(Mutex::new(AckLog::default()));
         let mut nodes = Vec::new();
         for index in 0..config.nodes {
-            let ip = Ipv4Addr::new(10, 0, 0, index as u8 + 1);
+            let ip = node_ip(index);
             let addr = SocketAddr::new(IpAddr::V4(ip), HTTP_PORT);
             let fs = SimFs::new(config.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
             let clock = Arc::new(SimClock::new(schedule.node_skew_ms[index], schedule.node_drift_ppm[index]));
             let live = Arc::new(Mutex::new(None));
+            let raft = Arc::new(Mutex::new(None));
             let serve = serve_config(&config, addr);
             let engine = engine_config(&config, &serve);
+            let builder = handle.create_node().name(format!("node-{index}")).ip(IpAddr::V4(ip));
             let node_handle = {
-                let (fs, clock, live) = (fs.clone(), clock.clone(), live.clone());
-                handle
-                    .create_node()
-                    .name(format!("node-{index}"))
-                    .ip(IpAddr::V4(ip))
-                    .init(move || run_node(serve.clone(), engine.clone(), fs.clone(), clock.clone(), live.clone()))
-                    .build()
+                let (fs, clock, live, raft) = (fs.clone(), clock.clone(), live.clone(), raft.clone());
+                if config.scenario == Scenario::Replicated {
+                    let (config, acks) = (config.clone(), acks.clone());
+                    builder.init(move || run_cluster_node(config.clone(), serve.clone(), fs.clone(), clock.clone(), live.clone(), raft.clone(), acks.clone())).build()
+                } else {
+                    builder.init(move || run_node(serve.clone(), engine.clone(), fs.clone(), clock.clone(), live.clone())).build()
+                }
             };
             nodes.push(SimNode {
                 index,
@@ -163,6 +293,7 @@ impl Cluster {
                 fs,
                 clock,
                 live,
+                raft,
             });
         }
         let writers = (0..config.writers).map(|w| machine(&handle, format!("writer-{w}"), Ipv4Addr::new(10, 0, 1, w as u8 + 1))).collect();
@@ -177,6 +308,7 @@ impl Cluster {
             reader,
             probe,
             config,
+            acks,
         }
     }
 
@@ -189,6 +321,25 @@ impl Cluster {
     pub fn kill(&self, index: usize) {
         self.handle.kill(self.nodes[index].handle.id());
         self.nodes[index].live.lock().expect("live lock").take();
+        self.nodes[index].raft.lock().expect("raft lock").take();
+    }
+
+    /// Cuts node `index` off from every other node, both ways (or heals it); its clients still
+    /// reach it. Raft, forwarding and replication traffic all cross these links. Healing leaves
+    /// the links to nodes in `still_cut` (isolated by another partition) cut.
+    pub fn partition(&self, index: usize, cut: bool, still_cut: &BTreeSet<usize>) {
+        let net = madsim::net::NetSim::current();
+        let me = self.nodes[index].handle.id();
+        for other in self.nodes.iter().filter(|n| n.index != index && (cut || !still_cut.contains(&n.index))) {
+            let them = other.handle.id();
+            if cut {
+                net.clog_link(me, them);
+                net.clog_link(them, me);
+            } else {
+                net.unclog_link(me, them);
+                net.unclog_link(them, me);
+            }
+        }
     }
 
     /// Cuts the power of node `index`'s disk: unsynced bytes are dropped or torn; read

@@ -26,14 +26,19 @@ pub enum Scenario {
     /// gRPC transport, clients proposing through any member, partitions, crashes (the leader
     /// too), pauses and clock jumps, a fourth member added by snapshot and one removed.
     Metadata,
+    /// The whole data path as a cluster: three nodes, each the full `sextant serve` (the
+    /// metadata member, RF=2 replication with leases, failover and merge-back, forwarding of
+    /// writes and queries), writers sending to any node, with crashes, pauses, partitions
+    /// between nodes and clogged client links.
+    Replicated,
 }
 
 impl Scenario {
     /// Every scenario, for parsing.
-    pub const ALL: [Scenario; 7] = [Scenario::Steady, Scenario::Crash, Scenario::Disk, Scenario::Skew, Scenario::Bomb, Scenario::Mixed, Scenario::Metadata];
+    pub const ALL: [Scenario; 8] = [Scenario::Steady, Scenario::Crash, Scenario::Disk, Scenario::Skew, Scenario::Bomb, Scenario::Mixed, Scenario::Metadata, Scenario::Replicated];
     /// The single-node (ingest) scenarios that a seed without `--scenario` rotates through.
-    /// `metadata` is not in the rotation: `ci/sim` runs its seeds as a sweep of their own, so
-    /// the ingest seeds keep the scenario they always had.
+    /// `metadata` and `replicated` are not in the rotation: `ci/sim` runs their seeds as sweeps
+    /// of their own, so the ingest seeds keep the scenario they always had.
     pub const ROTATION: [Scenario; 6] = [Scenario::Steady, Scenario::Crash, Scenario::Disk, Scenario::Skew, Scenario::Bomb, Scenario::Mixed];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +50,7 @@ impl Scenario {
             Scenario::Bomb => "bomb",
             Scenario::Mixed => "mixed",
             Scenario::Metadata => "metadata",
+            Scenario::Replicated => "replicated",
         }
     }
 
@@ -90,16 +96,22 @@ pub enum PlantedBug {
     /// asked for — what an admin service that ignored `--consistency linearizable` would do.
     /// Planted in the simulator's reader, so raft/'s code is untouched.
     StaleAdminRead,
+    /// Replicated scenario: a primary whose lease has expired still acknowledges writes for the
+    /// epoch it was granted (`LeaseHolder::check` ignores the expiry) — a partitioned old
+    /// primary keeps acknowledging after the leader promoted its secondary. Planted behind a
+    /// per-thread flag that exists only in the `cfg(madsim)` build (`sextant::lease::planted`).
+    AckAfterLeaseLapsed,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 3] = [PlantedBug::AckBeforeFsync, PlantedBug::RaftLogUnsynced, PlantedBug::StaleAdminRead];
+    pub const ALL: [PlantedBug; 4] = [PlantedBug::AckBeforeFsync, PlantedBug::RaftLogUnsynced, PlantedBug::StaleAdminRead, PlantedBug::AckAfterLeaseLapsed];
 
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::AckBeforeFsync => "ack-before-fsync",
             PlantedBug::RaftLogUnsynced => "raft-log-unsynced",
             PlantedBug::StaleAdminRead => "stale-admin-read",
+            PlantedBug::AckAfterLeaseLapsed => "ack-after-lease-lapsed",
         }
     }
 }
@@ -140,9 +152,11 @@ impl FromStr for PlantedBug {
 pub struct SimConfig {
     pub seed: u64,
     pub scenario: Scenario,
-    /// Independent Sextant nodes (no raft, no replication yet: each is its own database).
+    /// Sextant nodes: independent databases in the single-node scenarios, one cluster (raft
+    /// members with replicated shards) in `replicated`.
     pub nodes: usize,
-    /// Writer clients; writer `w` sends to node `w % nodes`.
+    /// Writer clients; writer `w` sends to node `w % nodes` (in `replicated`, that node
+    /// forwards to each shard's primary).
     pub writers: usize,
     /// Series per writer: counters, gauges and one classic histogram (see `workload`).
     pub series_per_writer: usize,
@@ -184,17 +198,19 @@ impl SimConfig {
     pub fn new(seed: u64, scenario: Scenario) -> SimConfig {
         let skewed = matches!(scenario, Scenario::Skew | Scenario::Mixed);
         let metadata = scenario == Scenario::Metadata;
+        let replicated = scenario == Scenario::Replicated;
         SimConfig {
             seed,
             scenario,
             // Metadata: the initial voters (a fourth member joins during the run); writers are
             // the clients proposing commands.
-            nodes: if metadata { 3 } else { 2 },
+            nodes: if metadata || replicated { 3 } else { 2 },
             writers: if metadata { 2 } else { 3 },
             series_per_writer: 24,
             write_interval_ms: 1_000,
             fault_phase_ms: if metadata { 40_000 } else { 60_000 },
-            quiet_phase_ms: 10_000,
+            // Replicated: leases lapse, promotions and merge-backs finish in the quiet phase.
+            quiet_phase_ms: if replicated { 20_000 } else { 10_000 },
             liveness_ms_max: 20_000,
             request_timeout_ms: 3_000,
             retries_max: 5,

@@ -242,7 +242,7 @@ fn watermarks(state: &MetadataState) -> Watermarks {
 
 /// The state's encoding: the bytes a snapshot of it carries (`StateMachineStore` serializes
 /// the state with serde_json).
-fn encode_state(state: &MetadataState) -> Vec<u8> {
+pub(crate) fn encode_state(state: &MetadataState) -> Vec<u8> {
     serde_json::to_vec(state).expect("the metadata state serializes")
 }
 

@@ -16,7 +16,7 @@ use xxhash_rust::xxh64::Xxh64;
 use crate::client;
 use crate::clock::true_wall_ms;
 use crate::cluster::Cluster;
-use crate::config::SimConfig;
+use crate::config::{Scenario, SimConfig};
 use crate::ledger::{check_answer, series_key, Answer, Ledger, Outcome, ReadPath, Violation, WrittenSample};
 use crate::report::{RunOptions, RunReport, TimedViolation};
 use crate::schedule::{Fault, FaultEvent, Schedule};
@@ -51,6 +51,8 @@ struct Shared {
     stop: AtomicBool,
     clogged: Mutex<BTreeSet<(usize, usize)>>,
     paused: Mutex<BTreeSet<usize>>,
+    /// Nodes cut off from the other nodes (`replicated`).
+    partitioned: Mutex<BTreeSet<usize>>,
     /// Set when the quiet phase starts: acks after it show that ingest recovered.
     quiet: AtomicBool,
     quiet_acks: Mutex<BTreeMap<usize, u64>>,
@@ -66,6 +68,17 @@ impl Shared {
         *self.trace_events.lock().expect("trace") += 1;
         if self.verbose {
             eprint!("[sim] {line}");
+        }
+    }
+
+    /// The ledger a write to `node` is recorded in, and a read of `node` is judged against:
+    /// the node's own in the single-node scenarios; in `replicated` one ledger for the whole
+    /// cluster (0), since any node takes writes for every series and reads every shard.
+    fn ledger_of(&self, node: usize) -> usize {
+        if self.config.scenario == Scenario::Replicated {
+            0
+        } else {
+            node
         }
     }
 
@@ -150,11 +163,28 @@ pub fn parse_matrix(body: &str) -> Result<Answer, String> {
     Ok(answer)
 }
 
+/// The `warnings` of a query API answer (partial results: a shard no replica answered for, or
+/// one answered by a secondary that may lag). Absent means none.
+pub fn parse_warnings(body: &str) -> Result<Vec<String>, String> {
+    let json: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("answer is not JSON ({e}): {body:.200}"))?;
+    match &json["warnings"] {
+        serde_json::Value::Null => Ok(Vec::new()),
+        serde_json::Value::Array(items) => items.iter().map(|w| w.as_str().map(str::to_string).ok_or_else(|| format!("warning {w} is not a string"))).collect(),
+        other => Err(format!("warnings {other} is not a list")),
+    }
+}
+
+/// A read of everything: the samples, and the warnings that say the answer may be partial.
+struct Read {
+    answer: Answer,
+    warnings: Vec<String>,
+}
+
 /// Reads everything a node holds for the tenant through its Prometheus query API: the raw
 /// samples of `{__name__=~".+"}[7d]` evaluated an hour past the true wall clock, over HTTP
 /// from the calling (client) machine. The one read path of the answer oracles, which compare
 /// with [`ReadPath::QueryApi`] semantics (NaN as NaN, no staleness markers).
-async fn read_all(addr: SocketAddr) -> Result<Answer, String> {
+async fn read_all(addr: SocketAddr) -> Result<Read, String> {
     let at_ms = true_wall_ms() + READ_AHEAD_MS;
     let query = format!("{{__name__=~\".+\"}}[{READ_WINDOW}]");
     let path = format!("/api/v1/query?query={}&time={}.{:03}", url_encode(&query), at_ms.div_euclid(1000), at_ms.rem_euclid(1000));
@@ -162,10 +192,10 @@ async fn read_all(addr: SocketAddr) -> Result<Answer, String> {
     if status != 200 {
         return Err(format!("query answered {status}: {body:.300}"));
     }
-    parse_matrix(&body)
+    Ok(Read { answer: parse_matrix(&body)?, warnings: parse_warnings(&body)? })
 }
 
-async fn read_with_timeout(addr: SocketAddr) -> Result<Answer, String> {
+async fn read_with_timeout(addr: SocketAddr) -> Result<Read, String> {
     match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), read_all(addr)).await {
         Ok(result) => result,
         Err(_) => Err("read timed out".into()),
@@ -188,13 +218,13 @@ async fn send_batch(
 ) -> Outcome {
     let mut attempt = 0u32;
     loop {
-        shared.ledger.lock().expect("ledger").attempt(node, samples);
+        shared.ledger.lock().expect("ledger").attempt(shared.ledger_of(node), samples);
         let result = client::send(addr, client::remote_write(addr, request), shared.config.request_timeout_ms).await;
         let outcome = match result {
             Ok((status, message)) => Outcome::from_status(status, message),
             Err(error) => Outcome::Unknown { reason: error.to_string() },
         };
-        shared.ledger.lock().expect("ledger").finish(node, samples, &outcome, now_ms());
+        shared.ledger.lock().expect("ledger").finish(shared.ledger_of(node), samples, &outcome, now_ms());
         shared.event(format!("{who} -> node-{node} try {attempt}: {} samples {}", samples.len(), outcome.label()));
         match &outcome {
             Outcome::Unknown { .. } => {
@@ -289,12 +319,18 @@ async fn reader_loop(shared: Arc<Shared>, nodes: Vec<(Arc<Mutex<Option<Arc<Node>
             }
             let started_ms = now_ms();
             match read_with_timeout(*addr).await {
-                Ok(answer) => {
+                Ok(Read { answer, warnings }) => {
+                    // A partial answer (it says so) need not hold every acked sample; it must
+                    // still hold only written ones, once each.
+                    let acked_before_ms = if warnings.is_empty() { started_ms } else { 0 };
+                    if !warnings.is_empty() {
+                        shared.count("reader: partial answers (with a warning)", 1);
+                    }
                     let violations = {
                         let ledger = shared.ledger.lock().expect("ledger");
-                        ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms, ReadPath::QueryApi)).unwrap_or_default()
+                        ledger.nodes.get(&shared.ledger_of(index)).map(|l| check_answer(index, l, &answer, acked_before_ms, ReadPath::QueryApi)).unwrap_or_default()
                     };
-                    shared.event(format!("reader: node-{index} answered {} series", answer.len()));
+                    shared.event(format!("reader: node-{index} answered {} series, {} warnings", answer.len(), warnings.len()));
                     for v in violations {
                         shared.violate(Violation {
                             oracle: v.oracle,
@@ -426,6 +462,22 @@ async fn apply(shared: Arc<Shared>, cluster: Arc<Cluster>, event: FaultEvent) {
             sleep_ms(duration_ms).await;
             shared.clogged.lock().expect("clogged").remove(&(writer, node));
             cluster.clog(writer, node, false);
+        }
+        Fault::Partition { duration_ms, .. } if shared.config.scenario == Scenario::Replicated => {
+            if !shared.partitioned.lock().expect("partitioned").insert(node) {
+                shared.event(format!("node-{node} is already isolated"));
+                return;
+            }
+            cluster.partition(node, true, &BTreeSet::new());
+            shared.count("partition: nodes isolated from the other nodes", 1);
+            sleep_ms(duration_ms).await;
+            let still_cut = {
+                let mut partitioned = shared.partitioned.lock().expect("partitioned");
+                partitioned.remove(&node);
+                partitioned.clone()
+            };
+            cluster.partition(node, false, &still_cut);
+            shared.event(format!("node-{node} healed"));
         }
         // Faults between raft members: the single-node scenarios have no members to cut apart
         // (a pinned schedule naming them is replayed without them, and says so).
@@ -617,15 +669,32 @@ async fn check_all_nodes(shared: &Arc<Shared>, cluster: &Arc<Cluster>, phase: &s
             });
             continue;
         }
-        let started_ms = now_ms();
-        // Reads go over the network from the reader's machine, as a client's would.
+        // Reads go over the network from the reader's machine, as a client's would. A cluster
+        // answers whole once every shard's primary holds its lease again (after a restart of
+        // all nodes, say): a partial answer is retried until `liveness_ms_max` has passed.
         let addr = sim_node.addr;
-        let read = cluster.reader.spawn(read_with_timeout(addr)).await;
-        match read.unwrap_or_else(|e| Err(format!("the read task failed: {e}"))) {
-            Ok(answer) => {
+        let deadline_ms = now_ms() + shared.config.liveness_ms_max;
+        let (started_ms, read) = loop {
+            let started_ms = now_ms();
+            let read = cluster.reader.spawn(read_with_timeout(addr)).await.unwrap_or_else(|e| Err(format!("the read task failed: {e}")));
+            let partial = read.as_ref().is_ok_and(|r| !r.warnings.is_empty());
+            if !partial || now_ms() >= deadline_ms {
+                break (started_ms, read);
+            }
+            shared.event(format!("{phase}: node-{index} answered partially; reading again"));
+            sleep_ms(500).await;
+        };
+        match read {
+            Ok(Read { answer, warnings }) => {
+                if !warnings.is_empty() {
+                    shared.violate(Violation {
+                        oracle: "11-liveness",
+                        evidence: format!("{phase}: node-{index} still answers partially {} ms after the read began: {warnings:?}", shared.config.liveness_ms_max),
+                    });
+                }
                 let violations = {
                     let ledger = shared.ledger.lock().expect("ledger");
-                    ledger.nodes.get(&index).map(|l| check_answer(index, l, &answer, started_ms, ReadPath::QueryApi)).unwrap_or_default()
+                    ledger.nodes.get(&shared.ledger_of(index)).map(|l| check_answer(index, l, &answer, started_ms, ReadPath::QueryApi)).unwrap_or_default()
                 };
                 let samples: usize = answer.values().map(Vec::len).sum();
                 shared.event(format!("{phase}: node-{index} holds {} series, {samples} samples", answer.len()));
@@ -644,15 +713,109 @@ async fn check_all_nodes(shared: &Arc<Shared>, cluster: &Arc<Cluster>, phase: &s
     }
 }
 
-/// Waits until every node's engine is open (after a restart), at most `timeout_ms`.
+/// Waits until every node's engine is open (after a restart) — in `replicated`, until every
+/// node is ready and holds the shard map — at most `timeout_ms`.
 async fn wait_open(cluster: &Cluster, timeout_ms: u64) {
     let deadline = now_ms() + timeout_ms;
+    let replicated = cluster.config.scenario == Scenario::Replicated;
     while now_ms() < deadline {
-        if cluster.nodes.iter().all(|n| n.node().is_some_and(|node| node.engine().is_ok())) {
+        let open = |node: &Arc<Node>| if replicated { node.readiness().is_ok() && node.router().table().shard_count().is_some() } else { node.engine().is_ok() };
+        if cluster.nodes.iter().all(|n| n.node().is_some_and(|node| open(&node))) {
             return;
         }
         sleep_ms(100).await;
     }
+}
+
+/// The final convergence oracles of `replicated`, once writers have stopped:
+/// - 7-metadata-identical: every member applies the same index and holds the same state;
+/// - 6-replica-convergence: every shard has a primary and a secondary, no merge-back pending,
+///   and the two replicas' digests (`shards --verify`'s, over all time) are equal.
+///
+/// Both are given `liveness_ms_max` to settle (replication and merge-back finish after the
+/// last write); the evidence is the last state seen.
+async fn check_replicas(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
+    let deadline_ms = now_ms() + shared.config.liveness_ms_max;
+    let mut metadata_evidence;
+    loop {
+        let reads: Vec<Option<(u64, u64)>> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                n.raft().map(|raft| {
+                    let read = raft.local_read();
+                    let mut hasher = Xxh64::new(0);
+                    hasher.update(&crate::metadata::encode_state(&read.state));
+                    (read.applied_index, hasher.digest())
+                })
+            })
+            .collect();
+        let same = reads.iter().all(|r| r.is_some() && *r == reads[0]);
+        metadata_evidence = if same { None } else { Some(format!("(applied index, state hash) per node: {reads:?}")) };
+        if same || now_ms() >= deadline_ms {
+            break;
+        }
+        sleep_ms(200).await;
+    }
+    if let Some(evidence) = metadata_evidence {
+        shared.violate(Violation {
+            oracle: "7-metadata-identical",
+            evidence: format!("{} ms after writers stopped, the members differ: {evidence}", shared.config.liveness_ms_max),
+        });
+    }
+    let mut replica_evidence;
+    loop {
+        replica_evidence = replica_differences(cluster).await;
+        if replica_evidence.is_empty() || now_ms() >= deadline_ms {
+            break;
+        }
+        sleep_ms(500).await;
+    }
+    if replica_evidence.is_empty() {
+        shared.event("replicas: every shard has two equal replicas".into());
+    }
+    for evidence in replica_evidence {
+        shared.violate(Violation {
+            oracle: "6-replica-convergence",
+            evidence: format!("{} ms after writers stopped: {evidence}", shared.config.liveness_ms_max),
+        });
+    }
+}
+
+/// What keeps the shards from being two equal replicas each (empty: converged). Reads the map
+/// from the first live member and each replica's digest from its engine.
+async fn replica_differences(cluster: &Arc<Cluster>) -> Vec<String> {
+    let Some(raft) = cluster.nodes.iter().find_map(|n| n.raft()) else {
+        return vec!["no member is up".into()];
+    };
+    let Some(map) = raft.local_read().state.shard_map else {
+        return vec!["the cluster has no shard map".into()];
+    };
+    let mut out = Vec::new();
+    for (&shard, entry) in &map.shards {
+        if let Some(pending) = &entry.merge_pending {
+            out.push(format!("shard {shard}: merge-back from node {} still pending at epoch {}", pending.from_node, pending.epoch));
+        }
+        let (Some(primary), Some(secondary)) = (entry.primary, entry.secondary) else {
+            out.push(format!("shard {shard}: primary {:?}, secondary {:?} (RF=2 wants both)", entry.primary, entry.secondary));
+            continue;
+        };
+        let mut digests = Vec::new();
+        for id in [primary, secondary] {
+            let node = cluster.nodes.get(id as usize - 1).and_then(|n| n.node());
+            let digest = match node.map(|n| n.engine()) {
+                Some(Ok(engine)) => engine.shard_digest(shard, i64::MIN, i64::MAX).await.map_err(|e| e.to_string()),
+                Some(Err(error)) => Err(error),
+                None => Err("down".to_string()),
+            };
+            digests.push((id, digest));
+        }
+        match (&digests[0].1, &digests[1].1) {
+            (Ok(a), Ok(b)) if a == b => {}
+            _ => out.push(format!("shard {shard} (epoch {}): digests differ: {digests:?}", entry.epoch)),
+        }
+    }
+    out
 }
 
 async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) -> (Vec<TimedViolation>, Vec<String>, BTreeMap<String, u64>, u64, u64) {
@@ -667,6 +830,7 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
         stop: AtomicBool::new(false),
         clogged: Mutex::new(BTreeSet::new()),
         paused: Mutex::new(BTreeSet::new()),
+        partitioned: Mutex::new(BTreeSet::new()),
         quiet: AtomicBool::new(false),
         quiet_acks: Mutex::new(BTreeMap::new()),
         restarts: Mutex::new(BTreeMap::new()),
@@ -734,6 +898,18 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
         let _ = task.await;
     }
     check_all_nodes(&shared, &cluster, "final read").await;
+    if config.scenario == Scenario::Replicated {
+        check_replicas(&shared, &cluster).await;
+        // Oracle 8: no two primaries acknowledged one shard's writes over overlapping time.
+        let (acks, overlaps) = {
+            let log = cluster.acks.lock().expect("ack log");
+            (log.acks, log.overlaps())
+        };
+        shared.event(format!("primary acknowledgements: {acks}"));
+        for evidence in overlaps {
+            shared.violate(Violation { oracle: "8-no-split-brain", evidence });
+        }
+    }
 
     // Oracle 1 with fsync-before-ack: everything acked survives every node losing power at once.
     for index in 0..cluster.nodes.len() {
@@ -861,6 +1037,7 @@ type SeedResult = ((Vec<TimedViolation>, Vec<String>, BTreeMap<String, u64>, u64
 /// One seed's simulation inside its runtime (the thread's BUGGIFY state already reset).
 async fn simulate_seed(options: RunOptions, config: SimConfig, schedule: Schedule, buggify_on: bool) -> SeedResult {
     sextant_core::determinism::buggify_enable(buggify_on);
+    sextant::lease::planted::set_ack_after_lease_lapsed(config.planted_bug == Some(crate::config::PlantedBug::AckAfterLeaseLapsed));
     let result = if config.scenario == crate::config::Scenario::Metadata {
         let outcome = crate::metadata::simulate(options, config, schedule).await;
         (outcome.violations, Vec::new(), outcome.effective, outcome.trace_hash, outcome.writes_acked)

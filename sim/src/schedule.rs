@@ -80,6 +80,7 @@ impl FaultKind {
             Scenario::Bomb => &[Crash, Clog],
             Scenario::Mixed => &FaultKind::INGEST,
             Scenario::Metadata => &[Crash, Pause, Partition, Jump],
+            Scenario::Replicated => &[Crash, Pause, Partition, Clog],
         };
         kinds.iter().copied().collect()
     }
@@ -269,8 +270,8 @@ impl Schedule {
                         let delta_ms = rng.gen_range(-15 * 60_000..=15 * 60_000);
                         Fault::ClockJump { node, delta_ms }
                     }
-                    // Only the metadata scenario has members to cut apart; a single-node run
-                    // given `--faults partition` records it as not applicable.
+                    // Only the metadata and replicated scenarios have members to cut apart; a
+                    // single-node run given `--faults partition` records it as not applicable.
                     FaultKind::Partition => Fault::Partition { node, duration_ms },
                     FaultKind::Clog => Fault::Clog {
                         writer: rng.gen_range(0..config.writers.max(1)),

@@ -29,3 +29,28 @@ fn ack_before_fsync_is_caught_within_100_seeds() {
     let seed = caught.expect("ack-before-fsync survived 100 seeds of the normal mix");
     eprintln!("ack-before-fsync caught at seed {seed}");
 }
+
+// Goal: the harness catches split brain on data. Method: plant "acknowledge after the lease
+// lapsed" (an expired grant still lets a primary acknowledge) and run the replicated scenario
+// from seed 1; oracle 8 (no two primaries acknowledging one shard over overlapping time) must
+// fail within 100 seeds, and the same seed must pass without the bug.
+#[test]
+fn ack_after_lease_lapsed_is_caught_within_100_replicated_seeds() {
+    let mut caught = None;
+    for seed in 1..=100u64 {
+        let options = RunOptions {
+            planted_bug: Some(PlantedBug::AckAfterLeaseLapsed),
+            ..RunOptions::new(seed, Scenario::Replicated)
+        };
+        let report = run(&options);
+        if !report.passed() {
+            assert!(report.violations.iter().any(|v| v.oracle == "8-no-split-brain"), "caught by another oracle:\n{}", report.render());
+            caught = Some(seed);
+            let clean = run(&RunOptions::new(seed, Scenario::Replicated));
+            assert!(clean.passed(), "{}", clean.render());
+            break;
+        }
+    }
+    let seed = caught.expect("ack-after-lease-lapsed survived 100 replicated seeds");
+    eprintln!("ack-after-lease-lapsed caught at seed {seed}");
+}

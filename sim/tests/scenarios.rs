@@ -53,3 +53,8 @@ fn bomb() {
 fn mixed() {
     check(Scenario::Mixed, 1..=4);
 }
+
+#[test]
+fn replicated() {
+    check(Scenario::Replicated, 1..=3);
+}
