@@ -12,7 +12,7 @@ use sextant_sim::schedule::Schedule;
 
 #[test]
 fn same_seed_same_trace_hash() {
-    for (seed, scenario) in [(3, Scenario::Mixed), (8, Scenario::Crash), (11, Scenario::Disk)] {
+    for (seed, scenario) in [(3, Scenario::Mixed), (8, Scenario::Crash), (11, Scenario::Disk), (6, Scenario::Replicated)] {
         let first = run(&RunOptions::new(seed, scenario));
         let second = run(&RunOptions::new(seed, scenario));
         assert!(first.passed(), "{}", first.render());
@@ -47,7 +47,7 @@ fn a_pinned_schedule_replays_the_run() {
 /// normal runner's.
 #[test]
 fn madsim_check_determinism_on_sample_seeds() {
-    for (seed, scenario) in [(2, Scenario::Steady), (9, Scenario::Mixed), (4, Scenario::Metadata)] {
+    for (seed, scenario) in [(2, Scenario::Steady), (9, Scenario::Mixed), (4, Scenario::Metadata), (7, Scenario::Replicated)] {
         let options = RunOptions::new(seed, scenario);
         let checked = check_determinism(&options).unwrap_or_else(|panic| panic!("seed {seed} ({scenario}) is not deterministic: {panic}"));
         assert_eq!(checked, run(&options).trace_hash, "seed {seed} ({scenario})");
