@@ -331,14 +331,7 @@ impl Cluster {
         let net = madsim::net::NetSim::current();
         let me = self.nodes[index].handle.id();
         for other in self.nodes.iter().filter(|n| n.index != index && (cut || !still_cut.contains(&n.index))) {
-            let them = other.handle.id();
-            if cut {
-                net.clog_link(me, them);
-                net.clog_link(them, me);
-            } else {
-                net.unclog_link(me, them);
-                net.unclog_link(them, me);
-            }
+            clog_both(&net, me, other.handle.id(), cut);
         }
     }
 
@@ -377,14 +370,17 @@ impl Cluster {
 
     /// Drops everything between writer `writer` and node `index`, both ways (or undoes it).
     pub fn clog(&self, writer: usize, index: usize, clogged: bool) {
-        let net = madsim::net::NetSim::current();
-        let (a, b) = (self.writers[writer].id(), self.nodes[index].handle.id());
-        if clogged {
-            net.clog_link(a, b);
-            net.clog_link(b, a);
-        } else {
-            net.unclog_link(a, b);
-            net.unclog_link(b, a);
-        }
+        clog_both(&madsim::net::NetSim::current(), self.writers[writer].id(), self.nodes[index].handle.id(), clogged);
+    }
+}
+
+/// Drops everything between machines `a` and `b`, both ways (or undoes it).
+pub fn clog_both(net: &madsim::net::NetSim, a: madsim::task::NodeId, b: madsim::task::NodeId, clogged: bool) {
+    if clogged {
+        net.clog_link(a, b);
+        net.clog_link(b, a);
+    } else {
+        net.unclog_link(a, b);
+        net.unclog_link(b, a);
     }
 }

@@ -505,14 +505,7 @@ impl MetaCluster {
         let net = NetSim::current();
         let a = self.members[index].handle.id();
         for other in self.members.iter().filter(|m| m.index != index) {
-            let b = other.handle.id();
-            if cut {
-                net.clog_link(a, b);
-                net.clog_link(b, a);
-            } else {
-                net.unclog_link(a, b);
-                net.unclog_link(b, a);
-            }
+            crate::cluster::clog_both(&net, a, other.handle.id(), cut);
         }
     }
 
