@@ -67,3 +67,10 @@ fn limits_reset_on_restart() {
 fn skew_unreported() {
     check("skew-unreported.json", "skew-unreported", "skew-reported");
 }
+
+// Fixed: a node healed from a partition answered shards promoted away from it from its stale
+// copy without a warning; reads now warn unless the answering node holds a live primary lease.
+#[test]
+fn stale_primary_read() {
+    check_fixed("stale-primary-read.json");
+}
