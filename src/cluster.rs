@@ -164,6 +164,7 @@ async fn follow_limits(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Rec
             }
         }
         tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             changed = metrics.changed() => if changed.is_err() { break },
             _ = stopped(&mut stop) => break,
         }
@@ -193,6 +194,7 @@ async fn housekeep(handle: RaftHandle, node: Arc<Node>, shard_count: u32, mut st
         for (what, action) in writes {
             let command = Command { who: who.clone(), at_ms: node.clock().now_wall_ms(), action };
             let result = tokio::select! {
+                biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
                 result = handle.client_write(command) => result,
                 _ = stopped(&mut stop) => return,
             };
@@ -215,6 +217,7 @@ async fn housekeep(handle: RaftHandle, node: Arc<Node>, shard_count: u32, mut st
             }
         }
         tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             changed = metrics.changed() => if changed.is_err() { break },
             _ = stopped(&mut stop) => break,
             _ = tokio::time::sleep(Duration::from_millis(RETRY_MS)), if retry => {}

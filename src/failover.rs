@@ -191,6 +191,7 @@ pub async fn renew_leases(handle: RaftHandle, node: Arc<Node>, mut stop: watch::
     loop {
         let sent_at_ns = node.clock().now_monotonic_ns();
         let result = tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             result = renewer.renew(&handle, &node, sent_at_ns) => result,
             _ = stopped(&mut stop) => return,
         };
@@ -222,6 +223,7 @@ pub async fn renew_leases(handle: RaftHandle, node: Arc<Node>, mut stop: watch::
         // still bounded to a few attempts per renewal interval.
         let pause = if failing { renew / 4 } else { renew };
         tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             _ = tokio::time::sleep(pause) => {}
             _ = node.lease().renew_now.notified() => {}
             _ = stopped(&mut stop) => return,
@@ -259,6 +261,7 @@ pub async fn lead(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Receiver
                     let placement = map.get(&shard).copied();
                     let command = Command { who: who.clone(), at_ms: node.clock().now_wall_ms(), action: Action::PromoteShard { shard, expected_epoch: epoch } };
                     let result = tokio::select! {
+                        biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
                         result = handle.client_write(command) => result,
                         _ = stopped(&mut stop) => return,
                     };
@@ -279,6 +282,7 @@ pub async fn lead(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Receiver
             node.metrics.shards_both_replicas_silent.set(0);
         }
         tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             _ = tokio::time::sleep(Duration::from_millis(config.lease_renew_ms)) => {}
             _ = stopped(&mut stop) => return,
         }
@@ -314,6 +318,7 @@ pub async fn mark_merged(handle: RaftHandle, node: Arc<Node>, mut stop: watch::R
         let ready = handle.read_local(|state| merges_completed(state, me, &done));
         for (shard, epoch) in ready {
             let result = tokio::select! {
+                biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
                 result = propose_mark_synced(&handle, &node, shard, epoch) => result,
                 _ = stopped(&mut stop) => return,
             };
@@ -324,6 +329,7 @@ pub async fn mark_merged(handle: RaftHandle, node: Arc<Node>, mut stop: watch::R
             }
         }
         tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             _ = synced.changed() => {}
             _ = tokio::time::sleep(retry) => {}
             _ = stopped(&mut stop) => return,

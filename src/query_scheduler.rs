@@ -299,6 +299,7 @@ impl QueryScheduler {
             // Wake when the Clock says the wait limit may have passed, then let the Clock decide.
             let sleep_ms = (wait_max_ns.saturating_sub(waited_ns) / 1_000_000).saturating_add(1);
             tokio::select! {
+                biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
                 result = &mut rx => {
                     return match result {
                         Ok(result) => result,

@@ -730,6 +730,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             tasks.insert(shard, Task { secondary, epoch, stop: stop_tx, handle });
         }
         tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             _ = tables.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(SUPERVISE_INTERVAL_MS)) => {}
             // A dropped sender means the server is gone: stop too.
@@ -748,6 +749,7 @@ async fn pause(stop: &mut watch::Receiver<bool>, ms: u64) -> bool {
         return true;
     }
     tokio::select! {
+        biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
         _ = tokio::time::sleep(Duration::from_millis(ms)) => *stop.borrow(),
         changed = stop.changed() => changed.is_err() || *stop.borrow(),
     }

@@ -46,10 +46,12 @@ pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: wat
             break;
         }
         let permit = tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             _ = shutdown.changed() => continue,
         };
         let (stream, peer) = tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -66,6 +68,7 @@ pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: wat
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {
+                biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
                 result = connection.as_mut() => result,
                 _ = stopped(&mut connection_shutdown) => {
                     connection.as_mut().graceful_shutdown();
@@ -185,6 +188,7 @@ impl Running {
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
+                        biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
                         _ = tokio::time::sleep(interval) => node.maintain().await,
                         _ = stopped(&mut stop) => break,
                     }
@@ -254,6 +258,7 @@ mod real {
             }
         };
         tokio::select! {
+            biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
         }

@@ -84,6 +84,21 @@ mod real {
             #[arg(long)]
             trace: bool,
         },
+        /// Runs one seed twice in this process under madsim's determinism check (every random
+        /// draw of the second run compared with the first's) and prints the trace hash, or the
+        /// simulated time of the first draw that differed.
+        Check {
+            #[arg(long)]
+            seed: u64,
+            #[arg(long)]
+            scenario: Option<Scenario>,
+            #[command(flatten)]
+            common: Common,
+            /// Print both runs' trace events and node logs (RUST_LOG filters; default info) to
+            /// stderr, to diff them up to the first differing draw.
+            #[arg(long)]
+            trace: bool,
+        },
         /// Runs seeds A..B (inclusive) in parallel and prints failures and fault coverage.
         Sweep {
             /// A..B, inclusive.
@@ -139,6 +154,26 @@ mod real {
                 let text = report.render();
                 print!("{}", text.split_once('\n').map(|(_, rest)| rest).unwrap_or(""));
                 std::process::exit(if report.passed() { 0 } else { 1 });
+            }
+            Command::Check { seed, scenario, common, trace } => {
+                if trace {
+                    let _ = tracing_subscriber::fmt()
+                        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+                        .with_writer(std::io::stderr)
+                        .try_init();
+                }
+                let mut options = RunOptions::new(seed, scenario.unwrap_or_else(|| Scenario::for_seed(seed)));
+                common.apply(&mut options);
+                options.verbose = trace;
+                match sextant_sim::run::check_determinism(&options) {
+                    Ok(hash) => {
+                        println!("seed {seed} ({}): deterministic, trace_hash = {hash:016x}", options.scenario);
+                    }
+                    Err(panic) => {
+                        println!("seed {seed} ({}): NOT deterministic: {panic}", options.scenario);
+                        std::process::exit(1);
+                    }
+                }
             }
             Command::Sweep { seeds, scenario, common, jobs } => {
                 let range = parse_range(&seeds).unwrap_or_else(|e| fail(&e));

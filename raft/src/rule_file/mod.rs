@@ -1,7 +1,7 @@
 //! Prometheus rule files (`groups:` YAML) into [`RuleGroup`]s ready to propose, accepting what
 //! `promtool check rules` of Prometheus 2.42 accepts and refusing what it refuses, with errors
 //! that name the group and rule. docs/design/rules.md lists every check and every deliberate
-//! difference; raft/tests/rule_file.rs holds the table of cases and runs promtool on each.
+//! difference; raft/tests/integration/rule_file.rs holds the table of cases and runs promtool on each.
 //!
 //! The file is read strictly, as promtool reads it (yaml.v3 with known fields only): an unknown
 //! key or a key given twice is an error, so a typo such as `annotation:` cannot silently drop a

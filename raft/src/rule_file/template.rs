@@ -772,7 +772,7 @@ mod tests {
 
     // Goal: the accept/refuse verdicts of promtool 2.42's template check on the constructs
     // people write (each verdict below was observed with promtool; the rule-file table in
-    // raft/tests/rule_file.rs re-checks a sample against promtool itself).
+    // raft/tests/integration/rule_file.rs re-checks a sample against promtool itself).
     // Method: one table through `check`.
     #[test]
     fn templates() {

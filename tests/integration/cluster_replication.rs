@@ -8,7 +8,7 @@
 //! secondary restarted catches up — by tail, and by sync when the primary's WAL no longer holds
 //! its position; a secondary holding extra samples and a conflicting value converges to the
 //! union with the primary's value winning (merge-back).
-//! Method: `server::Server` in process on real tokio (tests/cluster_data.rs's pattern), each
+//! Method: `server::Server` in process on real tokio (tests/integration/cluster_data.rs's pattern), each
 //! node on a temporary directory and ephemeral 127.0.0.1 ports (a restarted node binds its old
 //! ports again). Writes go through a node's HTTP router in process; node-to-node traffic is
 //! real gRPC. Convergence is checked with `Engine::shard_digest` on each replica's engine.

@@ -5,7 +5,7 @@
 //! node; with one node stopped, queries still answer and carry a warning naming the stopped
 //! node's shards, and writes for its shards are refused with 503 (or 429), never silently
 //! lost; a forwarded write at an epoch the target does not hold is refused.
-//! Method: `server::Server` in process on real tokio (tests/serve_cluster.rs's pattern), each
+//! Method: `server::Server` in process on real tokio (tests/integration/serve_cluster.rs's pattern), each
 //! node on a temporary directory and ephemeral 127.0.0.1 ports. HTTP requests go through each
 //! node's axum router in process; node-to-node traffic is real gRPC. Storage placement is
 //! checked on each node's engine directly. Deadlines only bound a hung run.
@@ -160,7 +160,7 @@ async fn writes_route_to_primaries_and_queries_fan_out() {
     let all: Vec<usize> = (0..SERIES).collect();
 
     // 1. One remote-write to node 1; every series lands on its primary, and replication
-    //    copies it to its secondary (RF=2; tests/cluster_replication.rs tests it in depth).
+    //    copies it to its secondary (RF=2; tests/integration/cluster_replication.rs tests it in depth).
     let (status, body) = remote_write(servers[0].node(), &request(&all, &times)).await;
     assert_eq!(status, 204, "{body}");
     let mut placed: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();

@@ -8,7 +8,7 @@
 //! old epoch (refused, or forwarded to the new primary) — neither through the Data service nor
 //! through its own remote-write endpoint; the new primaries' replication streams then merge
 //! back with it, merge pending clears, and both replicas hold every acknowledged write.
-//! Method: `server::Server` in process on real tokio (tests/cluster_data.rs's pattern) with short
+//! Method: `server::Server` in process on real tokio (tests/integration/cluster_data.rs's pattern) with short
 //! lease timings (renew 100 ms, lease 400 ms, promotion 1.5 s); real gRPC between nodes; HTTP
 //! through each node's axum router in process. Deadlines only bound a hung run.
 
