@@ -99,6 +99,17 @@ mod real {
             #[arg(long)]
             trace: bool,
         },
+        /// Runs one seed and prints its outcome as one JSON line (what `sweep` runs in each
+        /// child process).
+        #[command(hide = true)]
+        Outcome {
+            #[arg(long)]
+            seed: u64,
+            #[arg(long)]
+            scenario: Option<Scenario>,
+            #[command(flatten)]
+            common: Common,
+        },
         /// Runs seeds A..B (inclusive) in parallel and prints failures and fault coverage.
         Sweep {
             /// A..B, inclusive.
@@ -175,6 +186,13 @@ mod real {
                     }
                 }
             }
+            Command::Outcome { seed, scenario, common } => {
+                let mut options = RunOptions::new(seed, scenario.unwrap_or_else(|| Scenario::for_seed(seed)));
+                common.apply(&mut options);
+                let report = sextant_sim::run::run(&options);
+                let line = serde_json::to_string(&report.outcome()).unwrap_or_else(|e| fail(&format!("the outcome does not serialize: {e}")));
+                println!("{line}");
+            }
             Command::Sweep { seeds, scenario, common, jobs } => {
                 let range = parse_range(&seeds).unwrap_or_else(|e| fail(&e));
                 let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -182,7 +200,10 @@ mod real {
                 common.apply(&mut template);
                 let count = range.clone().count();
                 let started = Instant::now();
-                let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true);
+                // Each seed in a child process of this binary: a sweep's seed runs exactly as
+                // its replay does (docs/design/simulation.md § Determinism).
+                let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("cannot find this executable to run seeds in: {e}")));
+                let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true, Some(&exe));
                 print!("{}", summary.text);
                 let minutes = started.elapsed().as_secs_f64() / 60.0;
                 println!(

@@ -61,32 +61,40 @@ impl RunOptions {
 
     /// The one command that replays this run with full tracing.
     pub fn replay_command(&self) -> String {
-        let mut command = format!(
-            "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim cargo run --profile ci -p sextant-sim -- run --seed {} --scenario {}",
-            self.seed, self.scenario
-        );
+        format!(
+            "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim cargo run --profile ci -p sextant-sim -- run {} --trace",
+            self.cli_args().join(" ")
+        )
+    }
+
+    /// The `sextant-sim run` arguments that give this run (a pinned schedule is not among
+    /// them: it travels as a file).
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec!["--seed".to_string(), self.seed.to_string(), "--scenario".to_string(), self.scenario.to_string()];
         if let Some(faults) = &self.faults {
             let list: Vec<&str> = faults.iter().map(|k| k.name()).collect();
-            command.push_str(&format!(" --faults {}", if list.is_empty() { "none".to_string() } else { list.join(",") }));
+            args.push("--faults".into());
+            args.push(if list.is_empty() { "none".to_string() } else { list.join(",") });
         }
         if let Some(bug) = self.planted_bug {
-            command.push_str(&format!(" --plant {bug}"));
+            args.push("--plant".into());
+            args.push(bug.to_string());
         }
         for (flag, value) in [("--nodes", self.nodes), ("--writers", self.writers), ("--series-per-writer", self.series_per_writer)] {
             if let Some(value) = value {
-                command.push_str(&format!(" {flag} {value}"));
+                args.push(flag.into());
+                args.push(value.to_string());
             }
         }
         if self.strict_gaps {
-            command.push_str(" --strict");
+            args.push("--strict".into());
         }
-        command.push_str(" --trace");
-        command
+        args
     }
 }
 
 /// An oracle failure at a simulated time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimedViolation {
     pub at_ms: u64,
     pub oracle: String,
@@ -116,7 +124,44 @@ pub struct RunReport {
     pub samples_acked: u64,
 }
 
+/// What a run came to, apart from its inputs: what a seed run in a child process sends back
+/// (as one JSON line) to the sweep that started it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunOutcome {
+    pub violations: Vec<TimedViolation>,
+    pub known_gaps: Vec<String>,
+    pub effective: BTreeMap<String, u64>,
+    pub buggify_on: bool,
+    pub buggify: BTreeMap<String, (u64, u64)>,
+    pub panic: Option<String>,
+    pub trace_hash: u64,
+    pub sim_ms: u64,
+    pub wall_ms: u64,
+    pub samples_acked: u64,
+}
+
 impl RunReport {
+    /// The report of a run whose outcome came from elsewhere (a child process).
+    pub fn from_outcome(options: RunOptions, config: SimConfig, schedule: Schedule, outcome: RunOutcome) -> RunReport {
+        let RunOutcome { violations, known_gaps, effective, buggify_on, buggify, panic, trace_hash, sim_ms, wall_ms, samples_acked } = outcome;
+        RunReport { options, config, schedule, violations, known_gaps, effective, buggify_on, buggify, panic, trace_hash, sim_ms, wall_ms, samples_acked }
+    }
+
+    pub fn outcome(&self) -> RunOutcome {
+        RunOutcome {
+            violations: self.violations.clone(),
+            known_gaps: self.known_gaps.clone(),
+            effective: self.effective.clone(),
+            buggify_on: self.buggify_on,
+            buggify: self.buggify.clone(),
+            panic: self.panic.clone(),
+            trace_hash: self.trace_hash,
+            sim_ms: self.sim_ms,
+            wall_ms: self.wall_ms,
+            samples_acked: self.samples_acked,
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.violations.is_empty() && self.panic.is_none()
     }

@@ -1014,6 +1014,49 @@ pub fn run(options: &RunOptions) -> RunReport {
     }
 }
 
+/// Runs one seed in a child process (`exe outcome <the run's arguments>`, normally this very
+/// `sextant-sim` binary) and reports what it sent back. Why a process per seed: tokio's
+/// `watch` channels and unbiased `select!`s draw from a per-thread RNG that tokio seeds from a
+/// process-wide counter, so the same seed run as the k-th seed of a sweep and as the only run
+/// of a replay could schedule differently. A fresh process makes a sweep's seed exactly its
+/// replay (docs/design/simulation.md § Determinism). A child that dies without an outcome is a
+/// failed run, with its exit status and the tail of its stderr.
+pub fn run_in_child(exe: &std::path::Path, options: &RunOptions) -> RunReport {
+    let config = options.config();
+    let schedule = schedule_of(options, &config);
+    let started = std::time::Instant::now();
+    let failed = |message: String| RunReport {
+        options: options.clone(),
+        config: config.clone(),
+        schedule: schedule.clone(),
+        violations: vec![],
+        known_gaps: vec![],
+        effective: BTreeMap::new(),
+        buggify_on: false,
+        buggify: BTreeMap::new(),
+        panic: Some(message),
+        trace_hash: 0,
+        sim_ms: 0,
+        wall_ms: started.elapsed().as_millis() as u64,
+        samples_acked: 0,
+    };
+    if options.schedule.is_some() {
+        return failed("a pinned schedule cannot be passed to a child process; run it in process".into());
+    }
+    let output = match std::process::Command::new(exe).arg("outcome").args(options.cli_args()).stdin(std::process::Stdio::null()).output() {
+        Ok(output) => output,
+        Err(e) => return failed(format!("could not start {}: {e}", exe.display())),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: String = { let lines: Vec<&str> = stderr.lines().collect(); lines[lines.len().saturating_sub(20)..].join("\n") };
+    match stdout.lines().rev().find(|l| l.starts_with('{')).map(serde_json::from_str::<crate::report::RunOutcome>) {
+        Some(Ok(outcome)) => RunReport::from_outcome(options.clone(), config.clone(), schedule.clone(), outcome),
+        Some(Err(e)) => failed(format!("the child's outcome did not parse ({e}); stderr:\n{tail}")),
+        None => failed(format!("the child exited with {} and no outcome; stderr:\n{tail}", output.status)),
+    }
+}
+
 /// Whether BUGGIFY sites may fire in this seed's run (half of the seeds).
 fn buggify_on_for(seed: u64) -> bool {
     DeterministicRng::from_seed(seed).fork("buggify").gen_bool(0.5)

@@ -1,5 +1,7 @@
-//! Many seeds at once: each on its own fresh thread and runtime (`run::run`), as many at a
-//! time as there are cores, with a progress bar; then the failures and the coverage.
+//! Many seeds at once: each in its own child process (`run::run_in_child`, so a seed in a
+//! sweep runs exactly as its replay does) or, without an executable, on its own fresh thread
+//! and runtime (`run::run`); as many at a time as there are cores, with a progress bar; then
+//! the failures and the coverage.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -8,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Scenario;
 use crate::report::{RunOptions, RunReport};
-use crate::run::run;
+use crate::run::{run, run_in_child};
 
 /// What `sweep` prints at the end, and whether every seed passed.
 pub struct SweepSummary {
@@ -22,8 +24,9 @@ impl SweepSummary {
     }
 }
 
-/// Runs every seed of `seeds` (scenario `None`: each seed's scenario rotates through all).
-pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, template: &RunOptions, jobs: usize, progress: bool) -> SweepSummary {
+/// Runs every seed of `seeds` (scenario `None`: each seed's scenario rotates through all), each
+/// in a child process of `child_exe` (a `sextant-sim` binary) when given, else in process.
+pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, template: &RunOptions, jobs: usize, progress: bool, child_exe: Option<&std::path::Path>) -> SweepSummary {
     let all: Vec<u64> = seeds.collect();
     let bar = if progress { ProgressBar::new(all.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -41,7 +44,10 @@ pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, t
                 let mut options = template.clone();
                 options.seed = seed;
                 options.scenario = scenario.unwrap_or_else(|| Scenario::for_seed(seed));
-                let report = run(&options);
+                let report = match child_exe {
+                    Some(exe) => run_in_child(exe, &options),
+                    None => run(&options),
+                };
                 if !report.passed() {
                     let mut failed = failed.lock().expect("failed");
                     *failed += 1;

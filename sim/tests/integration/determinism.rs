@@ -72,25 +72,43 @@ fn madsim_check_catches_state_leaking_between_runs() {
     assert!(message.as_deref().is_some_and(|m| m.contains("non-determinism")), "{message:?}");
 }
 
-/// The replicated scenario's determinism is checked across processes, as replays run: the same
-/// seed through the `sextant-sim` binary twice gives one trace hash, another seed another.
-/// (Within one process a second run of a replicated seed diverges from the first — some
-/// process-wide state on the cluster path carries over between runs; see
-/// docs/design/simulation.md § Determinism. The in-process checks above therefore cover the
-/// other scenarios only.)
+/// The replicated scenario's determinism is checked across processes, as replays and sweeps
+/// run: the same seed through the `sextant-sim` binary twice gives one trace hash, another seed
+/// another. (Within one process a second run of a replicated seed can schedule differently:
+/// tokio's `watch` channels pick a waiter slot from a per-thread RNG that tokio seeds from a
+/// process-wide counter; see docs/design/simulation.md § Determinism. The in-process checks
+/// above therefore cover the other scenarios only.)
 #[test]
 fn replicated_seed_same_trace_hash_in_two_processes() {
-    fn hash_of(seed: u64) -> String {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sextant-sim"))
-            .args(["run", "--seed", &seed.to_string(), "--scenario", "replicated"])
-            .output()
-            .expect("run sextant-sim");
-        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "seed {seed} failed:\n{text}");
-        assert!(text.starts_with("seed = "), "the first line names the seed:\n{text}");
-        text.lines().rev().find_map(|l| l.strip_prefix("trace_hash = ")).map(str::to_string).unwrap_or_else(|| panic!("no trace_hash line:\n{text}"))
+    let first = hash_of_replay(6);
+    assert_eq!(first, hash_of_replay(6), "seed 6 gave two hashes in two processes");
+    assert_ne!(first, hash_of_replay(7), "seeds 6 and 7 gave the same hash");
+}
+
+/// A sweep runs each seed in a child process, so a seed's run in a sweep (here two at a time,
+/// as ci/sim runs them) is exactly its replay: same trace hash, same acknowledged count.
+#[test]
+fn a_sweep_runs_each_seed_exactly_as_its_replay() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_sextant-sim"));
+    let template = RunOptions::new(0, Scenario::Replicated);
+    let summary = sextant_sim::sweep::sweep(5..=8, Some(Scenario::Replicated), &template, 2, false, Some(exe));
+    assert_eq!(summary.failed(), 0, "{}", summary.text);
+    assert_eq!(summary.reports.len(), 4);
+    for report in &summary.reports {
+        let seed = report.options.seed;
+        assert!(report.samples_acked > 0, "seed {seed} acknowledged nothing:\n{}", report.render());
+        assert_eq!(format!("{:016x}", report.trace_hash), hash_of_replay(seed), "seed {seed}: the sweep's run differs from its replay");
     }
-    let first = hash_of(6);
-    assert_eq!(first, hash_of(6), "seed 6 gave two hashes in two processes");
-    assert_ne!(first, hash_of(7), "seeds 6 and 7 gave the same hash");
+}
+
+/// Replays `seed` of the replicated scenario in a fresh `sextant-sim run` process; its trace hash.
+fn hash_of_replay(seed: u64) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sextant-sim"))
+        .args(["run", "--seed", &seed.to_string(), "--scenario", "replicated"])
+        .output()
+        .expect("run sextant-sim");
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "seed {seed} failed:\n{text}");
+    assert!(text.starts_with("seed = "), "the first line names the seed:\n{text}");
+    text.lines().rev().find_map(|l| l.strip_prefix("trace_hash = ")).map(str::to_string).unwrap_or_else(|| panic!("no trace_hash line:\n{text}"))
 }
