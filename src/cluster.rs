@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Formation;
-use crate::node::Node;
+use crate::node::{MetadataStatus, Node};
 use crate::tenant_limits::{flag_defaults, LimitsView};
 
 /// The raft log and state machine live here, relative to the node's data directory.
@@ -132,6 +132,14 @@ async fn follow_limits(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Rec
     let mut warned_flags = false;
     let mut warned_retention = false;
     loop {
+        // openraft stops its core for good on a storage error; without this the node would
+        // look ready while its metadata view froze (found by the replicated simulation with
+        // disk faults: an EIO writing the vote left a node stuck at an old shard map).
+        let fatal = metrics.borrow().running_state.as_ref().err().map(|fatal| fatal.to_string());
+        if let Some(reason) = fatal {
+            member_stopped(&node, reason);
+            break;
+        }
         let applied = handle.read_local(|state| state.last_applied.map(|id| id.index).unwrap_or(0));
         if version != Some(applied) {
             version = Some(applied);
@@ -165,10 +173,23 @@ async fn follow_limits(handle: RaftHandle, node: Arc<Node>, mut stop: watch::Rec
         }
         tokio::select! {
             biased; // fixed poll order, not tokio's random start (process-seeded: simulation.md § Determinism)
-            changed = metrics.changed() => if changed.is_err() { break },
+            changed = metrics.changed() => if changed.is_err() {
+                // The core is gone while nobody asked it to stop.
+                if !*stop.borrow() {
+                    let reason = metrics.borrow().running_state.as_ref().err().map(|fatal| fatal.to_string());
+                    member_stopped(&node, reason.unwrap_or_else(|| "its core ended without a fatal error".into()));
+                }
+                break
+            },
             _ = stopped(&mut stop) => break,
         }
     }
+}
+
+/// Marks the node not ready for good: its metadata member stopped (`MetadataStatus::Stopped`).
+fn member_stopped(node: &Node, reason: String) {
+    tracing::error!(%reason, "the metadata raft member stopped; this node needs a restart");
+    node.set_metadata_status(MetadataStatus::Stopped(reason));
 }
 
 /// Seeds a new cluster and registers this node's addresses (see the module docs).

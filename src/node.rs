@@ -75,6 +75,11 @@ pub enum MetadataStatus {
     Started,
     /// The raft member failed to start; the node stays up to say why on /-/ready.
     Failed(String),
+    /// The raft member ran and then stopped on a fatal error (a failed write or fsync of its
+    /// log or vote): openraft does not restart it. The node keeps serving what it safely can
+    /// (its leases lapse, so it acknowledges nothing as a primary) and says on /-/ready that
+    /// it needs a restart, which reopens the log from disk.
+    Stopped(String),
 }
 
 /// Metadata of one metric family, as Prometheus's `/api/v1/metadata` serves it.
@@ -394,6 +399,7 @@ impl Node {
             MetadataStatus::Standalone | MetadataStatus::Started => {}
             MetadataStatus::Starting => return Err("the metadata raft member is starting".into()),
             MetadataStatus::Failed(reason) => return Err(format!("the metadata raft member failed to start: {reason}")),
+            MetadataStatus::Stopped(reason) => return Err(format!("the metadata raft member stopped: {reason}; restart the node")),
         }
         let engine = self.engine()?;
         if engine.wal_stats().poisoned {

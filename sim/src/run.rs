@@ -879,7 +879,7 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
         };
         if let Some(reason) = stuck {
             shared.event(format!("operator restarts node-{}: {reason}", sim_node.index));
-            shared.count("operator: nodes restarted after faults (poisoned WAL, failed open)", 1);
+            shared.count("operator: nodes restarted after faults (poisoned WAL, failed open, stopped raft member)", 1);
             cluster.kill(sim_node.index);
             cluster.restart(sim_node.index);
             *shared.restarts.lock().expect("restarts").entry(sim_node.index).or_default() += 1;

@@ -80,7 +80,7 @@ impl FaultKind {
             Scenario::Bomb => &[Crash, Clog],
             Scenario::Mixed => &FaultKind::INGEST,
             Scenario::Metadata => &[Crash, Pause, Partition, Jump],
-            Scenario::Replicated => &[Crash, Pause, Partition, Clog],
+            Scenario::Replicated => &[Crash, Pause, Partition, Clog, Jump, Eio, Enospc, Corrupt, Slow],
         };
         kinds.iter().copied().collect()
     }

@@ -74,3 +74,11 @@ fn skew_unreported() {
 fn stale_primary_read() {
     check_fixed("stale-primary-read.json");
 }
+
+// Fixed: a node whose metadata raft member stopped on a storage error (EIO writing its vote)
+// still reported ready, so it was never restarted and its shard map froze; /-/ready now says
+// the member stopped and the operator restarts the node.
+#[test]
+fn raft_member_stopped() {
+    check_fixed("raft-member-stopped.json");
+}
