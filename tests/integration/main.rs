@@ -4,6 +4,7 @@
 
 mod admin_cli;
 mod cluster_data;
+mod cluster_http;
 mod cluster_replication;
 mod decode_fuzz;
 mod failover;
