@@ -15,17 +15,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use sextant::config::ServeConfig;
-use sextant::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use sextant::route::pb;
 use sextant::server::Server;
 use sextant::shard::shard_for;
-use sextant_core::labels::Labels;
 use sextant_core::matcher::{MatchOp, Matcher};
 use sextant_core::series::fingerprint;
 use sextant_raft::state::MetadataState;
 use tokio::net::TcpListener;
 
-use crate::cluster_http::{http, query_range, remote_write};
+use crate::cluster_http::{labels_of, request, value, http, query_range, remote_write};
 
 const WAIT_MAX: Duration = Duration::from_secs(60);
 const SERIES: usize = 40;
@@ -73,28 +71,8 @@ fn state(server: &Server) -> MetadataState {
     server.raft().local_read().state
 }
 
-fn labels_of(i: usize) -> Labels {
-    Labels::from_pairs(&[("__name__", "m"), ("instance", &format!("i{i:02}"))])
-}
 
-fn request(series: &[usize], times: &[i64]) -> WriteRequest {
-    WriteRequest {
-        timeseries: series
-            .iter()
-            .map(|i| TimeSeries {
-                labels: labels_of(*i).iter().map(|l| Label { name: l.name.clone(), value: l.value.clone() }).collect(),
-                samples: times.iter().map(|t| Sample { timestamp: *t, value: value(*i, *t) }).collect(),
-                exemplars: vec![],
-                histograms: vec![],
-            })
-            .collect(),
-        metadata: vec![],
-    }
-}
 
-fn value(series: usize, t: i64) -> f64 {
-    series as f64 * 1000.0 + (t % 100_000) as f64 / 1000.0
-}
 
 fn expected(series: &[usize], times: &[i64]) -> BTreeMap<String, Vec<(i64, f64)>> {
     series.iter().map(|i| (format!("i{i:02}"), times.iter().map(|t| (*t, value(*i, *t))).collect())).collect()

@@ -1,6 +1,7 @@
 #![cfg(not(madsim))]
-//! HTTP helpers the in-process cluster tests share (cluster_data.rs, failover.rs): requests go
-//! through a node's axum router in process, answers come back as (status, body).
+//! Helpers the in-process cluster tests share (cluster_data.rs, failover.rs): the series `m`
+//! they write (instance `iNN`, a value derived from series and time), and HTTP through a
+//! node's axum router in process, answers back as (status, body).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use http::Request;
 use sextant::node::Node;
-use sextant::remote_write::{encode_write_request, WriteRequest};
+use sextant::remote_write::{encode_write_request, Label, Sample, TimeSeries, WriteRequest};
+use sextant_core::labels::Labels;
 use tower::ServiceExt;
 
 pub async fn http(node: &Arc<Node>, method: &str, uri: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
@@ -41,4 +43,27 @@ pub async fn query_range(node: &Arc<Node>, times: &[i64]) -> (BTreeMap<String, V
     }
     let warnings = json["warnings"].as_array().map(|w| w.iter().map(|x| x.as_str().unwrap().to_string()).collect()).unwrap_or_default();
     (out, warnings)
+}
+
+pub fn labels_of(i: usize) -> Labels {
+    Labels::from_pairs(&[("__name__", "m"), ("instance", &format!("i{i:02}"))])
+}
+
+pub fn value(series: usize, t: i64) -> f64 {
+    series as f64 * 1000.0 + (t % 100_000) as f64 / 1000.0
+}
+
+pub fn request(series: &[usize], times: &[i64]) -> WriteRequest {
+    WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|i| TimeSeries {
+                labels: labels_of(*i).iter().map(|l| Label { name: l.name.clone(), value: l.value.clone() }).collect(),
+                samples: times.iter().map(|t| Sample { timestamp: *t, value: value(*i, *t) }).collect(),
+                exemplars: vec![],
+                histograms: vec![],
+            })
+            .collect(),
+        metadata: vec![],
+    }
 }

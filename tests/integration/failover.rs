@@ -31,7 +31,7 @@ use sextant_core::series::fingerprint;
 use sextant_raft::state::MetadataState;
 use tokio::net::TcpListener;
 
-use crate::cluster_http::{query_range, remote_write};
+use crate::cluster_http::{labels_of, request, value, query_range, remote_write};
 
 const WAIT_MAX: Duration = Duration::from_secs(60);
 const SERIES: usize = 40;
@@ -66,28 +66,8 @@ fn state(server: &Server) -> MetadataState {
     server.raft().local_read().state
 }
 
-fn labels_of(i: usize) -> Labels {
-    Labels::from_pairs(&[("__name__", "m"), ("instance", &format!("i{i:02}"))])
-}
 
-fn value(series: usize, t: i64) -> f64 {
-    series as f64 * 1000.0 + (t % 100_000) as f64 / 1000.0
-}
 
-fn request(series: &[usize], times: &[i64]) -> WriteRequest {
-    WriteRequest {
-        timeseries: series
-            .iter()
-            .map(|i| TimeSeries {
-                labels: labels_of(*i).iter().map(|l| Label { name: l.name.clone(), value: l.value.clone() }).collect(),
-                samples: times.iter().map(|t| Sample { timestamp: *t, value: value(*i, *t) }).collect(),
-                exemplars: vec![],
-                histograms: vec![],
-            })
-            .collect(),
-        metadata: vec![],
-    }
-}
 
 fn shard_of(state: &MetadataState, i: usize) -> u32 {
     shard_for(fingerprint("default", &labels_of(i)), state.shard_map.as_ref().unwrap().shard_count())
