@@ -162,6 +162,13 @@ pub struct ServeArgs {
     /// checkpoints, limit bookkeeping). [default: 1m]
     #[arg(long, value_name = "DURATION")]
     pub maintain_interval: Option<String>,
+    /// On a clean shutdown (SIGTERM, SIGINT), write the in-memory head to compressed blocks
+    /// before closing, so the data directory is compact and the next start replays almost
+    /// nothing. Takes seconds per million series; a kill during it loses nothing (the WAL still
+    /// holds every acknowledged sample). `false` closes at once and replays the WAL on start.
+    /// [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub flush_on_shutdown: Option<bool>,
     /// Longest a query may take, queueing included; the `timeout` parameter may only lower
     /// it. Past it the query fails with errorType "timeout". [default: 2m]
     #[arg(long, value_name = "DURATION")]
@@ -243,6 +250,7 @@ struct FileConfig {
     runaway_window: Option<String>,
     series_idle_max: Option<String>,
     maintain_interval: Option<String>,
+    flush_on_shutdown: Option<bool>,
     query_timeout: Option<String>,
     query_samples_max: Option<usize>,
     query_series_max: Option<usize>,
@@ -400,6 +408,8 @@ pub struct ServeConfig {
     pub limits: IngestLimits,
     pub tokens_file: Option<PathBuf>,
     pub maintain_interval_ms: i64,
+    /// `--flush-on-shutdown`: cut the whole head to blocks on a clean shutdown.
+    pub flush_on_shutdown: bool,
     pub query: QueryConfig,
     pub cluster: ClusterConfig,
     /// Lease renewal, lease length and promotion timeout (`crate::lease`).
@@ -422,6 +432,7 @@ impl Default for ServeConfig {
             limits: IngestLimits::default(),
             tokens_file: None,
             maintain_interval_ms: 60_000,
+            flush_on_shutdown: true,
             query: QueryConfig::default(),
             cluster: ClusterConfig::default(),
             lease: crate::lease::LeaseConfig::default(),
@@ -603,6 +614,9 @@ impl ServeConfig {
         }
         if let Some(text) = pick(&args.maintain_interval, &file.maintain_interval) {
             config.maintain_interval_ms = positive("maintain-interval", duration("maintain-interval", &text)?)?;
+        }
+        if let Some(flush) = pick(&args.flush_on_shutdown, &file.flush_on_shutdown) {
+            config.flush_on_shutdown = flush;
         }
         let query = &mut config.query;
         if let Some(text) = pick(&args.query_timeout, &file.query_timeout) {

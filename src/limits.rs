@@ -99,21 +99,22 @@ impl TokenBucket {
 /// The 128-bit accounting key of a series.
 pub type SeriesAccountKey = u128;
 
-/// Hashes the series identity with two seeds (same byte string as the core fingerprint).
+/// Hashes the series identity with two seeds over the core fingerprint's byte string: the high
+/// 64 bits are the fingerprint itself ([`account_key_fingerprint`]), so the ingest path hashes
+/// a series once for its shard and its account.
 pub fn series_account_key(tenant: &str, labels: &Labels) -> SeriesAccountKey {
-    let mut a = xxhash_rust::xxh64::Xxh64::new(0);
-    let mut b = xxhash_rust::xxh64::Xxh64::new(0x5e57_a47c_0ffe_e001);
-    for hasher in [&mut a, &mut b] {
-        hasher.update(tenant.as_bytes());
-        hasher.update(&[0xff]);
-        for label in labels.iter() {
-            hasher.update(label.name.as_bytes());
-            hasher.update(&[0xff]);
-            hasher.update(label.value.as_bytes());
-            hasher.update(&[0xff]);
-        }
-    }
-    (u128::from(a.digest()) << 64) | u128::from(b.digest())
+    sextant_core::series::with_identity_bytes(tenant, labels, |bytes| {
+        let a = xxhash_rust::xxh64::xxh64(bytes, 0);
+        let b = xxhash_rust::xxh64::xxh64(bytes, ACCOUNT_KEY_SEED_LOW);
+        (u128::from(a) << 64) | u128::from(b)
+    })
+}
+
+const ACCOUNT_KEY_SEED_LOW: u64 = 0x5e57_a47c_0ffe_e001;
+
+/// The series' core fingerprint, read from its account key.
+pub fn account_key_fingerprint(key: SeriesAccountKey) -> sextant_core::series::Fingerprint {
+    sextant_core::series::Fingerprint((key >> 64) as u64)
 }
 
 /// The tracker's verdict on one series.
@@ -384,6 +385,18 @@ mod tests {
     }
 
     const SERIES: SeriesLimits = SeriesLimits { per_metric_max: 3, per_tenant_max: 5 };
+
+    // Goal: the account key is the two documented hashes of the identity byte string, and its
+    // high half is the core fingerprint the ingest path routes by (it hashes once for both).
+    #[test]
+    fn account_key_halves() {
+        let labels = Labels::from_pairs(&[("__name__", "up"), ("job", "node")]);
+        let bytes = b"default\xff__name__\xffup\xffjob\xffnode\xff";
+        let key = series_account_key("default", &labels);
+        assert_eq!((key >> 64) as u64, xxhash_rust::xxh64::xxh64(bytes, 0));
+        assert_eq!(key as u64, xxhash_rust::xxh64::xxh64(bytes, ACCOUNT_KEY_SEED_LOW));
+        assert_eq!(account_key_fingerprint(key), sextant_core::series::fingerprint("default", &labels));
+    }
 
     // Goal: the per-metric and per-tenant limits refuse only new series; existing series
     // and other metrics keep being admitted; idle series stop counting.

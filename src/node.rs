@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use sextant_core::clock::Clock;
 use sextant_core::labels::{Label, Labels};
 use sextant_core::sample::Sample;
-use sextant_core::series::fingerprint;
 use sextant_storage::engine::{AppendReport, Engine, EngineError, WriteSeries};
 use sextant_storage::wal::WalError;
 
@@ -123,17 +122,25 @@ impl Refusals {
     }
 }
 
+/// How often [`Node::cut_wanted`] looks whether storage has opened.
+const ENGINE_POLL_MS: u64 = 100;
+
 fn quote_series(labels: &[crate::remote_write::Label]) -> String {
-    let name = labels.iter().find(|l| l.name == "__name__").map(|l| l.value.as_str()).unwrap_or("");
+    quote_pairs(labels.iter().map(|l| (l.name.as_str(), l.value.as_str())))
+}
+
+/// `name{a="b",…}` of a series, cut to about [`SERIES_QUOTE_CHARS_MAX`] characters.
+fn quote_pairs<'a>(labels: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> String {
+    let name = labels.clone().find(|(n, _)| *n == "__name__").map(|(_, v)| v).unwrap_or("");
     let mut out: String = name.chars().take(SERIES_QUOTE_CHARS_MAX).collect();
     out.push('{');
-    for label in labels.iter().filter(|l| l.name != "__name__") {
+    for (label_name, label_value) in labels.filter(|(n, _)| *n != "__name__") {
         if out.chars().count() > SERIES_QUOTE_CHARS_MAX {
             out.push('…');
             break;
         }
-        let value: String = label.value.chars().take(64).collect();
-        out.push_str(&format!("{}={:?},", label.name.chars().take(64).collect::<String>(), value));
+        let value: String = label_value.chars().take(64).collect();
+        out.push_str(&format!("{}={:?},", label_name.chars().take(64).collect::<String>(), value));
     }
     if out.ends_with(',') {
         out.pop();
@@ -526,7 +533,7 @@ impl Node {
         let series_limits = SeriesLimits { per_metric_max: tenant_limits.series_per_metric_max, per_tenant_max: tenant_limits.series_per_tenant_max };
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
-            for series in request.timeseries {
+            for mut series in request.timeseries {
                 if !series.histograms.is_empty() {
                     let n = series.histograms.len() as u64;
                     self.metrics.refused("native_histogram", n);
@@ -536,17 +543,17 @@ impl Node {
                 if n == 0 {
                     continue;
                 }
-                let quoted = || quote_series(&series.labels);
-                let labels = match Labels::from_unsorted(series.labels.iter().map(|l| Label::new(l.name.clone(), l.value.clone())).collect())
-                    .and_then(|labels| labels.validate_for_ingest(&limits.labels))
-                {
+                // The request's strings move into the series' labels: no copy per label.
+                let raw = std::mem::take(&mut series.labels).into_iter().map(|l| Label::new(l.name, l.value)).collect();
+                let labels = match Labels::for_ingest(raw, &limits.labels) {
                     Ok(labels) => labels,
-                    Err(error) => {
+                    Err((error, given_back)) => {
                         self.metrics.refused("invalid_labels", n);
-                        refusals.add(n, || format!("{}: {error}", quoted()));
+                        refusals.add(n, || format!("{}: {error}", quote_pairs(given_back.iter().map(|l| (l.name.as_str(), l.value.as_str())))));
                         continue;
                     }
                 };
+                let quoted = || quote_pairs(labels.iter().map(|l| (l.name.as_str(), l.value.as_str())));
                 if let Some(blocked) = labels.iter().find(|l| tenant_limits.blocked_labels.contains(&l.name)) {
                     self.metrics.refused("blocked_label", n);
                     refusals.add(n, || format!("{}: label name {:?} is blocked for tenant {tenant:?}", quoted(), blocked.name));
@@ -554,7 +561,7 @@ impl Node {
                 }
                 let key = series_account_key(tenant, &labels);
                 let metric = labels.metric_name().to_string();
-                let shard = shard_for(fingerprint(tenant, &labels), shard_count);
+                let shard = shard_for(crate::limits::account_key_fingerprint(key), shard_count);
                 match tracker.admit(tenant, key, &metric, now_ms, series_limits) {
                     Admission::Existing => {}
                     Admission::New => new_keys.entry(shard).or_default().push(key),
@@ -687,6 +694,18 @@ impl Node {
         outcome.samples_stored = total.accepted;
         outcome.samples_refused = refusals.samples;
         outcome
+    }
+
+    /// Resolves when the engine asks for a maintenance pass before the next tick (a head due
+    /// for a cut). While storage is opening it looks again every [`ENGINE_POLL_MS`]: replay
+    /// itself may leave a head that is due.
+    pub async fn cut_wanted(&self) {
+        loop {
+            match self.engine() {
+                Ok(engine) => return engine.cut_wanted().await,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(ENGINE_POLL_MS)).await,
+            }
+        }
     }
 
     /// Background bookkeeping: engine maintenance, idle series, runaway windows, metrics.

@@ -182,6 +182,23 @@ impl Labels {
         self.0.iter().map(|l| l.name.len() + l.value.len()).sum()
     }
 
+    /// [`Labels::from_unsorted`] then [`Labels::validate_for_ingest`] in one step that hands the
+    /// labels back with the error, so the ingest path can move a request's strings in (no
+    /// copy) and still quote the refused series.
+    pub fn for_ingest(mut labels: Vec<Label>, limits: &LabelLimits) -> Result<Labels, (LabelError, Vec<Label>)> {
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = labels.windows(2).find(|pair| pair[0].name == pair[1].name) {
+            let error = LabelError::DuplicateName { name: pair[0].name.clone() };
+            return Err((error, labels));
+        }
+        labels.retain(|l| !l.value.is_empty());
+        let labels = Labels(labels);
+        match labels.validate(limits) {
+            Ok(()) => Ok(labels),
+            Err(error) => Err((error, labels.0)),
+        }
+    }
+
     /// Applies ingest validation: drops empty-valued labels (Prometheus semantics), then checks
     /// the metric name, reserved names, legacy character sets and the limits.
     pub fn validate_for_ingest(self, limits: &LabelLimits) -> Result<Labels, LabelError> {
@@ -286,7 +303,21 @@ mod tests {
         for (name, pairs, limits, expected) in cases {
             let got = labels(&pairs).validate_for_ingest(limits).map(|_| ());
             assert_eq!(got, expected, "case {name}");
+            // The one-step form agrees, and gives back the labels it refused.
+            let raw: Vec<Label> = pairs.iter().rev().map(|(n, v)| Label::new(*n, *v)).collect();
+            match (Labels::for_ingest(raw, limits), &expected) {
+                (Ok(labels), Ok(())) => assert_eq!(Some(labels), Labels::from_unsorted(pairs.iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| Label::new(*n, *v)).collect()).ok(), "case {name}"),
+                (Err((error, back)), Err(want)) => {
+                    assert_eq!(&error, want, "case {name}");
+                    assert!(back.iter().all(|l| pairs.iter().any(|(n, v)| l.name == *n && l.value == *v)), "case {name}: gives back its own labels: {back:?}");
+                }
+                (got, want) => panic!("case {name}: for_ingest {got:?}, validate_for_ingest {want:?}"),
+            }
         }
+        let duplicate = vec![Label::new("__name__", "up"), Label::new("a", "1"), Label::new("a", "2")];
+        let (error, back) = Labels::for_ingest(duplicate, &utf8).unwrap_err();
+        assert_eq!(error, LabelError::DuplicateName { name: "a".into() });
+        assert_eq!(back.len(), 3, "the duplicate is given back whole for the refusal message");
     }
 
     // Goal: the count limit counts labels after empty values are dropped.

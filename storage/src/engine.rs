@@ -451,6 +451,10 @@ struct Inner {
     /// or the same shard while earlier writes wait for their fsync — cannot all pass one check.
     memory_reserved: AtomicU64,
     replication: replication::ReplicationState,
+    /// Signalled when a write leaves a shard's head spanning more than 1.5 block spans, so the
+    /// node's maintenance loop cuts it now instead of at its next tick: a backfill or a fast
+    /// catch-up can add hours of data time in seconds (see [`Engine::cut_wanted`]).
+    cut_wanted: tokio::sync::Notify,
 }
 
 /// Bytes a write charged against the memory budget for the series it creates; released when
@@ -644,7 +648,7 @@ impl Engine {
             memory.insert(id, Self::shard_memory(&shard));
             locked.insert(id, Arc::new(RwLock::new(shard)));
         }
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 fs,
                 clock,
@@ -662,8 +666,18 @@ impl Engine {
                 memory_bytes: Mutex::new(memory),
                 memory_reserved: AtomicU64::new(0),
                 replication,
+                cut_wanted: tokio::sync::Notify::new(),
             }),
-        })
+        };
+        // Replay may leave a head that is already due (a node down for hours, a fast backfill
+        // before a crash): the first maintenance pass should not wait a whole tick.
+        for shard in engine.inner.shards.values() {
+            if engine.head_cut_due(&*shard.read().await) {
+                engine.inner.cut_wanted.notify_one();
+                break;
+            }
+        }
+        Ok(engine)
     }
 
     fn shard_memory(shard: &Shard) -> u64 {
@@ -919,6 +933,9 @@ impl Engine {
                 }
                 let counter = if imported { &engine.inner.counters.samples_imported } else { &engine.inner.counters.samples_appended };
                 counter.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                if engine.head_cut_due(&shard) {
+                    engine.inner.cut_wanted.notify_one();
+                }
             }
             for key in &new_keys {
                 if let Some(p) = shard.pending.series.get_mut(key) {
@@ -1223,6 +1240,22 @@ impl Engine {
         Ok(removed)
     }
 
+    /// Resolves once a write has left some shard's head ready for a cut (more than 1.5 block
+    /// spans of data time), or at once if that happened since the last call. One wake-up per
+    /// burst: the caller runs [`Engine::maintain`], which cuts every shard that is due.
+    pub async fn cut_wanted(&self) {
+        self.inner.cut_wanted.notified().await
+    }
+
+    /// Prometheus's rule, shared by the write path's wake-up and `cut_shard`.
+    fn head_cut_due(&self, shard: &Shard) -> bool {
+        let span = self.inner.config.block_span_ms;
+        match (shard.head.min_t(), shard.head.max_t()) {
+            (Some(min_t), Some(max_t)) => max_t.saturating_sub(min_t) > span + span / 2,
+            _ => false,
+        }
+    }
+
     /// One maintenance pass: cut head data older than the head's window into blocks, compact,
     /// apply retention, and checkpoint the WAL after cuts. The node calls it periodically.
     pub async fn maintain(&self) -> Result<MaintainReport, EngineError> {
@@ -1263,7 +1296,7 @@ impl Engine {
         } else {
             // Prometheus's rule: cut once the head spans 1.5 block spans, keeping the newest
             // half span (and whatever is in the current aligned window) in memory.
-            if max_t.saturating_sub(min_t) <= span + span / 2 {
+            if !self.head_cut_due(&shard) {
                 return Ok(());
             }
             (max_t - span / 2).div_euclid(span) * span

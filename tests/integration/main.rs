@@ -8,6 +8,7 @@ mod cluster_http;
 mod cluster_replication;
 mod decode_fuzz;
 mod failover;
+mod head_cuts;
 mod http_ingest;
 mod http_query;
 mod http_server;
