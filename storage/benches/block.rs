@@ -197,7 +197,7 @@ fn main() {
         println!("{:>8} {:>8} {:>6} {:>10} {:>10} {:>10}", "chunk", "group", "zstd", "total B/s", "chunks", "index");
         for chunk_samples_target in [120usize, 240, 480] {
             for (group, zstd) in [(16 << 10, None), (4 << 10, Some(3)), (16 << 10, Some(3)), (64 << 10, Some(3)), (64 << 10, Some(9))] {
-                let config = BlockWriterConfig { chunk_samples_target, chunk_group_bytes_target: group, zstd_level: zstd };
+                let config = BlockWriterConfig { chunk_samples_target, chunk_group_bytes_target: group, zstd_level: zstd, cut_zstd_level: zstd };
                 let (total, chunks, index) = measure(&series, &config);
                 println!(
                     "{chunk_samples_target:>8} {group:>8} {:>6} {total:>10.3} {chunks:>10.3} {index:>10.3}",

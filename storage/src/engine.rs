@@ -1326,7 +1326,9 @@ impl Engine {
         let seq = shard.block_seq_next;
         shard.block_seq_next = seq + 1;
         let samples: u64 = data.iter().map(|d| d.samples.len() as u64).sum();
-        block::write_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq, data, &self.inner.config.block_writer).await?;
+        let writer = &self.inner.config.block_writer;
+        let cut_writer = BlockWriterConfig { zstd_level: writer.cut_zstd_level.filter(|_| writer.zstd_level.is_some()), ..writer.clone() };
+        block::write_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq, data, &cut_writer).await?;
         let opened = Block::open(self.inner.fs.clone(), block::block_dir(&shard.blocks_dir, seq)).await?;
         shard.blocks.push(opened);
         let mut cuts = shard.cuts.clone();

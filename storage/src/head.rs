@@ -27,8 +27,8 @@ pub const OOO_BUFFER_SAMPLES_MAX: usize = CHUNK_SAMPLES_TARGET;
 /// head's series map, its entry in the fingerprint map with that entry's ref list (one
 /// allocation of 4 refs), and the open chunk's first buffer. See `crate::memory`.
 const SERIES_OVERHEAD_BYTES: usize = crate::memory::btree_slot_bytes(8 + std::mem::size_of::<MemSeries>())
-    + 2 * (8 + std::mem::size_of::<Vec<SeriesRef>>())
-    + crate::memory::malloc_bytes(4 * 8)
+    + 2 * (8 + std::mem::size_of::<Vec<(SeriesRef, Arc<SeriesKey>)>>())
+    + crate::memory::malloc_bytes(4 * std::mem::size_of::<(SeriesRef, Arc<SeriesKey>)>())
     + crate::memory::malloc_bytes(CHUNK_FIRST_BUFFER_BYTES);
 /// What a new open chunk's bit writer allocates (`ChunkEncoder::new`: header plus 64 bytes).
 const CHUNK_FIRST_BUFFER_BYTES: usize = sextant_core::chunk::CHUNK_HEADER_BYTES + 64;
@@ -260,8 +260,10 @@ pub struct TakenSeries {
 #[derive(Debug)]
 pub struct Head {
     series: BTreeMap<SeriesRef, MemSeries>,
-    /// Lookup only (never iterated): fingerprint → refs whose keys must still be compared.
-    by_fingerprint: HashMap<Fingerprint, Vec<SeriesRef>>,
+    /// Lookup only (never iterated): fingerprint → (ref, key) of the series with it, whose keys
+    /// must still be compared. The key is the series' own `Arc`, kept here so the comparison on
+    /// every write does not first walk the series map (profile: docs/benchmarks.md § 7).
+    by_fingerprint: HashMap<Fingerprint, Vec<(SeriesRef, Arc<SeriesKey>)>>,
     postings: Postings,
     fingerprint_fn: FingerprintFn,
     ref_next: SeriesRef,
@@ -316,7 +318,7 @@ impl Head {
     pub fn lookup(&self, key: &SeriesKey) -> Option<SeriesRef> {
         let fingerprint = (self.fingerprint_fn)(&key.tenant, &key.labels);
         let refs = self.by_fingerprint.get(&fingerprint)?;
-        refs.iter().copied().find(|r| self.series.get(r).is_some_and(|s| *s.key == *key))
+        refs.iter().find(|(_, k)| **k == *key).map(|(r, _)| *r)
     }
 
     pub fn get(&self, series_ref: SeriesRef) -> Option<&MemSeries> {
@@ -343,8 +345,8 @@ impl Head {
         self.postings.add(&key.tenant, &key.labels, series_ref);
         let series = MemSeries::new(Arc::new(key));
         self.memory_bytes += series.memory_bytes();
+        self.by_fingerprint.entry(fingerprint).or_default().push((series_ref, series.key.clone()));
         self.series.insert(series_ref, series);
-        self.by_fingerprint.entry(fingerprint).or_default().push(series_ref);
         self.ref_next = self.ref_next.max(series_ref + 1);
     }
 
@@ -402,7 +404,7 @@ impl Head {
         let Some(series) = self.series.remove(&series_ref) else { return };
         let fingerprint = (self.fingerprint_fn)(&series.key.tenant, &series.key.labels);
         if let Some(refs) = self.by_fingerprint.get_mut(&fingerprint) {
-            refs.retain(|r| *r != series_ref);
+            refs.retain(|(r, _)| *r != series_ref);
             if refs.is_empty() {
                 self.by_fingerprint.remove(&fingerprint);
             }

@@ -130,6 +130,11 @@ pub struct BlockWriterConfig {
     pub chunk_group_bytes_target: usize,
     /// zstd level for index sections and chunk groups; `None` writes everything raw.
     pub zstd_level: Option<i32>,
+    /// zstd level for blocks cut from the head (the engine's cuts and shutdown flush); the
+    /// compactions that later merge them use `zstd_level`. Level 15 on every 2 h cut cost
+    /// ~10 % of ingest CPU (profile in docs/benchmarks.md § 7) for data that compaction
+    /// rewrites within hours anyway.
+    pub cut_zstd_level: Option<i32>,
 }
 
 impl Default for BlockWriterConfig {
@@ -138,7 +143,7 @@ impl Default for BlockWriterConfig {
         // and zstd level 15 with the chunk codec's jitter buckets take a 12 h, 2,525-series run from 1.45 to 0.97 bytes/sample (1.06 with
         // 16 shards). Compression runs in background cuts and compactions; reads pay one group
         // decompression (~256 KiB) per series lookup.
-        BlockWriterConfig { chunk_samples_target: 480, chunk_group_bytes_target: 256 << 10, zstd_level: Some(15) }
+        BlockWriterConfig { chunk_samples_target: 480, chunk_group_bytes_target: 256 << 10, zstd_level: Some(15), cut_zstd_level: Some(3) }
     }
 }
 
