@@ -24,11 +24,12 @@ use crate::index::{Postings, SeriesRef};
 pub const OOO_BUFFER_SAMPLES_MAX: usize = CHUNK_SAMPLES_TARGET;
 
 /// Account bytes of one in-memory series besides its key and chunk bytes: its slot in the
-/// head's series map, its entry in the fingerprint map with that entry's ref list (one
-/// allocation of 4 refs), and the open chunk's first buffer. See `crate::memory`.
+/// head's series map, its entry in the fingerprint map with that entry's list (one allocation
+/// of exactly one (ref, key) pair: a second series under one fingerprint is a rare collision),
+/// and the open chunk's first buffer. See `crate::memory`.
 const SERIES_OVERHEAD_BYTES: usize = crate::memory::btree_slot_bytes(8 + std::mem::size_of::<MemSeries>())
     + 2 * (8 + std::mem::size_of::<Vec<(SeriesRef, Arc<SeriesKey>)>>())
-    + crate::memory::malloc_bytes(4 * std::mem::size_of::<(SeriesRef, Arc<SeriesKey>)>())
+    + crate::memory::malloc_bytes(std::mem::size_of::<(SeriesRef, Arc<SeriesKey>)>())
     + crate::memory::malloc_bytes(CHUNK_FIRST_BUFFER_BYTES);
 /// What a new open chunk's bit writer allocates (`ChunkEncoder::new`: header plus 64 bytes).
 const CHUNK_FIRST_BUFFER_BYTES: usize = sextant_core::chunk::CHUNK_HEADER_BYTES + 64;
@@ -345,7 +346,13 @@ impl Head {
         self.postings.add(&key.tenant, &key.labels, series_ref);
         let series = MemSeries::new(Arc::new(key));
         self.memory_bytes += series.memory_bytes();
-        self.by_fingerprint.entry(fingerprint).or_default().push((series_ref, series.key.clone()));
+        match self.by_fingerprint.entry(fingerprint) {
+            std::collections::hash_map::Entry::Occupied(mut colliding) => colliding.get_mut().push((series_ref, series.key.clone())),
+            // Exactly one slot: `push` on an empty Vec would allocate four.
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(vec![(series_ref, series.key.clone())]);
+            }
+        }
         self.series.insert(series_ref, series);
         self.ref_next = self.ref_next.max(series_ref + 1);
     }
