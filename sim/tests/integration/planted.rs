@@ -33,10 +33,14 @@ fn ack_before_fsync_is_caught_within_100_seeds() {
 // Goal: the harness catches split brain on data. Method: plant "acknowledge after the lease
 // lapsed" (an expired grant still lets a primary acknowledge) and run the replicated scenario
 // from seed 1; oracle 8 (no two primaries acknowledging one shard over overlapping time) must
-// fail within 100 seeds, and the same seed must pass without the bug.
+// fail within 100 seeds, and the same seed must pass without the bug. A seed may fail earlier
+// on what a stale primary's acknowledgements cause without overlapping the new primary's — an
+// acknowledged sample missing from reads (oracle 1) or a wrong answer (oracle 10) — which also
+// counts as caught if that seed passes without the bug; any other oracle is a failure.
 #[test]
 fn ack_after_lease_lapsed_is_caught_within_100_replicated_seeds() {
-    let mut caught = None;
+    const CONSEQUENCES: [&str; 3] = ["1-acked-durability", "8-no-split-brain", "10-query"];
+    let mut caught = Vec::new();
     for seed in 1..=100u64 {
         let options = RunOptions {
             planted_bug: Some(PlantedBug::AckAfterLeaseLapsed),
@@ -44,13 +48,15 @@ fn ack_after_lease_lapsed_is_caught_within_100_replicated_seeds() {
         };
         let report = run(&options);
         if !report.passed() {
-            assert!(report.violations.iter().any(|v| v.oracle == "8-no-split-brain"), "caught by another oracle:\n{}", report.render());
-            caught = Some(seed);
+            assert!(report.violations.iter().all(|v| CONSEQUENCES.contains(&v.oracle.as_str())), "caught by an unrelated oracle:\n{}", report.render());
             let clean = run(&RunOptions::new(seed, Scenario::Replicated));
             assert!(clean.passed(), "{}", clean.render());
-            break;
+            caught.push(seed);
+            if report.violations.iter().any(|v| v.oracle == "8-no-split-brain") {
+                eprintln!("ack-after-lease-lapsed caught by oracle 8 at seed {seed} (all failing seeds: {caught:?})");
+                return;
+            }
         }
     }
-    let seed = caught.expect("ack-after-lease-lapsed survived 100 replicated seeds");
-    eprintln!("ack-after-lease-lapsed caught at seed {seed}");
+    panic!("oracle 8 never caught ack-after-lease-lapsed in 100 replicated seeds (seeds caught by its consequences only: {caught:?})");
 }
