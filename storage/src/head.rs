@@ -387,8 +387,9 @@ impl Head {
 
     /// Removes every sample with `t < before_t` and returns them per series (series order by
     /// ref). Series left with no samples and whose newest sample is older than `before_t` are
-    /// dropped from the head entirely.
-    pub fn take_before(&mut self, before_t: TimestampMs) -> Result<Vec<TakenSeries>, HeadError> {
+    /// dropped from the head entirely, except those in `keep`: the engine passes the series that
+    /// writes in flight (judged, waiting for their WAL fsync) will append to.
+    pub fn take_before(&mut self, before_t: TimestampMs, keep: &std::collections::BTreeSet<SeriesRef>) -> Result<Vec<TakenSeries>, HeadError> {
         let mut taken = Vec::new();
         let mut emptied = Vec::new();
         for (series_ref, series) in self.series.iter_mut() {
@@ -396,7 +397,7 @@ impl Head {
             if !samples.is_empty() {
                 taken.push(TakenSeries { key: series.key.clone(), samples });
             }
-            if series.is_empty() && series.newest_t().is_none_or(|t| t < before_t) {
+            if series.is_empty() && series.newest_t().is_none_or(|t| t < before_t) && !keep.contains(series_ref) {
                 emptied.push(*series_ref);
             }
         }
@@ -537,7 +538,7 @@ mod tests {
             head.append(a, t * 10, t as f64).unwrap();
         }
         head.append(b, 5, 1.0).unwrap();
-        let taken = head.take_before(2000).unwrap();
+        let taken = head.take_before(2000, &Default::default()).unwrap();
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[0].samples.len(), 200);
         assert_eq!(taken[0].samples.last().unwrap().t, 1990);

@@ -11,7 +11,6 @@
 //! checked on each node's engine directly. Deadlines only bound a hung run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::Duration;
 
 use sextant::config::ServeConfig;
@@ -24,21 +23,9 @@ use sextant_raft::state::MetadataState;
 use tokio::net::TcpListener;
 
 use crate::cluster_http::{labels_of, request, value, http, query_range, remote_write};
+use crate::wait::eventually;
 
-const WAIT_MAX: Duration = Duration::from_secs(60);
 const SERIES: usize = 40;
-
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
-    let run = async {
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT_MAX, run).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 async fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Server> {
     let mut grpc = Vec::new();
@@ -70,9 +57,6 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Server> {
 fn state(server: &Server) -> MetadataState {
     server.raft().local_read().state
 }
-
-
-
 
 fn expected(series: &[usize], times: &[i64]) -> BTreeMap<String, Vec<(i64, f64)>> {
     series.iter().map(|i| (format!("i{i:02}"), times.iter().map(|t| (*t, value(*i, *t))).collect())).collect()

@@ -14,7 +14,6 @@
 //! real gRPC. Convergence is checked with `Engine::shard_digest` on each replica's engine.
 //! Deadlines only bound a hung run.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,20 +34,9 @@ use sextant_storage::engine::{ShardDigest, WriteSeries};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-const WAIT_MAX: Duration = Duration::from_secs(60);
-const SERIES: usize = 24;
+use crate::wait::eventually;
 
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
-    let run = async {
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT_MAX, run).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
+const SERIES: usize = 24;
 
 /// A cluster's nodes; `None` while a node is stopped. Keeps each node's addresses and config
 /// so it can be restarted on the same ports and directory.

@@ -13,7 +13,6 @@
 //! through each node's axum router in process. Deadlines only bound a hung run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,22 +31,10 @@ use sextant_raft::state::MetadataState;
 use tokio::net::TcpListener;
 
 use crate::cluster_http::{labels_of, request, value, query_range, remote_write};
+use crate::wait::eventually;
 
-const WAIT_MAX: Duration = Duration::from_secs(60);
 const SERIES: usize = 40;
 const LEASES: LeaseConfig = LeaseConfig { lease_renew_ms: 100, lease_ms: 400, promotion_timeout_ms: 1_500 };
-
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
-    let run = async {
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT_MAX, run).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 async fn start_node(dir: &tempfile::TempDir, id: u64, initial_cluster: &str, grpc: TcpListener, http: TcpListener) -> Server {
     start_node_with(dir, id, initial_cluster, grpc, http, None).await
@@ -65,9 +52,6 @@ async fn start_node_with(dir: &tempfile::TempDir, id: u64, initial_cluster: &str
 fn state(server: &Server) -> MetadataState {
     server.raft().local_read().state
 }
-
-
-
 
 fn shard_of(state: &MetadataState, i: usize) -> u32 {
     shard_for(fingerprint("default", &labels_of(i)), state.shard_map.as_ref().unwrap().shard_count())

@@ -11,7 +11,6 @@
 //! reads through `Engine::select`. Deadlines only bound a hung run; nothing asserts on elapsed
 //! time.
 
-use std::future::Future;
 use std::time::Duration;
 
 use sextant::config::ServeConfig;
@@ -23,25 +22,14 @@ use sextant_storage::clock::SystemClock;
 use sextant_storage::engine::Engine;
 use tokio::net::TcpListener;
 
-const WAIT_MAX: Duration = Duration::from_secs(60);
+use crate::wait::eventually;
+
 const TENANT: &str = "default";
 const HOUR_MS: i64 = 3_600_000;
 /// One sample a minute per series over this much data time: more than the 3 h (1.5 × 2 h
 /// block span) at which the head is due for a cut.
 const BACKFILL_MS: i64 = 4 * HOUR_MS;
 const SERIES: u32 = 20;
-
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
-    let run = async {
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT_MAX, run).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 fn config(dir: &std::path::Path, flush_on_shutdown: bool) -> ServeConfig {
     // An hour between ticks: within this test only a write can start a pass.

@@ -15,3 +15,4 @@ mod http_server;
 mod limits_restart;
 mod replicate_rpc;
 mod serve_cluster;
+mod wait;

@@ -11,7 +11,6 @@
 //! nothing asserts on elapsed time.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,20 +25,7 @@ use sextant_raft::state::MetadataState;
 use sextant_raft::{Action, Command, Outcome};
 use tokio::net::TcpListener;
 
-const WAIT_MAX: Duration = Duration::from_secs(60);
-
-/// Polls `probe` until it answers `Some`, failing the test after [`WAIT_MAX`].
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
-    let run = async {
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT_MAX, run).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
+use crate::wait::eventually;
 
 fn config(dir: &std::path::Path, series_per_metric_max: u64) -> ServeConfig {
     let mut config = ServeConfig { data_dir: dir.to_path_buf(), maintain_interval_ms: 3_600_000, ..ServeConfig::default() };

@@ -82,3 +82,11 @@ fn stale_primary_read() {
 fn raft_member_stopped() {
     check_fixed("raft-member-stopped.json");
 }
+
+// Seed 78 (replicated): a head cut dropped a series that a write waiting for its WAL fsync was
+// about to append to; the node panicked on "append to an unknown series ref". The cut now keeps
+// the series of in-flight writes.
+#[test]
+fn cut_drops_series_in_flight() {
+    check_fixed("cut-drops-series-in-flight.json");
+}
