@@ -11,7 +11,6 @@
 //! checked on each node's engine directly. Deadlines only bound a hung run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use sextant::config::ServeConfig;
 use sextant::route::pb;

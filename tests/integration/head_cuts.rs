@@ -11,7 +11,6 @@
 //! reads through `Engine::select`. Deadlines only bound a hung run; nothing asserts on elapsed
 //! time.
 
-use std::time::Duration;
 
 use sextant::config::ServeConfig;
 use sextant::remote_write::{Label, Sample, TimeSeries, WriteRequest};
