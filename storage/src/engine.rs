@@ -444,6 +444,10 @@ struct Inner {
     closed: AtomicBool,
     /// Serializes maintenance passes (cuts, compaction, retention, checkpoints).
     maintenance: tokio::sync::Mutex<()>,
+    /// Per shard: held by a cut or a compaction for its whole length and by a deletion, so a
+    /// block written outside the shard lock never misses a tombstone (see
+    /// [`Engine::cut_shard`]). Lock order: this, then the shard lock.
+    shard_rewrites: BTreeMap<ShardId, tokio::sync::Mutex<()>>,
     memory_bytes: Mutex<BTreeMap<ShardId, u64>>,
     /// Account bytes of series that writes in flight have created but not yet applied to the
     /// head (they enter it after their WAL records are durable). Charged under the
@@ -648,6 +652,7 @@ impl Engine {
             memory.insert(id, Self::shard_memory(&shard));
             locked.insert(id, Arc::new(RwLock::new(shard)));
         }
+        let shard_rewrites = locked.keys().map(|id| (*id, tokio::sync::Mutex::new(()))).collect();
         let engine = Engine {
             inner: Arc::new(Inner {
                 fs,
@@ -663,6 +668,7 @@ impl Engine {
                 },
                 closed: AtomicBool::new(false),
                 maintenance: tokio::sync::Mutex::new(()),
+                shard_rewrites,
                 memory_bytes: Mutex::new(memory),
                 memory_reserved: AtomicU64::new(0),
                 replication,
@@ -1222,6 +1228,10 @@ impl Engine {
     /// [`Engine::delete`] for one shard (replicated tombstones apply to their shard only).
     async fn delete_in_shard(&self, id: ShardId, tenant: &str, matchers: &[Matcher], min_t: TimestampMs, max_t: TimestampMs) -> Result<u64, EngineError> {
         let shard_lock = self.shard(id)?.clone();
+        // A cut or compaction in progress writes its block from data it copied earlier; the
+        // deletion waits for it, so the tombstone reaches the new block too (and no crash can
+        // leave a durable block that holds deleted samples without their tombstone).
+        let _rewrites = self.shard_rewrites(id)?.lock().await;
         let mut shard = shard_lock.write().await;
         for block in shard.blocks.iter_mut() {
             if block.meta().max_t < min_t || block.meta().min_t > max_t || block.select(tenant, matchers).is_empty() {
@@ -1286,50 +1296,74 @@ impl Engine {
         Ok(report)
     }
 
+    fn shard_rewrites(&self, id: ShardId) -> Result<&tokio::sync::Mutex<()>, EngineError> {
+        self.inner.shard_rewrites.get(&id).ok_or(EngineError::UnknownShard { shard: id })
+    }
+
+    /// Moves head data below the cut time into a new block, in three steps so writes are not
+    /// held up while the block is encoded and made durable:
+    ///
+    /// 1. under the shard's read lock, choose the cut time and copy the samples below it;
+    /// 2. with no shard lock, write the block and open it;
+    /// 3. under the write lock, serve the block, record the cut, and drop from the head exactly
+    ///    the samples copied in step 1.
+    ///
+    /// Between 1 and 3 writes go on: a sample older than the cut time that arrives meanwhile
+    /// stays in the head (it is not in the block), and the WAL seq recorded for the cut is taken
+    /// in step 1, so replay restores it too. Copied samples cannot change meanwhile: the head
+    /// refuses a different value at a stored timestamp, and deletions wait on
+    /// `shard_rewrites`, held for all three steps.
     async fn cut_shard(&self, id: ShardId, everything: bool, report: &mut MaintainReport) -> Result<(), EngineError> {
         let shard_lock = self.shard(id)?.clone();
-        let mut shard = shard_lock.write().await;
-        let (Some(min_t), Some(max_t)) = (shard.head.min_t(), shard.head.max_t()) else { return Ok(()) };
+        let _rewrites = self.shard_rewrites(id)?.lock().await;
         let span = self.inner.config.block_span_ms;
-        let before_t = if everything {
-            max_t.saturating_add(1)
-        } else {
-            // Prometheus's rule: cut once the head spans 1.5 block spans, keeping the newest
-            // half span (and whatever is in the current aligned window) in memory.
-            if !self.head_cut_due(&shard) {
+        // Step 1.
+        let (before_t, wal_seq_max, data, copied, blocks_dir, seq) = {
+            let shard = shard_lock.read().await;
+            let (Some(min_t), Some(max_t)) = (shard.head.min_t(), shard.head.max_t()) else { return Ok(()) };
+            let before_t = if everything {
+                max_t.saturating_add(1)
+            } else {
+                // Prometheus's rule: cut once the head spans 1.5 block spans, keeping the newest
+                // half span (and whatever is in the current aligned window) in memory.
+                if !self.head_cut_due(&shard) {
+                    return Ok(());
+                }
+                (max_t - span / 2).div_euclid(span) * span
+            };
+            if before_t <= min_t {
                 return Ok(());
             }
-            (max_t - span / 2).div_euclid(span) * span
-        };
-        if before_t <= min_t {
-            return Ok(());
-        }
-        // Every record at or below this seq has been applied to the head.
-        let wal_seq_max = match shard.pending.seqs.first() {
-            Some(first) => first - 1,
-            None => self.inner.wal.next_seq(id) - 1,
-        };
-        // Copy first; remove from the head only once the block is durable.
-        let mut data = Vec::new();
-        for (r, _) in shard.head.series_keys().collect::<Vec<_>>() {
-            let series = shard.head.get(r).expect("listed");
-            let samples = series.samples(TimestampMs::MIN, before_t - 1)?;
-            if !samples.is_empty() {
-                data.push(BlockSeriesData { tenant: series.key.tenant.clone(), labels: series.key.labels.clone(), samples });
+            // Every record at or below this seq has been applied to the head.
+            let wal_seq_max = match shard.pending.seqs.first() {
+                Some(first) => first - 1,
+                None => self.inner.wal.next_seq(id) - 1,
+            };
+            let mut data = Vec::new();
+            let mut copied: Vec<(SeriesRef, Vec<TimestampMs>)> = Vec::new();
+            for (r, series) in shard.head.series_iter() {
+                let samples = series.samples(TimestampMs::MIN, before_t - 1)?;
+                if !samples.is_empty() {
+                    copied.push((r, samples.iter().map(|s| s.t).collect()));
+                    data.push(BlockSeriesData { tenant: series.key.tenant.clone(), labels: series.key.labels.clone(), samples });
+                }
             }
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
+            if data.is_empty() {
+                return Ok(());
+            }
+            (before_t, wal_seq_max, data, copied, shard.blocks_dir.clone(), shard.block_seq_next)
+        };
         // A seq is used once even if the attempt fails: a failed write may leave a visible
         // directory of that name behind.
-        let seq = shard.block_seq_next;
-        shard.block_seq_next = seq + 1;
+        shard_lock.write().await.block_seq_next = seq + 1;
         let samples: u64 = data.iter().map(|d| d.samples.len() as u64).sum();
+        // Step 2.
         let writer = &self.inner.config.block_writer;
         let cut_writer = BlockWriterConfig { zstd_level: writer.cut_zstd_level.filter(|_| writer.zstd_level.is_some()), ..writer.clone() };
-        block::write_block(self.inner.fs.as_ref(), &shard.blocks_dir, seq, data, &cut_writer).await?;
-        let opened = Block::open(self.inner.fs.clone(), block::block_dir(&shard.blocks_dir, seq)).await?;
+        block::write_block(self.inner.fs.as_ref(), &blocks_dir, seq, data, &cut_writer).await?;
+        let opened = Block::open(self.inner.fs.clone(), block::block_dir(&blocks_dir, seq)).await?;
+        // Step 3.
+        let mut shard = shard_lock.write().await;
         shard.blocks.push(opened);
         let mut cuts = shard.cuts.clone();
         cuts.push(HeadCut { wal_seq_max, before_t });
@@ -1344,18 +1378,59 @@ impl Engine {
         // it applies: the cut must not drop that series from the head, even if it has no
         // sample left below `before_t` (the simulator's replicated seed 78 panicked on it).
         let in_flight: BTreeSet<SeriesRef> = shard.pending.samples.keys().map(|(r, _)| *r).collect();
-        let taken = shard.head.take_before(before_t, &in_flight)?;
-        let taken_samples: u64 = taken.iter().map(|t| t.samples.len() as u64).sum();
-        assert_eq!(taken_samples, samples, "the head gave up exactly what the block holds");
+        let taken = shard.head.take_copied(before_t, &copied, &in_flight)?;
+        assert_eq!(taken, samples, "the head gave up exactly what the block holds");
         self.update_memory(&shard);
         report.blocks_cut += 1;
         report.samples_persisted += samples;
         Ok(())
     }
 
+    /// Merges blocks, in the same three steps as [`Engine::cut_shard`]: choose the sources
+    /// under the read lock, write the merged block with no shard lock (from the sources opened
+    /// again, so the served ones stay in place for reads), swap under the write lock. Blocks
+    /// change only under `shard_rewrites`, which this holds throughout.
     async fn compact_shard(&self, id: ShardId, report: &mut MaintainReport) -> Result<(), EngineError> {
         let shard_lock = self.shard(id)?.clone();
-        let mut shard = shard_lock.write().await;
+        let _rewrites = self.shard_rewrites(id)?.lock().await;
+        let (source_seqs, blocks_dir, out_seq) = {
+            let shard = shard_lock.read().await;
+            let Some(members) = self.compaction_group(&shard) else { return Ok(()) };
+            (members.iter().map(|i| shard.blocks[*i].meta().seq).collect::<Vec<u64>>(), shard.blocks_dir.clone(), shard.block_seq_next)
+        };
+        shard_lock.write().await.block_seq_next = out_seq + 1;
+        let mut sources = Vec::with_capacity(source_seqs.len());
+        for seq in &source_seqs {
+            sources.push(Block::open(self.inner.fs.clone(), block::block_dir(&blocks_dir, *seq)).await?);
+        }
+        let source_refs: Vec<&Block> = sources.iter().collect();
+        let meta = block::compact(self.inner.fs.clone(), &blocks_dir, &source_refs, out_seq, &self.inner.config.block_writer).await?;
+        let opened = match meta {
+            Some(_) => Some(Block::open(self.inner.fs.clone(), block::block_dir(&blocks_dir, out_seq)).await?),
+            None => None,
+        };
+        drop(sources);
+        {
+            let mut shard = shard_lock.write().await;
+            if let Some(opened) = opened {
+                shard.blocks.push(opened);
+            }
+            // The output is durable and holds exactly the merge of the sources, so the sources
+            // leave the served set before their files go: a failed deletion then costs disk
+            // space until the next open (which removes superseded blocks), never a failed read.
+            shard.blocks.retain(|b| !source_seqs.contains(&b.meta().seq));
+            shard.blocks.sort_by_key(|b| b.meta().seq);
+            self.update_memory(&shard);
+        }
+        report.blocks_compacted += source_seqs.len() as u64;
+        for seq in &source_seqs {
+            block::delete_block(self.inner.fs.as_ref(), &blocks_dir, *seq).await?;
+        }
+        Ok(())
+    }
+
+    /// Indices (into `shard.blocks`) of the blocks the next compaction merges, if any.
+    fn compaction_group(&self, shard: &Shard) -> Option<Vec<usize>> {
         let span = self.inner.config.block_span_ms;
         let head_min = shard.head.min_t();
         // Compact blocks that fall in one window of 3 spans (then 12 spans) once the window is
@@ -1392,7 +1467,7 @@ impl Engine {
             }
         }
         if group.len() < 2 {
-            return Ok(());
+            return None;
         }
         // Blocks with a seq between the members that overlap them must join, so "lower seq is
         // older" keeps its meaning (block::compact's contract).
@@ -1406,26 +1481,7 @@ impl Engine {
                 group.contains(i) || (m.seq > lo && m.seq < hi && m.min_t <= gmax && gmin <= m.max_t)
             })
             .collect();
-        let out_seq = shard.block_seq_next;
-        shard.block_seq_next = out_seq + 1;
-        let sources: Vec<&Block> = members.iter().map(|i| &shard.blocks[*i]).collect();
-        let meta = block::compact(self.inner.fs.clone(), &shard.blocks_dir, &sources, out_seq, &self.inner.config.block_writer).await?;
-        let source_seqs: Vec<u64> = members.iter().map(|i| shard.blocks[*i].meta().seq).collect();
-        if meta.is_some() {
-            let opened = Block::open(self.inner.fs.clone(), block::block_dir(&shard.blocks_dir, out_seq)).await?;
-            shard.blocks.push(opened);
-        }
-        // The output is durable and holds exactly the merge of the sources, so the sources leave
-        // the served set before their files go: a failed deletion then costs disk space until
-        // the next open (which removes superseded blocks), never a failed read.
-        shard.blocks.retain(|b| !source_seqs.contains(&b.meta().seq));
-        shard.blocks.sort_by_key(|b| b.meta().seq);
-        self.update_memory(&shard);
-        report.blocks_compacted += source_seqs.len() as u64;
-        for seq in &source_seqs {
-            block::delete_block(self.inner.fs.as_ref(), &shard.blocks_dir, *seq).await?;
-        }
-        Ok(())
+        Some(members)
     }
 
     async fn apply_retention(&self, report: &mut MaintainReport) -> Result<(), EngineError> {

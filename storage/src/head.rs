@@ -219,21 +219,35 @@ impl MemSeries {
         Ok(())
     }
 
-    /// Removes and returns every sample with `t < before_t`; the rest is re-encoded.
-    fn take_before(&mut self, before_t: TimestampMs) -> Result<Vec<Sample>, HeadError> {
+    /// Removes the samples at the given timestamps (sorted; all stored: the engine copied them
+    /// from this series earlier) and returns how many it removed; the rest is re-encoded, in
+    /// order. Samples that arrived after the copy stay, even when older than the copied ones.
+    fn take_copied(&mut self, copied: &[TimestampMs]) -> Result<usize, HeadError> {
+        let Some(last_copied) = copied.last().copied() else { return Ok(0) };
         let all = self.samples(TimestampMs::MIN, TimestampMs::MAX)?;
-        let split = all.partition_point(|s| s.t < before_t);
-        if split == 0 {
-            return Ok(Vec::new());
+        let total = all.len();
+        let mut kept = Vec::with_capacity(total.saturating_sub(copied.len()));
+        let mut next = copied.iter().peekable();
+        for sample in all {
+            // Both lists are sorted by time, so one pass matches them.
+            while next.next_if(|t| **t < sample.t).is_some() {}
+            if next.next_if(|t| **t == sample.t).is_none() {
+                kept.push(sample);
+            }
         }
-        let taken = all[..split].to_vec();
-        let kept: Vec<Sample> = all[split..].to_vec();
-        // The kept samples go back into in-order chunks; `newest` stays the acceptance
-        // reference even when nothing is kept.
+        let taken = total - kept.len();
+        // `newest` stays the acceptance reference even when nothing is kept.
         self.rebuild(kept)?;
-        let last_taken = taken.last().expect("split > 0").t;
-        self.persisted_max_t = Some(self.persisted_max_t.map_or(last_taken, |p| p.max(last_taken)));
+        self.persisted_max_t = Some(self.persisted_max_t.map_or(last_copied, |p| p.max(last_copied)));
         Ok(taken)
+    }
+
+    /// Oldest and newest stored timestamps, from chunk headers and the buffer (no decoding).
+    fn time_range(&self) -> Option<(TimestampMs, TimestampMs)> {
+        let chunks = self.closed.iter().chain(&self.ooo_chunks).map(|c| (c.min_t, c.max_t));
+        let open = self.open.min_t().zip(self.open.max_t());
+        let buffer = self.ooo_buffer.first_key_value().map(|(t, _)| *t).zip(self.ooo_buffer.last_key_value().map(|(t, _)| *t));
+        chunks.chain(open).chain(buffer).reduce(|(a0, a1), (b0, b1)| (a0.min(b0), a1.max(b1)))
     }
 
     /// Removes samples in `[min_t, max_t]` (a deletion). Returns how many were removed.
@@ -248,13 +262,6 @@ impl MemSeries {
         self.rebuild(kept)?;
         Ok(removed)
     }
-}
-
-/// Samples given up by [`Head::take_before`] for one series.
-#[derive(Debug, Clone)]
-pub struct TakenSeries {
-    pub key: Arc<SeriesKey>,
-    pub samples: Vec<Sample>,
 }
 
 /// One shard's head.
@@ -385,18 +392,23 @@ impl Head {
         self.postings.select(tenant, matchers)
     }
 
-    /// Removes every sample with `t < before_t` and returns them per series (series order by
-    /// ref). Series left with no samples and whose newest sample is older than `before_t` are
-    /// dropped from the head entirely, except those in `keep`: the engine passes the series that
-    /// writes in flight (judged, waiting for their WAL fsync) will append to.
-    pub fn take_before(&mut self, before_t: TimestampMs, keep: &std::collections::BTreeSet<SeriesRef>) -> Result<Vec<TakenSeries>, HeadError> {
-        let mut taken = Vec::new();
+    /// Removes, per series, the samples the engine copied into a block (`copied`: refs with
+    /// their copied timestamps, sorted) and returns how many it removed. Series left with no
+    /// samples and whose newest sample is older than `before_t` are dropped from the head
+    /// entirely, except those in `keep`: the engine passes the series that writes in flight
+    /// (judged, waiting for their WAL fsync) will append to.
+    pub fn take_copied(
+        &mut self,
+        before_t: TimestampMs,
+        copied: &[(SeriesRef, Vec<TimestampMs>)],
+        keep: &std::collections::BTreeSet<SeriesRef>,
+    ) -> Result<u64, HeadError> {
+        let mut taken = 0u64;
         let mut emptied = Vec::new();
-        for (series_ref, series) in self.series.iter_mut() {
-            let samples = series.take_before(before_t)?;
-            if !samples.is_empty() {
-                taken.push(TakenSeries { key: series.key.clone(), samples });
-            }
+        for (series_ref, timestamps) in copied {
+            // Only a cut removes series, and cuts do not overlap, so every copied series is here.
+            let series = self.series.get_mut(series_ref).expect("a copied series is still in the head");
+            taken += series.take_copied(timestamps)? as u64;
             if series.is_empty() && series.newest_t().is_none_or(|t| t < before_t) && !keep.contains(series_ref) {
                 emptied.push(*series_ref);
             }
@@ -431,18 +443,17 @@ impl Head {
         Ok(removed)
     }
 
-    /// Recomputes min/max time and memory after a bulk change.
+    /// Recomputes min/max time and memory after a bulk change (from chunk headers: this runs
+    /// under the shard's write lock).
     fn recompute(&mut self) {
         let mut min_t = None;
         let mut max_t = None;
         let mut memory_bytes = 0;
         for series in self.series.values() {
             memory_bytes += series.memory_bytes();
-            if let Ok(samples) = series.samples(TimestampMs::MIN, TimestampMs::MAX) {
-                if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
-                    min_t = Some(min_t.map_or(first.t, |m: i64| m.min(first.t)));
-                    max_t = Some(max_t.map_or(last.t, |m: i64| m.max(last.t)));
-                }
+            if let Some((first, last)) = series.time_range() {
+                min_t = Some(min_t.map_or(first, |m: i64| m.min(first)));
+                max_t = Some(max_t.map_or(last, |m: i64| m.max(last)));
             }
         }
         self.min_t = min_t;
@@ -453,6 +464,11 @@ impl Head {
     /// Every live series ref with its key, ascending (for checkpoints and reports).
     pub fn series_keys(&self) -> impl Iterator<Item = (SeriesRef, &Arc<SeriesKey>)> {
         self.series.iter().map(|(r, s)| (*r, &s.key))
+    }
+
+    /// Every series, ascending ref.
+    pub fn series_iter(&self) -> impl Iterator<Item = (SeriesRef, &MemSeries)> {
+        self.series.iter().map(|(r, s)| (*r, s))
     }
 
     pub fn contains_ref(&self, series_ref: SeriesRef) -> bool {
@@ -527,10 +543,18 @@ mod tests {
         assert_eq!(all.len(), model.len() + 3 * OOO_BUFFER_SAMPLES_MAX);
     }
 
-    // Goal: take_before gives up exactly the samples before the boundary, keeps the rest, and
-    // remembers the newest timestamp for later acceptance decisions.
+    /// Copies what a cut would: per series, the timestamps below `before_t`.
+    fn copy_before(head: &Head, before_t: TimestampMs) -> Vec<(SeriesRef, Vec<TimestampMs>)> {
+        head.series_iter()
+            .map(|(r, s)| (r, s.samples(TimestampMs::MIN, before_t - 1).unwrap().iter().map(|x| x.t).collect::<Vec<_>>()))
+            .filter(|(_, ts)| !ts.is_empty())
+            .collect()
+    }
+
+    // Goal: take_copied gives up exactly the copied samples, keeps the rest, drops a series left
+    // empty and old, and remembers the newest timestamp for later acceptance decisions.
     #[test]
-    fn take_before_splits_exactly() {
+    fn take_copied_splits_exactly() {
         let mut head = Head::new(fingerprint);
         let a = head.create(key("t", "m", "a"));
         let b = head.create(key("t", "m", "b"));
@@ -538,17 +562,44 @@ mod tests {
             head.append(a, t * 10, t as f64).unwrap();
         }
         head.append(b, 5, 1.0).unwrap();
-        let taken = head.take_before(2000, &Default::default()).unwrap();
-        assert_eq!(taken.len(), 2);
-        assert_eq!(taken[0].samples.len(), 200);
-        assert_eq!(taken[0].samples.last().unwrap().t, 1990);
-        assert_eq!(taken[1].samples, vec![Sample::new(5, 1.0)]);
+        let copied = copy_before(&head, 2000);
+        assert_eq!(copied.iter().map(|(_, ts)| ts.len()).collect::<Vec<_>>(), vec![200, 1]);
+        assert_eq!(head.take_copied(2000, &copied, &Default::default()).unwrap(), 201);
         assert!(head.get(b).is_none(), "series b is empty and old: dropped");
         let rest = head.get(a).unwrap().samples(i64::MIN, i64::MAX).unwrap();
         assert_eq!(rest.len(), 300);
         assert_eq!(rest[0].t, 2000);
         assert_eq!(head.get(a).unwrap().persisted_max_t, Some(1990));
-        assert_eq!(head.min_t(), Some(2000));
+        assert_eq!((head.min_t(), head.max_t()), (Some(2000), Some(4990)));
         assert_eq!(head.append(a, 4990, 1.0).unwrap(), HeadAppend::Conflict { existing_bits: 499f64.to_bits() });
+    }
+
+    // Goal: samples that arrive between the copy and the take stay in the head, even below the
+    // cut time: out-of-order ones, in-order ones of a series that lags, and a new series' (a cut
+    // writes its block outside the shard lock, so writes go on meanwhile). The head's time range
+    // after the take covers exactly what it kept.
+    #[test]
+    fn take_copied_keeps_samples_written_after_the_copy() {
+        let mut head = Head::new(fingerprint);
+        let fast = head.create(key("t", "m", "fast"));
+        let lagging = head.create(key("t", "m", "lagging"));
+        for t in 0..300 {
+            head.append(fast, t * 10, 1.0).unwrap();
+        }
+        head.append(lagging, 100, 1.0).unwrap();
+        let copied = copy_before(&head, 2000);
+        // Written while the block is being written.
+        assert_eq!(head.append(fast, 15, 2.0).unwrap(), HeadAppend::Appended, "out of order, below the cut");
+        assert_eq!(head.append(lagging, 500, 3.0).unwrap(), HeadAppend::Appended, "in order, below the cut");
+        let late = head.create(key("t", "m", "late"));
+        head.append(late, 700, 4.0).unwrap();
+        assert_eq!(head.take_copied(2000, &copied, &Default::default()).unwrap(), 201);
+        let read = |r: SeriesRef| head.get(r).unwrap().samples(i64::MIN, 1999).unwrap();
+        assert_eq!(read(fast), vec![Sample::new(15, 2.0)]);
+        assert_eq!(read(lagging), vec![Sample::new(500, 3.0)]);
+        assert_eq!(read(late), vec![Sample::new(700, 4.0)]);
+        assert_eq!(head.get(fast).unwrap().samples(2000, i64::MAX).unwrap().len(), 100);
+        assert_eq!((head.min_t(), head.max_t()), (Some(15), Some(2990)));
+        assert_eq!(head.get(lagging).unwrap().persisted_max_t, Some(100));
     }
 }

@@ -1,5 +1,5 @@
 #![cfg(not(madsim))]
-//! Helpers the in-process cluster tests share (cluster_data.rs, failover.rs; waiting is wait.rs): the series `m`
+//! Helpers the in-process cluster tests share (cluster_data.rs, cluster_replication.rs, failover.rs; waiting is wait.rs): the series `m`
 //! they write (instance `iNN`, a value derived from series and time), and HTTP through a
 //! node's axum router in process, answers back as (status, body).
 

@@ -21,13 +21,14 @@ use axum::body::Body;
 use http::Request;
 use sextant::config::ServeConfig;
 use sextant::node::Node;
-use sextant::remote_write::{encode_write_request, Label, Sample, TimeSeries, WriteRequest};
+use sextant::remote_write::{encode_write_request, WriteRequest};
 use sextant::server::Server;
 use sextant::shard::shard_for;
-use sextant_core::labels::Labels;
 use sextant_core::matcher::{MatchOp, Matcher};
 use sextant_core::sample::Sample as CoreSample;
 use sextant_core::series::fingerprint;
+
+use crate::cluster_http::{labels_of, request, value};
 use sextant_raft::state::MetadataState;
 use sextant_storage::engine::{ShardDigest, WriteSeries};
 use tokio::net::TcpListener;
@@ -138,31 +139,8 @@ impl Cluster {
     }
 }
 
-fn labels_of(i: usize) -> Labels {
-    Labels::from_pairs(&[("__name__", "m"), ("instance", &format!("i{i:02}"))])
-}
-
 fn shard_of(i: usize) -> u32 {
     shard_for(fingerprint("default", &labels_of(i)), 16)
-}
-
-fn value(series: usize, t: i64) -> f64 {
-    series as f64 * 1000.0 + (t % 100_000) as f64 / 1000.0
-}
-
-fn request(series: &[usize], times: &[i64]) -> WriteRequest {
-    WriteRequest {
-        timeseries: series
-            .iter()
-            .map(|i| TimeSeries {
-                labels: labels_of(*i).iter().map(|l| Label { name: l.name.clone(), value: l.value.clone() }).collect(),
-                samples: times.iter().map(|t| Sample { timestamp: *t, value: value(*i, *t) }).collect(),
-                exemplars: vec![],
-                histograms: vec![],
-            })
-            .collect(),
-        metadata: vec![],
-    }
 }
 
 async fn http(node: &Arc<Node>, method: &str, uri: &str, body: Vec<u8>) -> (u16, String) {

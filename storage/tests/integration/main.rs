@@ -6,6 +6,7 @@ mod block_compaction;
 mod block_corruption;
 mod block_crash;
 mod block_roundtrip;
+mod cut_concurrency;
 mod engine;
 mod fs_sim;
 mod replication;
