@@ -56,6 +56,10 @@ SEXTANT_HTTP_PORT = 19680
 SEXTANT_GRPC_PORT = 19681
 PROMETHEUS_PORT = 19690
 VICTORIA_PORT = 19692
+# The 3-node Sextant cluster (RF=2): node i serves HTTP on CLUSTER_HTTP_PORTS[i-1].
+CLUSTER_HTTP_PORTS = [19683, 19684, 19685]
+CLUSTER_GRPC_PORTS = [19686, 19687, 19688]
+CLUSTER_READY_S_MAX = 120
 
 # The dashboard query set of the PromQL issue (storage/benches/query.rs QUERIES), verbatim.
 QUERIES = [
@@ -70,6 +74,8 @@ QUERIES = [
 EXCLUDED = {
     "sextant": {"dirs": ["wal", "raft"], "files": ["LOCK"],
                 "says": "`wal/` (the head's write-ahead log) and `raft/` (the metadata group's log)"},
+    "sextant-cluster": {"dirs": ["wal", "raft"], "files": ["LOCK"],
+                        "says": "the same as Sextant's, on each node"},
     "victoriametrics": {"dirs": ["cache"], "files": ["flock.lock"],
                         "says": "`cache/` (VictoriaMetrics has no WAL: its in-memory rows are flushed to parts at shutdown)"},
     "prometheus": {"dirs": ["wal", "chunks_head"], "files": ["lock", "queries.active"],
@@ -120,81 +126,124 @@ def http_get(url, timeout_s=60):
 
 
 class Target:
-    """One server process on a fresh data directory."""
+    """A server on a fresh data directory: one process, or for `sextant-cluster` three
+    `sextant serve` processes forming one cluster (RF=2, 16 shards), load and queries sent to
+    node 1 (which forwards to the shards' primaries and fans queries out). CPU and RSS are
+    summed over the processes, bytes over their data directories: the cluster's cost of a
+    sample, with every sample stored twice."""
 
     def __init__(self, name, binaries, workdir):
         self.name = name
         self.binaries = binaries
         self.data = os.path.join(workdir, f"{name}-data")
         self.logfile = os.path.join(workdir, f"{name}.log")
-        self.proc = None
+        self.procs = []
 
     @property
     def base(self):
-        port = {"sextant": SEXTANT_HTTP_PORT, "prometheus": PROMETHEUS_PORT, "victoriametrics": VICTORIA_PORT}[self.name]
+        port = {"sextant": SEXTANT_HTTP_PORT, "prometheus": PROMETHEUS_PORT, "victoriametrics": VICTORIA_PORT,
+                "sextant-cluster": CLUSTER_HTTP_PORTS[0]}[self.name]
         return f"http://127.0.0.1:{port}"
 
-    def command(self):
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def cpu_seconds(self):
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def rss_bytes(self):
+        return sum(rss_bytes(pid) for pid in self.pids())
+
+    def commands(self):
         if self.name == "sextant":
-            return [self.binaries["sextant"], "serve", "--data-dir", self.data,
-                    "--http-listen", f"127.0.0.1:{SEXTANT_HTTP_PORT}", "--grpc-listen", f"127.0.0.1:{SEXTANT_GRPC_PORT}",
-                    # No ingest rate limit: the benchmark sends as fast as the target accepts.
-                    "--ingest-rate-max", "0"]
+            return [[self.binaries["sextant"], "serve", "--data-dir", self.data,
+                     "--http-listen", f"127.0.0.1:{SEXTANT_HTTP_PORT}", "--grpc-listen", f"127.0.0.1:{SEXTANT_GRPC_PORT}",
+                     # No ingest rate limit: the benchmark sends as fast as the target accepts.
+                     "--ingest-rate-max", "0"]]
+        if self.name == "sextant-cluster":
+            initial = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(CLUSTER_GRPC_PORTS))
+            return [[self.binaries["sextant"], "serve", "--node-id", str(i + 1), "--data-dir", os.path.join(self.data, f"node{i + 1}"),
+                     "--http-listen", f"127.0.0.1:{http}", "--grpc-listen", f"127.0.0.1:{grpc}",
+                     "--initial-cluster", initial, "--ingest-rate-max", "0"]
+                    for i, (http, grpc) in enumerate(zip(CLUSTER_HTTP_PORTS, CLUSTER_GRPC_PORTS))]
         if self.name == "prometheus":
             config = os.path.join(os.path.dirname(self.data), "prometheus.yml")
             with open(config, "w") as f:
                 f.write("global:\n  scrape_interval: 15s\n")
-            return [self.binaries["prometheus"], f"--config.file={config}", f"--storage.tsdb.path={self.data}",
-                    f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}", "--web.enable-remote-write-receiver",
-                    "--storage.tsdb.retention.time=30d"]
+            return [[self.binaries["prometheus"], f"--config.file={config}", f"--storage.tsdb.path={self.data}",
+                     f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}", "--web.enable-remote-write-receiver",
+                     "--storage.tsdb.retention.time=30d"]]
         # -search.latencyOffset=0s: by default VictoriaMetrics hides the newest 30 s from queries,
         # which would make freshness a setting, not a measurement. -search.disableCache: its
         # response cache would answer repeated identical query_range requests without
         # evaluating them (Sextant and Prometheus have no such cache).
-        return [self.binaries["victoriametrics"], f"-storageDataPath={self.data}",
-                f"-httpListenAddr=127.0.0.1:{VICTORIA_PORT}", "-retentionPeriod=1y",
-                "-search.latencyOffset=0s", "-search.disableCache"]
+        return [[self.binaries["victoriametrics"], f"-storageDataPath={self.data}",
+                 f"-httpListenAddr=127.0.0.1:{VICTORIA_PORT}", "-retentionPeriod=1y",
+                 "-search.latencyOffset=0s", "-search.disableCache"]]
 
-    def ready_path(self):
-        return "/health" if self.name == "victoriametrics" else "/-/ready"
+    def ready_urls(self):
+        if self.name == "sextant-cluster":
+            return [f"http://127.0.0.1:{port}/-/ready" for port in CLUSTER_HTTP_PORTS]
+        return [self.base + ("/health" if self.name == "victoriametrics" else "/-/ready")]
+
+    def replicated(self):
+        """Cluster only: every shard of node 1's shard map has a primary and a different
+        secondary (so the load is replicated from its first sample)."""
+        command = [self.binaries["sextant"], "admin", "--addr", f"127.0.0.1:{CLUSTER_GRPC_PORTS[0]}", "--output", "json",
+                   "--timeout", "5s", "shards"]
+        done = subprocess.run(command, capture_output=True, timeout=30)
+        if done.returncode != 0:
+            return False
+        try:
+            shards = json.loads(done.stdout).get("shards") or []
+        except (json.JSONDecodeError, AttributeError):
+            return False
+        return bool(shards) and all(s.get("primary") is not None and s.get("secondary") not in (None, s["primary"]) for s in shards)
 
     def start(self):
         shutil.rmtree(self.data, ignore_errors=True)
         os.makedirs(self.data)
         self.log_handle = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=self.log_handle, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        for command in self.commands():
+            self.procs.append(subprocess.Popen(command, stdout=self.log_handle, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + (CLUSTER_READY_S_MAX if self.name == "sextant-cluster" else 60)
+        pending = self.ready_urls()
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} at start; see {self.logfile}")
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {proc.returncode} at start; see {self.logfile}")
             try:
-                if http_get(self.base + self.ready_path(), timeout_s=2)[0] == 200:
-                    return
+                pending = [url for url in pending if http_get(url, timeout_s=2)[0] != 200]
             except OSError:
                 pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after 60 s; see {self.logfile}")
+            if not pending and (self.name != "sextant-cluster" or self.replicated()):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready (or, a cluster, not replicated) in time; see {self.logfile}")
 
     def stop(self):
-        """SIGTERM and wait: a clean shutdown. Returns seconds it took."""
+        """SIGTERM and wait: a clean shutdown (all processes at once). Returns seconds it took."""
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError(f"{self.name} did not stop within 180 s of SIGTERM")
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(proc.wait(timeout=180))
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise RuntimeError(f"{self.name} did not stop within 180 s of SIGTERM")
         self.log_handle.close()
         # Prometheus and VictoriaMetrics exit 0 on SIGTERM, as does Sextant.
-        if code != 0:
-            raise RuntimeError(f"{self.name} exited {code} on SIGTERM; see {self.logfile}")
+        if any(code != 0 for code in codes):
+            raise RuntimeError(f"{self.name} exited {codes} on SIGTERM; see {self.logfile}")
         return time.monotonic() - started
 
     def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def bench_write(args, url, hosts, duration, start_ms, freshness_probes, out_json):
@@ -270,12 +319,12 @@ def run_queries(target, end_s, span_s, iterations):
 def disk_run(args, target, start_ms, workdir, repeat):
     target.start()
     time.sleep(args.idle_s)
-    cpu_before = cpu_seconds(target.proc.pid)
+    cpu_before = target.cpu_seconds()
     load_before = os.getloadavg()[0]
     report = bench_write(args, target.base + "/api/v1/write", args.disk_hosts, args.disk_duration, start_ms, 0,
                          os.path.join(workdir, f"{target.name}-disk-{repeat}.json"))
     time.sleep(args.settle_s)
-    cpu = cpu_seconds(target.proc.pid) - cpu_before
+    cpu = target.cpu_seconds() - cpu_before
     accepted = report["samples_accepted"]
     end_s = report["workload"]["last_sample_ms"] / 1000
     span_s = int((report["workload"]["last_sample_ms"] - report["workload"]["first_sample_ms"]) / 1000)
@@ -284,7 +333,7 @@ def disk_run(args, target, start_ms, workdir, repeat):
     # One scrape of one host (517 samples, after the disk data), then the probes.
     fresh = bench_write(args, target.base + "/api/v1/write", 1, "15s", int(time.time() * 1000) - 60_000,
                         args.freshness_probes, os.path.join(workdir, f"{target.name}-fresh-{repeat}.json"))
-    rss_after_queries = rss_bytes(target.proc.pid)
+    rss_after_queries = target.rss_bytes()
     stop_s = target.stop()
     load_after = os.getloadavg()[0]
     # The freshness run's 517 + probes samples (< 0.01 %) are in the files, not in the division.
@@ -314,11 +363,11 @@ def disk_run(args, target, start_ms, workdir, repeat):
 def memory_run(args, target, start_ms, workdir, repeat):
     target.start()
     time.sleep(args.idle_s)
-    idle = rss_bytes(target.proc.pid)
+    idle = target.rss_bytes()
     report = bench_write(args, target.base + "/api/v1/write", args.mem_hosts, args.mem_duration, start_ms, 0,
                          os.path.join(workdir, f"{target.name}-mem-{repeat}.json"))
     time.sleep(args.settle_s)
-    after = rss_bytes(target.proc.pid)
+    after = target.rss_bytes()
     series = report["workload"]["series"]
     target.stop()
     return {"rss_idle_bytes": idle, "rss_after_bytes": after, "series": series,
@@ -467,7 +516,7 @@ def main():
     parser.add_argument("--json-out", required=True)
     parser.add_argument("--markdown-out", required=True, help="the rendered section goes here")
     parser.add_argument("--doc", help="docs/benchmarks.md: replace the section between the markers")
-    parser.add_argument("--targets", default="sextant,victoriametrics,prometheus")
+    parser.add_argument("--targets", default="sextant,sextant-cluster,victoriametrics,prometheus")
     args = parser.parse_args()
     full = {"repeats": 3, "disk_hosts": 5, "disk_duration": "12h", "mem_hosts": 200, "mem_duration": "5m",
             "query_iterations": 20, "freshness_probes": 20, "settle_s": 10.0, "idle_s": 3.0}
@@ -478,7 +527,8 @@ def main():
             setattr(args, key, value)
 
     names = [n for n in args.targets.split(",") if n]
-    binaries = {"sextant": args.sextant, "prometheus": args.prometheus, "victoriametrics": args.victoria_metrics}
+    binaries = {"sextant": args.sextant, "sextant-cluster": args.sextant, "prometheus": args.prometheus,
+                "victoriametrics": args.victoria_metrics}
     for name in names:
         if not binaries.get(name) or not os.access(binaries[name], os.X_OK):
             raise SystemExit(f"bench-peers: no binary for {name} ({binaries.get(name)})")
@@ -492,7 +542,8 @@ def main():
             "victoriametrics": version([args.victoria_metrics or "false", "-version"]) + "; " + package_version("victoria-metrics"),
             "prometheus": version([args.prometheus or "false", "--version"]) + "; " + package_version("prometheus"),
         },
-        "labels": {"sextant": "Sextant", "victoriametrics": "VictoriaMetrics", "prometheus": "Prometheus"},
+        "labels": {"sextant": "Sextant", "sextant-cluster": "Sextant 3 nodes, RF=2", "victoriametrics": "VictoriaMetrics",
+                   "prometheus": "Prometheus"},
         "settings": {k: getattr(args, k) for k in ("smoke", "repeats", "disk_hosts", "disk_duration", "mem_hosts",
                                                    "mem_duration", "query_iterations", "freshness_probes", "settle_s",
                                                    "idle_s", "batch_samples", "concurrency", "seed")},
@@ -561,7 +612,13 @@ def main():
   histogram) × {args.disk_duration} at 15 s with 0–3 ms jitter, {args.batch_samples} samples per request,
   {args.concurrency} requests in flight, as fast as the target accepts; memory run {args.mem_hosts} hosts × 517
   series × {args.mem_duration}. Settle time {args.settle_s:g} s; {args.repeats} repeat(s), targets in turn
-  (Sextant, VictoriaMetrics, Prometheus), each on a fresh data directory.
+  ({", ".join(meta["labels"][n] for n in names)}), each on a fresh data directory.""" + ("""
+- Sextant 3 nodes, RF=2: three `sextant serve` processes on this machine forming one cluster
+  (`--initial-cluster`, 16 shards, each with a primary and a secondary on different nodes before
+  the load starts); load, queries and freshness probes go to node 1, which forwards writes to
+  the shards' primaries and fans queries out. CPU and RSS are the sum over the three processes,
+  bytes the sum over their data directories, so per-sample figures are the cluster's cost of a
+  sample stored twice; the ratio columns compare the single node only.""" if "sextant-cluster" in names else "") + f"""
 - Queries: the PromQL issue's dashboard set (`rate`, `sum by (instance) (rate)`,
   `histogram_quantile` over `sum by (le)`, `topk`), {args.query_iterations} runs each through
   `/api/v1/query_range`, p50/p99 over all runs of all four queries.

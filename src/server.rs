@@ -61,6 +61,12 @@ pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: wat
             },
             _ = shutdown.changed() => continue,
         };
+        // Nagle's algorithm holds a response's last segment until the client ACKs the previous
+        // one, and the client delays that ACK (40 ms on Linux): every answer written in more than
+        // one segment would wait for it.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
+        }
         let router = router.clone();
         let mut connection_shutdown = shutdown.clone();
         tokio::spawn(async move {

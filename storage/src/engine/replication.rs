@@ -608,12 +608,44 @@ impl Engine {
         if after_seq < truncated_through {
             return Err(TailError::Truncated { oldest_seq: truncated_through + 1 });
         }
-        let read = self.inner.wal.tail(shard, after_seq, bytes_max).await?;
-        // A checkpoint may have run between the check above and the read.
-        let truncated_through = self.inner.replication.floors().get(&shard).map_or(0, |f| f.truncated_through);
-        if after_seq < truncated_through {
-            return Err(TailError::Truncated { oldest_seq: truncated_through + 1 });
-        }
+        // The cursor read first; if it names a series neither it nor the head can resolve (a
+        // cut dropped the series from the head before its record shipped), the full read, whose
+        // `series_before` holds the log's own definitions.
+        let mut from_cursor = true;
+        let (read, series) = loop {
+            let read = self.inner.wal.tail(shard, after_seq, bytes_max, from_cursor).await?;
+            // A checkpoint may have run between the check above and the read.
+            let truncated_through = self.inner.replication.floors().get(&shard).map_or(0, |f| f.truncated_through);
+            if after_seq < truncated_through {
+                return Err(TailError::Truncated { oldest_seq: truncated_through + 1 });
+            }
+            // A cursor read that is not gap-free is not trusted: read again from the start.
+            if read.from_cursor && read.records.iter().zip(after_seq + 1..).any(|(r, expected)| r.seq != expected) {
+                from_cursor = false;
+                continue;
+            }
+            match self.tail_series(shard, &shard_lock, after_seq, &read).await? {
+                Some(series) => break (read, series),
+                None if read.from_cursor => from_cursor = false,
+                None => {
+                    let first_use = read.records.first().map_or(after_seq + 1, |r| r.seq);
+                    return Err(TailError::Truncated { oldest_seq: first_use + 1 });
+                }
+            }
+        };
+        let series = if series.is_empty() { Vec::new() } else { encode_payload(&WalRecord { shard, seq: 0, body: RecordBody::Series(series) }) };
+        Ok(WalTail {
+            shard,
+            series_crc32: crc32fast::hash(&series),
+            series,
+            records: read.records.into_iter().map(|r| TailRecord::new(r.shard, r.seq, r.payload)).collect(),
+            durable_next_seq: read.durable_next_seq,
+        })
+    }
+
+    /// Definitions of the series the tail's records use that the tail does not define itself:
+    /// `None` when one cannot be resolved; `Err` for a gap or an undecodable record.
+    async fn tail_series(&self, shard: ShardId, shard_lock: &tokio::sync::RwLock<Shard>, after_seq: u64, read: &crate::wal::TailRead) -> Result<Option<Vec<SeriesEntry>>, TailError> {
         let mut defined: BTreeSet<SeriesRef> = BTreeSet::new();
         let mut needed: BTreeSet<SeriesRef> = BTreeSet::new();
         for (expected, record) in (after_seq + 1..).zip(read.records.iter()) {
@@ -646,21 +678,15 @@ impl Engine {
                 match entry {
                     Some(entry) => series.push(entry),
                     None => {
-                        let first_use = read.records.first().map_or(after_seq + 1, |r| r.seq);
-                        tracing::warn!(shard, series_ref = r, "series of a WAL tail record cannot be resolved; the secondary must copy data");
-                        return Err(TailError::Truncated { oldest_seq: first_use + 1 });
+                        if !read.from_cursor {
+                            tracing::warn!(shard, series_ref = r, "series of a WAL tail record cannot be resolved; the secondary must copy data");
+                        }
+                        return Ok(None);
                     }
                 }
             }
         }
-        let series = if series.is_empty() { Vec::new() } else { encode_payload(&WalRecord { shard, seq: 0, body: RecordBody::Series(series) }) };
-        Ok(WalTail {
-            shard,
-            series_crc32: crc32fast::hash(&series),
-            series,
-            records: read.records.into_iter().map(|r| TailRecord::new(r.shard, r.seq, r.payload)).collect(),
-            durable_next_seq: read.durable_next_seq,
-        })
+        Ok(Some(series))
     }
 
     /// The secondary's applied position for `shard` (persisted; survives restarts).

@@ -164,6 +164,9 @@ pub struct WalStats {
     pub records_no_space: u64,
     pub checkpoints: u64,
     pub checkpoint_index: Option<u32>,
+    /// Records replication tails scanned, of every shard (what a tail costs: with its cursor
+    /// about the records logged since the previous tail, without it the whole retained log).
+    pub tail_records_scanned: u64,
     pub queue_records: usize,
     pub poisoned: bool,
 }
@@ -239,6 +242,20 @@ struct Inner {
     shared: Arc<Shared>,
     writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     checkpoint_lock: tokio::sync::Mutex<()>,
+    /// Per shard: where the last [`Wal::tail`] stopped, so the next one (asking for the records
+    /// right after) reads on from there instead of rescanning the whole log.
+    tail_cursors: Mutex<BTreeMap<ShardId, TailCursor>>,
+}
+
+/// Where a shard's tail resumes: in file `path`, at byte `offset` (a record boundary), the first
+/// record of the shard not yet returned has `next_seq`. Valid only while the checkpoint that
+/// was current when it was made is (a checkpoint rewrites the files before it).
+#[derive(Debug, Clone)]
+struct TailCursor {
+    checkpoint: Option<u32>,
+    path: PathBuf,
+    offset: u64,
+    next_seq: u64,
 }
 
 impl Drop for Inner {
@@ -405,6 +422,7 @@ impl WalReplay {
                 shared,
                 writer_task: Mutex::new(Some(writer_task)),
                 checkpoint_lock: tokio::sync::Mutex::new(()),
+                tail_cursors: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -575,6 +593,7 @@ impl Wal {
         stats.dir_fsyncs = shared.counters.dir_fsyncs.load(Ordering::Relaxed);
         stats.bytes_written = shared.counters.bytes_written.load(Ordering::Relaxed);
         stats.segments_created = shared.counters.segments_created.load(Ordering::Relaxed);
+        stats.tail_records_scanned = shared.counters.tail_records_scanned.load(Ordering::Relaxed);
         stats
     }
 
@@ -688,6 +707,8 @@ pub struct TailRead {
     pub series_before: BTreeMap<SeriesRef, SeriesEntry>,
     /// One past the highest durable seq of the shard when the read began.
     pub durable_next_seq: u64,
+    /// The read resumed where the previous tail stopped: `series_before` is empty.
+    pub from_cursor: bool,
 }
 
 impl Wal {
@@ -697,9 +718,13 @@ impl Wal {
     /// returned, so a caller never ships what a crash could take back. Holds the checkpoint lock
     /// while reading, so no file it reads is removed underneath it; appends continue.
     ///
-    /// Reads whole segment files (as replay does): a call costs a read of the retained log up to
-    /// the records it returns.
-    pub async fn tail(&self, shard: ShardId, after_seq: u64, bytes_max: usize) -> Result<TailRead, WalError> {
+    /// With `from_cursor`, a call that asks for the records right after those the previous call
+    /// for the shard returned reads on from where that one stopped (same checkpoint, same file,
+    /// a page-aligned partial read); its `series_before` is then empty. Otherwise it reads the
+    /// whole retained log up to the records it returns (as replay does), which costs the log's
+    /// size per call: before the cursor, a busy primary's replication stream spent most of a
+    /// 3-node cluster's CPU rereading it (docs/benchmarks.md § 7).
+    pub async fn tail(&self, shard: ShardId, after_seq: u64, bytes_max: usize, from_cursor: bool) -> Result<TailRead, WalError> {
         let _no_checkpoint = self.inner.checkpoint_lock.lock().await;
         let shared = &self.inner.shared;
         let (durable_next_seq, checkpoint) = {
@@ -722,16 +747,44 @@ impl Wal {
             paths.extend(checkpoint_sources(&shared.fs, &shared.dir, c).await?.into_iter().map(|s| s.path));
         }
         paths.extend(listing.segments.iter().filter(|i| checkpoint.is_none_or(|c| **i > c)).map(|i| shared.dir.join(segment_name(*i))));
-        let mut bytes = 0usize;
-        for path in paths {
-            let data = shared.fs.read(&path).await.map_err(|e| WalError::io("read segment for tail", &path, &e))?;
-            if !matches!(format::check_header(&data), format::HeaderCheck::Valid { .. }) {
-                // A damaged header was reported by replay; its records are read anyway there,
-                // but a tail cannot vouch for them: the gap check of the caller sees them missing.
-                continue;
+        // Resume where the previous tail of this shard stopped when it asked for exactly the
+        // records after that one (the replication stream's steady state); `series_before` then
+        // stays empty and the caller resolves series elsewhere or asks again without the cursor.
+        let cursor = if from_cursor { self.tail_cursor(shard) } else { None };
+        let mut start: Option<(usize, u64)> = None;
+        if let Some(cursor) = cursor.filter(|c| c.checkpoint == checkpoint && c.next_seq == after_seq + 1) {
+            if let Some(index) = paths.iter().position(|p| *p == cursor.path) {
+                start = Some((index, cursor.offset));
+                out.from_cursor = true;
             }
-            let mut scan = format::SegmentScan::new(data, format::SEGMENT_HEADER_BYTES);
+        }
+        let (first_path, first_offset) = start.unwrap_or((0, 0));
+        let mut bytes = 0usize;
+        // Where the next tail resumes: the file and offset after the last record consumed.
+        let mut resume: Option<(PathBuf, u64)> = None;
+        let mut next_seq = after_seq + 1;
+        for (index, path) in paths.iter().enumerate().skip(first_path) {
+            let resume_at = if index == first_path { first_offset } else { 0 };
+            // Fragments never cross a 32 KiB page and the scan finds page ends from its buffer's
+            // start, so a partial read starts at a page boundary.
+            let base = resume_at - resume_at % format::PAGE_BYTES as u64;
+            let data = if base == 0 {
+                let data = shared.fs.read(path).await.map_err(|e| WalError::io("read segment for tail", path, &e))?;
+                if !matches!(format::check_header(&data), format::HeaderCheck::Valid { .. }) {
+                    // A damaged header was reported by replay; its records are read anyway there,
+                    // but a tail cannot vouch for them: the gap check of the caller sees them missing.
+                    continue;
+                }
+                data
+            } else {
+                let len = shared.fs.file_len(path).await.map_err(|e| WalError::io("stat segment for tail", path, &e))?;
+                shared.fs.read_at(path, base, len.saturating_sub(base) as usize).await.map_err(|e| WalError::io("read segment for tail", path, &e))?
+            };
+            let scan_from = ((resume_at - base) as usize).max(if base == 0 { format::SEGMENT_HEADER_BYTES } else { 0 });
+            let mut scan = format::SegmentScan::new(data, scan_from);
+            let mut stopped_at: Option<u64> = None;
             while let Some(scanned) = scan.next_record() {
+                shared.counters.tail_records_scanned.fetch_add(1, Ordering::Relaxed);
                 let payload = scanned.payload;
                 if payload.len() < record::PAYLOAD_HEADER_BYTES {
                     continue;
@@ -741,8 +794,10 @@ impl Wal {
                 if record_shard != shard || payload[12] == record::KIND_META {
                     continue;
                 }
-                if seq >= durable_next_seq {
-                    return Ok(out);
+                if seq >= durable_next_seq || (!out.records.is_empty() && bytes + payload.len() > bytes_max) {
+                    // Not returned: the next tail starts at this record.
+                    stopped_at = Some(base + scanned.offset);
+                    break;
                 }
                 if seq <= after_seq {
                     if payload[12] == record::KIND_SERIES {
@@ -754,14 +809,24 @@ impl Wal {
                     }
                     continue;
                 }
-                if !out.records.is_empty() && bytes + payload.len() > bytes_max {
-                    return Ok(out);
-                }
                 bytes += payload.len();
+                next_seq = seq + 1;
                 out.records.push(RawRecord { shard, seq, payload });
             }
+            resume = Some((path.clone(), stopped_at.unwrap_or(base + scan.good_end)));
+            if stopped_at.is_some() {
+                break;
+            }
+        }
+        if let Some((path, offset)) = resume {
+            let cursor = TailCursor { checkpoint, path, offset, next_seq };
+            self.inner.tail_cursors.lock().unwrap_or_else(|p| p.into_inner()).insert(shard, cursor);
         }
         Ok(out)
+    }
+
+    fn tail_cursor(&self, shard: ShardId) -> Option<TailCursor> {
+        self.inner.tail_cursors.lock().unwrap_or_else(|p| p.into_inner()).get(&shard).cloned()
     }
 }
 

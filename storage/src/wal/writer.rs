@@ -17,6 +17,8 @@ pub struct IoCounters {
     pub dir_fsyncs: AtomicU64,
     pub bytes_written: AtomicU64,
     pub segments_created: AtomicU64,
+    /// Records [`super::Wal::tail`] scanned (any shard, including those it skipped).
+    pub tail_records_scanned: AtomicU64,
 }
 
 /// The name of segment `index`: 8 decimal digits.

@@ -272,7 +272,8 @@ fn samples_of(records: &[TailRecord]) -> Vec<(i64, u64)> {
 // Goal: a tail returns exactly the records appended, in seq order, across segment rotation
 // and a restart. Method: each append is paired with a tail read from the previous position,
 // which must return that append's records (a Series record for a new series, then the Samples
-// record) with its samples; enough appends to roll 64 KiB segments several times; then a
+// record) with its samples; enough appends to roll 64 KiB segments several times, the tails
+// together scanning the log about once (each resumes where the previous stopped); then a
 // clean restart, after which a tail from 0 returns every record again.
 #[tokio::test]
 async fn tail_pairs_with_appends_across_rotation_and_restart() {
@@ -314,7 +315,16 @@ async fn tail_pairs_with_appends_across_rotation_and_restart() {
         position = tail.last_seq().unwrap();
         assert_eq!(tail.durable_next_seq, position + 1);
     }
-    assert!(engine.wal_stats().segments_created >= 3, "segments rolled: {}", engine.wal_stats().segments_created);
+    let stats = engine.wal_stats();
+    assert!(stats.segments_created >= 3, "segments rolled: {}", stats.segments_created);
+    // Each tail read on from where the previous one stopped: all 300 together scanned about
+    // the log once (rereading it whole each time would be ~300 × 600 / 2 records).
+    assert!(
+        stats.tail_records_scanned <= 2 * stats.records_appended,
+        "tails scanned {} records of a log of {}",
+        stats.tail_records_scanned,
+        stats.records_appended
+    );
     // Nothing new: an empty tail.
     assert!(engine.wal_tail(0, position, 1 << 20).await.unwrap().records.is_empty());
     // A small budget returns a prefix (at least one record).
