@@ -167,6 +167,8 @@ pub struct WalStats {
     /// Records replication tails scanned, of every shard (what a tail costs: with its cursor
     /// about the records logged since the previous tail, without it the whole retained log).
     pub tail_records_scanned: u64,
+    /// Bytes replication tails read from WAL files.
+    pub tail_bytes_read: u64,
     pub queue_records: usize,
     pub poisoned: bool,
 }
@@ -245,6 +247,13 @@ struct Inner {
     /// Per shard: where the last [`Wal::tail`] stopped, so the next one (asking for the records
     /// right after) reads on from there instead of rescanning the whole log.
     tail_cursors: Mutex<BTreeMap<ShardId, TailCursor>>,
+}
+
+/// Bytes one read of a tail asks for: twice the batch budget, at least two pages, in whole
+/// pages (a read starts on a page boundary). A record longer than that widens the read.
+pub fn tail_window_bytes(bytes_max: usize) -> usize {
+    let page = format::PAGE_BYTES;
+    bytes_max.saturating_mul(2).max(2 * page).div_ceil(page).saturating_mul(page)
 }
 
 /// Where a shard's tail resumes: in file `path`, at byte `offset` (a record boundary), the first
@@ -594,6 +603,7 @@ impl Wal {
         stats.bytes_written = shared.counters.bytes_written.load(Ordering::Relaxed);
         stats.segments_created = shared.counters.segments_created.load(Ordering::Relaxed);
         stats.tail_records_scanned = shared.counters.tail_records_scanned.load(Ordering::Relaxed);
+        stats.tail_bytes_read = shared.counters.tail_bytes_read.load(Ordering::Relaxed);
         stats
     }
 
@@ -763,59 +773,75 @@ impl Wal {
         // Where the next tail resumes: the file and offset after the last record consumed.
         let mut resume: Option<(PathBuf, u64)> = None;
         let mut next_seq = after_seq + 1;
-        for (index, path) in paths.iter().enumerate().skip(first_path) {
-            let resume_at = if index == first_path { first_offset } else { 0 };
-            // Fragments never cross a 32 KiB page and the scan finds page ends from its buffer's
-            // start, so a partial read starts at a page boundary.
-            let base = resume_at - resume_at % format::PAGE_BYTES as u64;
-            let data = if base == 0 {
-                let data = shared.fs.read(path).await.map_err(|e| WalError::io("read segment for tail", path, &e))?;
-                if !matches!(format::check_header(&data), format::HeaderCheck::Valid { .. }) {
-                    // A damaged header was reported by replay; its records are read anyway there,
-                    // but a tail cannot vouch for them: the gap check of the caller sees them missing.
-                    continue;
-                }
-                data
-            } else {
-                let len = shared.fs.file_len(path).await.map_err(|e| WalError::io("stat segment for tail", path, &e))?;
-                shared.fs.read_at(path, base, len.saturating_sub(base) as usize).await.map_err(|e| WalError::io("read segment for tail", path, &e))?
-            };
-            let scan_from = ((resume_at - base) as usize).max(if base == 0 { format::SEGMENT_HEADER_BYTES } else { 0 });
-            let mut scan = format::SegmentScan::new(data, scan_from);
-            let mut stopped_at: Option<u64> = None;
-            while let Some(scanned) = scan.next_record() {
-                shared.counters.tail_records_scanned.fetch_add(1, Ordering::Relaxed);
-                let payload = scanned.payload;
-                if payload.len() < record::PAYLOAD_HEADER_BYTES {
-                    continue;
-                }
-                let record_shard = u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes"));
-                let seq = u64::from_le_bytes(payload[4..12].try_into().expect("8 bytes"));
-                if record_shard != shard || payload[12] == record::KIND_META {
-                    continue;
-                }
-                if seq >= durable_next_seq || (!out.records.is_empty() && bytes + payload.len() > bytes_max) {
-                    // Not returned: the next tail starts at this record.
-                    stopped_at = Some(base + scanned.offset);
+        let window_bytes = tail_window_bytes(bytes_max);
+        'files: for (index, path) in paths.iter().enumerate().skip(first_path) {
+            let file_len = shared.fs.file_len(path).await.map_err(|e| WalError::io("stat segment for tail", path, &e))?;
+            // Read in windows of about twice the batch budget, so a lagging secondary's batch
+            // does not read (and allocate) the rest of a 128 MiB segment.
+            let mut pos = if index == first_path { first_offset } else { 0 };
+            let mut window = window_bytes;
+            loop {
+                // Fragments never cross a 32 KiB page and the scan finds page ends from its
+                // buffer's start, so every read starts at a page boundary.
+                let base = pos - pos % format::PAGE_BYTES as u64;
+                if base >= file_len {
+                    resume = Some((path.clone(), pos));
                     break;
                 }
-                if seq <= after_seq {
-                    if payload[12] == record::KIND_SERIES {
-                        if let Ok(record::Payload::Record(WalRecord { body: RecordBody::Series(entries), .. })) = record::decode_payload(&payload) {
-                            for entry in entries {
-                                out.series_before.insert(entry.series_ref, entry);
+                let len = (file_len - base).min(window as u64);
+                let data = shared.fs.read_at(path, base, len as usize).await.map_err(|e| WalError::io("read segment for tail", path, &e))?;
+                shared.counters.tail_bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if base == 0 && !matches!(format::check_header(&data), format::HeaderCheck::Valid { .. }) {
+                    // A damaged header was reported by replay; its records are read anyway there,
+                    // but a tail cannot vouch for them: the gap check of the caller sees them missing.
+                    continue 'files;
+                }
+                let scan_from = ((pos - base) as usize).max(if base == 0 { format::SEGMENT_HEADER_BYTES } else { 0 });
+                let mut scan = format::SegmentScan::new(data, scan_from);
+                while let Some(scanned) = scan.next_record() {
+                    shared.counters.tail_records_scanned.fetch_add(1, Ordering::Relaxed);
+                    let payload = scanned.payload;
+                    if payload.len() < record::PAYLOAD_HEADER_BYTES {
+                        continue;
+                    }
+                    let record_shard = u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes"));
+                    let seq = u64::from_le_bytes(payload[4..12].try_into().expect("8 bytes"));
+                    if record_shard != shard || payload[12] == record::KIND_META {
+                        continue;
+                    }
+                    if seq >= durable_next_seq || (!out.records.is_empty() && bytes + payload.len() > bytes_max) {
+                        // Not returned: the next tail starts at this record.
+                        resume = Some((path.clone(), base + scanned.offset));
+                        break 'files;
+                    }
+                    if seq <= after_seq {
+                        if payload[12] == record::KIND_SERIES {
+                            if let Ok(record::Payload::Record(WalRecord { body: RecordBody::Series(entries), .. })) = record::decode_payload(&payload) {
+                                for entry in entries {
+                                    out.series_before.insert(entry.series_ref, entry);
+                                }
                             }
                         }
+                        continue;
                     }
-                    continue;
+                    bytes += payload.len();
+                    next_seq = seq + 1;
+                    out.records.push(RawRecord { shard, seq, payload });
                 }
-                bytes += payload.len();
-                next_seq = seq + 1;
-                out.records.push(RawRecord { shard, seq, payload });
-            }
-            resume = Some((path.clone(), stopped_at.unwrap_or(base + scan.good_end)));
-            if stopped_at.is_some() {
-                break;
+                // The window's complete records are consumed; a record cut by the window's end
+                // is read again, whole, by the next window.
+                let end = base + scan.good_end;
+                if base + len >= file_len {
+                    resume = Some((path.clone(), end));
+                    break;
+                }
+                if end <= pos {
+                    // No record ended in the window: one longer than it. Widen.
+                    window = window.saturating_mul(2);
+                } else {
+                    pos = end;
+                    window = window_bytes;
+                }
             }
         }
         if let Some((path, offset)) = resume {

@@ -19,6 +19,7 @@ pub struct IoCounters {
     pub segments_created: AtomicU64,
     /// Records [`super::Wal::tail`] scanned (any shard, including those it skipped).
     pub tail_records_scanned: AtomicU64,
+    pub tail_bytes_read: AtomicU64,
 }
 
 /// The name of segment `index`: 8 decimal digits.
