@@ -15,7 +15,7 @@ use sextant_core::labels::Labels;
 use sextant_core::matcher::Matcher;
 use sextant_core::sample::Sample;
 use sextant_storage::acceptance::AcceptanceConfig;
-use sextant_storage::engine::{Engine, EngineConfig, RefusalReason, WriteSeries};
+use sextant_storage::engine::{Engine, EngineConfig, EngineError, MaintainReport, RefusalReason, WriteSeries};
 use sextant_storage::fs::sim::SimFs;
 use sextant_storage::fs::{FileSystem, WritableFile};
 use sextant_storage::wal::WalConfig;
@@ -159,27 +159,45 @@ async fn fill(engine: &Engine, clock: &ManualClock, expected: &mut Vec<(String, 
     (newest - SPAN_MS / 2).div_euclid(SPAN_MS) * SPAN_MS
 }
 
-// Goal: while a cut's block write is held, writes complete and reads see every acknowledged
-// sample; the duplicate and conflict rules still see the samples being moved; samples written
-// under the cut time meanwhile (out-of-order, a new series) stay in the head afterwards; and
-// after the cut and after a crash every acknowledged sample reads back exactly once.
-#[tokio::test]
-async fn writes_go_on_while_a_cut_writes_its_block() {
-    let sim = SimFs::new(11);
+/// An engine whose maintenance pass is parked in the middle of writing its cut's block.
+struct HeldCut {
+    sim: SimFs,
+    fs: HeldFs,
+    clock: Arc<ManualClock>,
+    engine: Engine,
+    /// What [`fill`] wrote, as (instance, t, value bits), in write order.
+    expected: Vec<(String, i64, u64)>,
+    before_t: i64,
+    maintainer: tokio::task::JoinHandle<Result<MaintainReport, EngineError>>,
+}
+
+/// Opens an engine on a fresh simulated disk, fills it so a cut is due, and starts a
+/// maintenance pass that parks at its block write.
+async fn hold_a_cut(seed: u64) -> HeldCut {
+    let sim = SimFs::new(seed);
     let fs = HeldFs::new(sim.clone());
     let clock = Arc::new(ManualClock::new(NOW));
     let engine = Engine::open(Arc::new(fs.clone()), clock.clone(), config()).await.unwrap();
     let mut expected = Vec::new();
     let before_t = fill(&engine, &clock, &mut expected).await;
-    assert!(before_t > NOW, "the cut moves some data: before_t {before_t}");
-    let moved = expected.iter().filter(|(_, t, _)| *t < before_t).count() as u64;
-
     fs.arm();
     let maintainer = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.maintain().await })
     };
     fs.held().await;
+    HeldCut { sim, fs, clock, engine, expected, before_t, maintainer }
+}
+
+// Goal: while a cut's block write is held, writes complete and reads see every acknowledged
+// sample; the duplicate and conflict rules still see the samples being moved; samples written
+// under the cut time meanwhile (out-of-order, a new series) stay in the head afterwards; and
+// after the cut and after a crash every acknowledged sample reads back exactly once.
+#[tokio::test]
+async fn writes_go_on_while_a_cut_writes_its_block() {
+    let HeldCut { sim, fs, clock, engine, mut expected, before_t, maintainer } = hold_a_cut(11).await;
+    assert!(before_t > NOW, "the cut moves some data: before_t {before_t}");
+    let moved = expected.iter().filter(|(_, t, _)| *t < before_t).count() as u64;
 
     // A sample being moved: the same value is a duplicate, another value a conflict.
     let report = tokio::time::timeout(NOT_BLOCKED_WAIT, engine.append(0, "t", vec![series("a", &[(NOW, 0.0), (NOW + 15_000, 99.0)])]))
@@ -226,19 +244,7 @@ async fn writes_go_on_while_a_cut_writes_its_block() {
 // being written would let deleted samples come back once the block is served).
 #[tokio::test]
 async fn a_deletion_waits_for_the_cut_and_reaches_its_block() {
-    let sim = SimFs::new(12);
-    let fs = HeldFs::new(sim.clone());
-    let clock = Arc::new(ManualClock::new(NOW));
-    let engine = Engine::open(Arc::new(fs.clone()), clock.clone(), config()).await.unwrap();
-    let mut expected = Vec::new();
-    fill(&engine, &clock, &mut expected).await;
-
-    fs.arm();
-    let maintainer = {
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.maintain().await })
-    };
-    fs.held().await;
+    let HeldCut { sim, fs, clock, engine, mut expected, maintainer, .. } = hold_a_cut(12).await;
     let (from, to) = (NOW + 2 * MINUTE, NOW + 12 * MINUTE);
     let deleter = {
         let engine = engine.clone();
