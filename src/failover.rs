@@ -102,6 +102,7 @@ pub fn add_services(handle: &RaftHandle, node: Arc<Node>, router: tonic::transpo
 #[tonic::async_trait]
 impl Lease for LeaseGrpcService {
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.handle.id())?;
         let requester = request.into_inner().node;
         grant_here(&self.handle, &self.node, requester).await.map(Response::new)
     }
@@ -148,7 +149,7 @@ impl Renewer {
                     return Err(format!("the leader node {leader}'s gRPC address is not known yet"));
                 }
                 let mut client = self.client(&addr).await?;
-                let call = client.renew(Request::new(pb::RenewRequest { node: me }));
+                let call = client.renew(sextant_raft::network::addressed(pb::RenewRequest { node: me }, leader));
                 match tokio::time::timeout(Duration::from_millis(config.lease_renew_ms), call).await {
                     Ok(Ok(reply)) => reply.into_inner(),
                     Ok(Err(status)) => {

@@ -599,6 +599,7 @@ fn union_bounds(a: Option<(i64, i64)>, b: Option<(i64, i64)>) -> Option<(i64, i6
 }
 
 type Client = DataClient<Channel>;
+use sextant_raft::network::addressed;
 
 async fn call<T>(what: &str, timeout_ms: u64, future: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
     match tokio::time::timeout(Duration::from_millis(timeout_ms), future).await {
@@ -613,10 +614,10 @@ async fn call<T>(what: &str, timeout_ms: u64, future: impl std::future::Future<O
 /// are imported here (merge-back: conflicts keep this node's value) and this node's series are
 /// imported there (`Data.Import`: conflicts take this node's value). Writes continue meanwhile;
 /// the copy covers everything this node held durably when each window was exported.
-pub async fn sync_shard(node: &Node, engine: &Engine, client: &mut Client, shard: u32, epoch: u64) -> Result<SyncReport, String> {
+pub async fn sync_shard(node: &Node, engine: &Engine, client: &mut Client, peer: u64, shard: u32, epoch: u64) -> Result<SyncReport, String> {
     let me = node.router().me();
     let everything = pb::TimeRange { min_t: i64::MIN, max_t: i64::MAX };
-    let remote = call("Digest", SYNC_CALL_TIMEOUT_MS, client.digest(pb::DigestRequest { shard, ranges: vec![everything] })).await.map_err(|s| format!("Digest: {}", s.message()))?;
+    let remote = call("Digest", SYNC_CALL_TIMEOUT_MS, client.digest(addressed(pb::DigestRequest { shard, ranges: vec![everything] }, peer))).await.map_err(|s| format!("Digest: {}", s.message()))?;
     let local_all = engine.shard_digest(shard, i64::MIN, i64::MAX).await.map_err(|e| e.to_string())?;
     let mut report = SyncReport::default();
     if remote.digests.first().map(digest_from_pb) == Some(local_all) {
@@ -628,7 +629,7 @@ pub async fn sync_shard(node: &Node, engine: &Engine, client: &mut Client, shard
     let windows = sync_windows(lo, hi, SYNC_WINDOW_MS, SYNC_WINDOWS_MAX);
     report.windows = windows.len();
     let ranges: Vec<pb::TimeRange> = windows.iter().map(|(a, b)| pb::TimeRange { min_t: *a, max_t: *b }).collect();
-    let remote = call("Digest", SYNC_CALL_TIMEOUT_MS, client.digest(pb::DigestRequest { shard, ranges })).await.map_err(|s| format!("Digest: {}", s.message()))?;
+    let remote = call("Digest", SYNC_CALL_TIMEOUT_MS, client.digest(addressed(pb::DigestRequest { shard, ranges }, peer))).await.map_err(|s| format!("Digest: {}", s.message()))?;
     let local = engine.shard_digest_ranges(shard, &windows).await.map_err(|e| e.to_string())?;
     if remote.digests.len() != windows.len() {
         return Err(format!("Digest answered {} digests for {} ranges", remote.digests.len(), windows.len()));
@@ -642,7 +643,7 @@ pub async fn sync_shard(node: &Node, engine: &Engine, client: &mut Client, shard
         // conflict also hit on the peer is restored from it.
         let mut after: Option<pb::TenantSeries> = None;
         loop {
-            let page = call("Export", SYNC_CALL_TIMEOUT_MS, client.export(pb::ExportRequest { shard, min_t, max_t, after: after.take(), samples_max: EXPORT_SAMPLES_MAX as u64 }))
+            let page = call("Export", SYNC_CALL_TIMEOUT_MS, client.export(addressed(pb::ExportRequest { shard, min_t, max_t, after: after.take(), samples_max: EXPORT_SAMPLES_MAX as u64 }, peer)))
                 .await
                 .map_err(|s| format!("Export: {}", s.message()))?;
             let mut series = Vec::with_capacity(page.series.len());
@@ -661,7 +662,7 @@ pub async fn sync_shard(node: &Node, engine: &Engine, client: &mut Client, shard
             let page = engine.shard_export(shard, min_t, max_t, after.as_ref(), EXPORT_SAMPLES_MAX).await.map_err(|e| e.to_string())?;
             if !page.series.is_empty() {
                 let request = pb::ImportRequest { shard, epoch, from_node: me, series: page.series.iter().map(|(k, s)| series_to_pb(k, s)).collect() };
-                let reply = call("Import", REPLICATE_TIMEOUT_MS, client.import(request)).await.map_err(|s| format!("Import: {}", s.message()))?;
+                let reply = call("Import", REPLICATE_TIMEOUT_MS, client.import(addressed(request, peer))).await.map_err(|s| format!("Import: {}", s.message()))?;
                 report.pushed_accepted += reply.accepted;
                 report.conflicts_replaced += reply.conflicts_replaced;
             }
@@ -802,7 +803,7 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
         Ok(client) => client,
         Err(error) => return restart(false, format!("secondary node {secondary}: {error}")),
     };
-    let position = match call("Position", REPLICATE_TIMEOUT_MS, client.position(pb::PositionRequest { shard, epoch, from_node: me, set: false, applied_seq: None })).await {
+    let position = match call("Position", REPLICATE_TIMEOUT_MS, client.position(addressed(pb::PositionRequest { shard, epoch, from_node: me, set: false, applied_seq: None }, secondary))).await {
         Ok(reply) => reply,
         Err(status) => {
             node.router().forget(&addr);
@@ -842,7 +843,7 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
                 return restart(false, error.to_string());
             }
             let started_ns = node.clock().now_monotonic_ns();
-            match sync_shard(node, &engine, &mut client, shard, epoch).await {
+            match sync_shard(node, &engine, &mut client, secondary, shard, epoch).await {
                 Ok(report) => {
                     let took_ms = node.clock().now_monotonic_ns().saturating_sub(started_ns) / 1_000_000;
                     tracing::info!(shard, secondary, epoch, position = p, took_ms, ?report, "replication: secondary caught up by sync");
@@ -851,7 +852,7 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
                 Err(error) => return restart(true, format!("sync with node {secondary}: {error}")),
             }
             let set = pb::PositionRequest { shard, epoch, from_node: me, set: true, applied_seq: Some(p) };
-            if let Err(status) = call("Position", REPLICATE_TIMEOUT_MS, client.position(set)).await {
+            if let Err(status) = call("Position", REPLICATE_TIMEOUT_MS, client.position(addressed(set, secondary))).await {
                 return restart(true, format!("setting node {secondary}'s position: {}: {}", status.code(), status.message()));
             }
             replication.mark_synced(shard, epoch);
@@ -895,7 +896,7 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
             }
             continue;
         }
-        let reply = match call("Replicate", REPLICATE_TIMEOUT_MS, client.replicate(tail_to_pb(&tail, epoch, me))).await {
+        let reply = match call("Replicate", REPLICATE_TIMEOUT_MS, client.replicate(addressed(tail_to_pb(&tail, epoch, me), secondary))).await {
             Ok(reply) => reply,
             Err(status) => {
                 let catch_up = status.code() == tonic::Code::OutOfRange;
@@ -918,7 +919,7 @@ async fn round(node: &Arc<Node>, shard: u32, secondary: u64, epoch: u64, force_c
             // The secondary kept other values at some timestamps (first write wins there):
             // a sync makes this node's values win on both and merges back what it lacks.
             replication.update(shard, |s| s.state = StreamState::Syncing);
-            match sync_shard(node, &engine, &mut client, shard, epoch).await {
+            match sync_shard(node, &engine, &mut client, secondary, shard, epoch).await {
                 Ok(report) => tracing::info!(shard, secondary, conflicts = reply.conflicts, ?report, "replication: conflicting values resolved by sync"),
                 Err(error) => return restart(true, format!("sync after {} conflicting samples: {error}", reply.conflicts)),
             }
@@ -958,7 +959,7 @@ pub async fn replica_digest(node: &Node, replica: u64, shard: u32, min_t: i64, m
     } else {
         let addr = table.addr(replica);
         match node.router().client(&addr).await {
-            Ok(mut client) => call("Digest", STATUS_TIMEOUT_MS.max(SYNC_CALL_TIMEOUT_MS), client.digest(pb::DigestRequest { shard, ranges: vec![pb::TimeRange { min_t, max_t }] }))
+            Ok(mut client) => call("Digest", STATUS_TIMEOUT_MS.max(SYNC_CALL_TIMEOUT_MS), client.digest(addressed(pb::DigestRequest { shard, ranges: vec![pb::TimeRange { min_t, max_t }] }, replica)))
                 .await
                 .map_err(|s| format!("{}: {}", s.code(), s.message()))
                 .and_then(|reply| reply.digests.first().map(digest_from_pb).ok_or_else(|| "the Digest answer is empty".to_string())),
@@ -976,7 +977,7 @@ pub async fn primary_status(node: &Node, primary: u64) -> Result<pb::Replication
     }
     let addr = table.addr(primary);
     let mut client = node.router().client(&addr).await?;
-    call("ReplicationStatus", STATUS_TIMEOUT_MS, client.replication_status(pb::ReplicationStatusRequest {})).await.map_err(|s| format!("{}: {}", s.code(), s.message()))
+    call("ReplicationStatus", STATUS_TIMEOUT_MS, client.replication_status(addressed(pb::ReplicationStatusRequest {}, primary))).await.map_err(|s| format!("{}: {}", s.code(), s.message()))
 }
 
 #[cfg(test)]

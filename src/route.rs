@@ -494,7 +494,7 @@ impl Router {
             error("unreachable");
             unavailable(reason)
         })?;
-        let mut grpc_request = Request::new(request);
+        let mut grpc_request = sextant_raft::network::addressed(request, dest);
         if let Some(value) = authorization.and_then(|a| a.parse().ok()) {
             grpc_request.metadata_mut().insert("authorization", value);
         }
@@ -685,6 +685,7 @@ fn usize_of(n: u64) -> usize {
 #[tonic::async_trait]
 impl Data for DataGrpcService {
     async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         let tenant = request.get_ref().tenant.clone();
         self.authorize(&request, &tenant, Role::Write)?;
         let request = request.into_inner();
@@ -747,6 +748,7 @@ impl Data for DataGrpcService {
     }
 
     async fn select(&self, request: Request<pb::SelectRequest>) -> Result<Response<pb::SelectReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         let tenant = request.get_ref().tenant.clone();
         self.authorize(&request, &tenant, Role::Read)?;
         let request = request.into_inner();
@@ -783,18 +785,22 @@ impl Data for DataGrpcService {
     }
 
     async fn replicate(&self, request: Request<pb::ReplicateRequest>) -> Result<Response<pb::ReplicateReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         crate::replicate::handle_replicate(&self.node, request.into_inner()).await.map(Response::new)
     }
 
     async fn position(&self, request: Request<pb::PositionRequest>) -> Result<Response<pb::PositionReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         crate::replicate::handle_position(&self.node, request.into_inner()).await.map(Response::new)
     }
 
     async fn digest(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         crate::replicate::handle_digest(&self.node, request.into_inner()).await.map(Response::new)
     }
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         let reply = crate::replicate::handle_export(&self.node, request.into_inner()).await?;
         if reply.encoded_len() > MESSAGE_BYTES_MAX - 1024 {
             return Err(Status::resource_exhausted(format!("the export page would exceed the {MESSAGE_BYTES_MAX}-byte message limit between nodes; ask for fewer samples per page")));
@@ -803,10 +809,12 @@ impl Data for DataGrpcService {
     }
 
     async fn import(&self, request: Request<pb::ImportRequest>) -> Result<Response<pb::ImportReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         crate::replicate::handle_import(&self.node, request.into_inner()).await.map(Response::new)
     }
 
-    async fn replication_status(&self, _request: Request<pb::ReplicationStatusRequest>) -> Result<Response<pb::ReplicationStatusReply>, Status> {
+    async fn replication_status(&self, request: Request<pb::ReplicationStatusRequest>) -> Result<Response<pb::ReplicationStatusReply>, Status> {
+        sextant_raft::network::check_addressed(&request, self.node.config().cluster.node_id)?;
         Ok(Response::new(self.node.replication().status(&self.node).await))
     }
 }
@@ -906,7 +914,7 @@ async fn remote_select(node: &Node, dest: u64, addr: &str, read: &ReadRequest<'_
         labels_only: read.labels_only,
         shard_count,
     };
-    let mut grpc_request = Request::new(request);
+    let mut grpc_request = sextant_raft::network::addressed(request, dest);
     if let Some(value) = read.authorization.and_then(|a| a.parse().ok()) {
         grpc_request.metadata_mut().insert("authorization", value);
     }
@@ -998,13 +1006,21 @@ fn shard_list(shards: &BTreeSet<u32>) -> String {
 pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget: &mut SelectBudget) -> Result<Selected, SelectError> {
     let table = node.router().table();
     let Some(shard_count) = table.shard_count() else {
-        // No shard map: everything is local, as on a single node.
+        // No shard map: everything is local, as on a single node. A member of a multi-node
+        // cluster without one yet (forming, or joining as a replacement with an empty disk)
+        // says that its answer is its own data only: the replicated simulation's wipe fault
+        // found a joining node answering queries from its empty disk as if complete.
         let series = if read.labels_only {
             engine.select_labels(read.tenant, read.matchers, read.min_t, read.max_t, budget).await?.into_iter().map(|labels| SeriesSamples { labels, samples: Vec::new() }).collect()
         } else {
             engine.select_bounded(read.tenant, read.matchers, read.min_t, read.max_t, budget).await?
         };
-        return Ok(Selected { series, warnings: Vec::new() });
+        let warnings = if node.config().cluster.formation == crate::config::Formation::Single {
+            Vec::new()
+        } else {
+            vec![format!("node {} has not applied the cluster's shard map yet (the cluster is forming, or this node is joining): the answer holds only this node's own data", table.me)]
+        };
+        return Ok(Selected { series, warnings });
     };
     // First choice per shard: the primary (this node's engine when that is us, or when the
     // shard has no primary assigned).

@@ -232,7 +232,7 @@ impl RaftNode {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let server = RaftGrpcService::new(raft.clone()).into_server(&config.transport);
+        let server = RaftGrpcService::new(raft.clone(), config.id).into_server(&config.transport);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let signal = async move {
             let _ = shutdown_rx.await;
@@ -382,7 +382,7 @@ impl RaftHandle {
             .await
             .map_err(|e| WriteError::Forward(e.to_string()))?;
         let reply = client
-            .client_write(proto_convert::request(&command))
+            .client_write(crate::network::addressed(proto_convert::request(&command), target))
             .await
             .map_err(|status| WriteError::Forward(format!("node {target} at {addr}: {status}")))?
             .into_inner();

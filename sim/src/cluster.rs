@@ -40,6 +40,9 @@ pub struct SimNode {
     pub live: Arc<Mutex<Option<Arc<Node>>>>,
     /// The current incarnation's metadata member (`replicated` scenario only).
     pub raft: Arc<Mutex<Option<RaftHandle>>>,
+    /// The metadata member id the machine boots as (`replicated`): `index + 1` until its disk
+    /// is wiped, then a new id it joins under (`--join`) while the old one counts as lost.
+    pub member_id: Arc<Mutex<u64>>,
 }
 
 impl SimNode {
@@ -52,6 +55,11 @@ impl SimNode {
     pub fn raft(&self) -> Option<RaftHandle> {
         self.raft.lock().expect("raft lock").clone()
     }
+
+    /// The member id the machine boots (or runs) as.
+    pub fn member_id(&self) -> u64 {
+        *self.member_id.lock().expect("member id lock")
+    }
 }
 
 /// The cluster: N independent Sextant nodes and the client machines.
@@ -63,6 +71,7 @@ impl SimNode {
 /// | bomb | `bomb` | `10.0.2.1` | cardinality-bomb writer to node 0 |
 /// | reader | `reader` | `10.0.3.1` | reads back every node over HTTP (`read_all`: `/api/v1/query`), runs the answer oracles |
 /// | probe | `probe` | `10.0.4.1` | liveness probes (`/-/ready`, a write) |
+/// | operator | `operator` | `10.0.5.1` | `sextant admin` over gRPC (`replicated`: replaces a member whose disk was wiped, sim/src/operator.rs) |
 ///
 /// In the single-node scenarios each node is its own database and a client writes to one node.
 /// In `replicated` each node is the whole `sextant serve` ([`sextant::server::Running`]): node
@@ -76,6 +85,7 @@ pub struct Cluster {
     pub bomb: NodeHandle,
     pub reader: NodeHandle,
     pub probe: NodeHandle,
+    pub operator: NodeHandle,
     pub config: SimConfig,
     /// Primary acknowledgements of the `replicated` nodes (oracle 8).
     pub acks: Arc<Mutex<AckLog>>,
@@ -217,7 +227,17 @@ fn ack_observer(log: Arc<Mutex<AckLog>>, node_id: u64) -> sextant::node::AckObse
 /// One incarnation of a node of the `replicated` scenario: the whole `sextant serve`
 /// ([`Running`]) on the simulated disk and clock, with the simulation's engine sizes. Runs
 /// until the machine is killed.
-async fn run_cluster_node(config: SimConfig, serve: ServeConfig, fs: SimFs, clock: Arc<SimClock>, live: Arc<Mutex<Option<Arc<Node>>>>, raft: Arc<Mutex<Option<RaftHandle>>>, acks: Arc<Mutex<AckLog>>) {
+// The machine's handles (live node, member, identity) are separate because the init closure
+// clones each for every incarnation.
+#[allow(clippy::too_many_arguments)]
+async fn run_cluster_node(config: SimConfig, mut serve: ServeConfig, fs: SimFs, clock: Arc<SimClock>, live: Arc<Mutex<Option<Arc<Node>>>>, raft: Arc<Mutex<Option<RaftHandle>>>, acks: Arc<Mutex<AckLog>>, member_id: Arc<Mutex<u64>>) {
+    // A machine whose disk was wiped comes back as a new member that waits to be added
+    // (`sextant serve --node-id N --join`), at the same addresses.
+    let id = *member_id.lock().expect("member id lock");
+    if id != serve.cluster.node_id {
+        serve.cluster.node_id = id;
+        serve.cluster.formation = Formation::Join;
+    }
     let any = |port: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let http_listener = TcpListener::bind(any(HTTP_PORT)).await.expect("bind the node's HTTP port");
     let grpc_listener = TcpListener::bind(any(GRPC_PORT)).await.expect("bind the node's gRPC port");
@@ -274,14 +294,17 @@ impl Cluster {
             let clock = Arc::new(SimClock::new(schedule.node_skew_ms[index], schedule.node_drift_ppm[index]));
             let live = Arc::new(Mutex::new(None));
             let raft = Arc::new(Mutex::new(None));
+            let member_id = Arc::new(Mutex::new(index as u64 + 1));
             let serve = serve_config(&config, addr);
             let engine = engine_config(&config, &serve);
             let builder = handle.create_node().name(format!("node-{index}")).ip(IpAddr::V4(ip));
             let node_handle = {
                 let (fs, clock, live, raft) = (fs.clone(), clock.clone(), live.clone(), raft.clone());
                 if config.scenario == Scenario::Replicated {
-                    let (config, acks) = (config.clone(), acks.clone());
-                    builder.init(move || run_cluster_node(config.clone(), serve.clone(), fs.clone(), clock.clone(), live.clone(), raft.clone(), acks.clone())).build()
+                    let (config, acks, member_id) = (config.clone(), acks.clone(), member_id.clone());
+                    builder
+                        .init(move || run_cluster_node(config.clone(), serve.clone(), fs.clone(), clock.clone(), live.clone(), raft.clone(), acks.clone(), member_id.clone()))
+                        .build()
                 } else {
                     builder.init(move || run_node(serve.clone(), engine.clone(), fs.clone(), clock.clone(), live.clone())).build()
                 }
@@ -294,12 +317,14 @@ impl Cluster {
                 clock,
                 live,
                 raft,
+                member_id,
             });
         }
         let writers = (0..config.writers).map(|w| machine(&handle, format!("writer-{w}"), Ipv4Addr::new(10, 0, 1, w as u8 + 1))).collect();
         let bomb = machine(&handle, "bomb".into(), Ipv4Addr::new(10, 0, 2, 1));
         let reader = machine(&handle, "reader".into(), Ipv4Addr::new(10, 0, 3, 1));
         let probe = machine(&handle, "probe".into(), Ipv4Addr::new(10, 0, 4, 1));
+        let operator = machine(&handle, "operator".into(), Ipv4Addr::new(10, 0, 5, 1));
         Cluster {
             handle,
             nodes,
@@ -307,6 +332,7 @@ impl Cluster {
             bomb,
             reader,
             probe,
+            operator,
             config,
             acks,
         }
@@ -353,6 +379,19 @@ impl Cluster {
         fs.crash();
         let after = fs.stats();
         (after.bytes_lost_on_crash - before.bytes_lost_on_crash, after.bytes_garbage_on_crash - before.bytes_garbage_on_crash)
+    }
+
+    /// Kills node `index` and replaces its disk with an empty one; its next incarnation
+    /// (`restart`) joins as member `new_id`.
+    pub fn wipe(&self, index: usize, new_id: u64) {
+        self.kill(index);
+        self.nodes[index].fs.wipe();
+        *self.nodes[index].member_id.lock().expect("member id lock") = new_id;
+    }
+
+    /// The machine that runs (or ran) as metadata member `id`, if one still does.
+    pub fn index_of_member(&self, id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.member_id() == id)
     }
 
     /// Boots a new incarnation of node `index` on its disk and clock.

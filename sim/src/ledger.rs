@@ -150,21 +150,69 @@ impl ReadPath {
     }
 }
 
+/// Acknowledged samples that a permanent loss may take (oracle 2). A wiped disk loses what its
+/// node acknowledged as a shard's primary and had not yet streamed to the secondary: with
+/// `--replication-lag-policy refuse`, samples acknowledged within `L` before the node's last
+/// acknowledgement for the shard, or, where the node ran the shard unprotected (past `L`
+/// because its secondary was known down), everything since that began.
+/// docs/design/simulation.md § Wiped disks says how the windows are drawn.
+#[derive(Clone, Debug, Default)]
+pub struct LossAllowance {
+    /// series key → shard (recorded as writers send, `replicated` only).
+    pub shard_of: BTreeMap<String, u32>,
+    /// shard → windows of acknowledgement times (simulated ms, inclusive) whose samples a loss may take.
+    pub windows: BTreeMap<u32, Vec<(u64, u64)>>,
+}
+
+/// What the allowance says about one acknowledged sample missing from an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    /// Its shard lost no disk: the sample must be there (oracle 1).
+    Unaffected,
+    /// Acknowledged inside a window of its shard: a loss may have taken it.
+    Lost,
+    /// Its shard lost a disk, but the sample was acknowledged outside every window (oracle 2).
+    Outside { shard: u32, from_ms: u64, until_ms: u64 },
+}
+
+impl LossAllowance {
+    pub fn judge(&self, series: &str, acked_ms: u64) -> Allowed {
+        let Some(&shard) = self.shard_of.get(series) else { return Allowed::Unaffected };
+        let Some(windows) = self.windows.get(&shard) else { return Allowed::Unaffected };
+        if windows.iter().any(|&(from, until)| from <= acked_ms && acked_ms <= until) {
+            return Allowed::Lost;
+        }
+        let &(from_ms, until_ms) = windows.last().expect("a shard's window list is never empty");
+        Allowed::Outside { shard, from_ms, until_ms }
+    }
+}
+
+/// The answer oracles' verdict on one answer.
+#[derive(Clone, Debug, Default)]
+pub struct Judged {
+    pub violations: Vec<Violation>,
+    /// Acknowledged samples missing from the answer that a lost disk's allowance covers.
+    pub lost_within_allowance: usize,
+}
+
 /// Checks a node's answer covering all time against its ledger:
 /// - oracle 1/10: every sample acked at or before `acked_before_ms` is in the answer with its value;
+/// - oracle 2: a missing one is excused when `allowance` covers it (a lost disk's window of
+///   its shard), and is a bounded-loss violation when its shard lost a disk outside it;
 /// - oracle 3 (no phantoms): every returned (t, bits) was sent for that series;
 /// - oracle 4 (no duplicates): per series, timestamps strictly increase.
 ///
 /// "Its value" is as `path` can carry it (see [`ReadPath`]).
-pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_before_ms: u64, path: ReadPath) -> Vec<Violation> {
+pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_before_ms: u64, path: ReadPath, allowance: &LossAllowance) -> Judged {
     let mut out = Vec::new();
+    let mut lost_within_allowance = 0;
     let mut push = |oracle: &'static str, evidence: String, count: &mut usize| {
         *count += 1;
         if *count <= EVIDENCE_MAX {
             out.push(Violation { oracle, evidence });
         }
     };
-    let (mut missing, mut phantoms, mut unordered) = (0, 0, 0);
+    let (mut missing, mut phantoms, mut unordered, mut bounded) = (0, 0, 0, 0);
     for (series, samples) in answer {
         for pair in samples.windows(2) {
             if pair[1].0 <= pair[0].0 {
@@ -199,15 +247,23 @@ pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_bef
                     format!("node {node} series {series} t={t}: acked value bits {bits:#x} at {acked_ms} ms, answer has {got:#x}"),
                     &mut missing,
                 ),
-                None => push(
-                    "1-acked-durability",
-                    format!("node {node} series {series} t={t}: acked at {acked_ms} ms, missing from the answer"),
-                    &mut missing,
-                ),
+                None => match allowance.judge(series, acked_ms) {
+                    Allowed::Lost => lost_within_allowance += 1,
+                    Allowed::Outside { shard, from_ms, until_ms } => push(
+                        "2-bounded-loss",
+                        format!("node {node} series {series} (shard {shard}) t={t}: acked at {acked_ms} ms, missing from the answer; a lost disk may take shard {shard}'s samples acked from {from_ms} ms to {until_ms} ms only"),
+                        &mut bounded,
+                    ),
+                    Allowed::Unaffected => push(
+                        "1-acked-durability",
+                        format!("node {node} series {series} t={t}: acked at {acked_ms} ms, missing from the answer"),
+                        &mut missing,
+                    ),
+                },
             }
         }
     }
-    for (oracle, count) in [("1-acked-durability", missing), ("3-no-phantoms", phantoms), ("4-no-duplicates", unordered)] {
+    for (oracle, count) in [("1-acked-durability", missing), ("2-bounded-loss", bounded), ("3-no-phantoms", phantoms), ("4-no-duplicates", unordered)] {
         if count > EVIDENCE_MAX {
             out.push(Violation {
                 oracle,
@@ -215,7 +271,7 @@ pub fn check_answer(node: usize, ledger: &NodeLedger, answer: &Answer, acked_bef
             });
         }
     }
-    out
+    Judged { violations: out, lost_within_allowance }
 }
 
 #[cfg(test)]
@@ -245,7 +301,7 @@ mod tests {
         let nan = f64::NAN.to_bits();
         fn check(node: &NodeLedger, answer: &[(i64, u64)], acked_before_ms: u64, expected: &[&str]) {
             let answer: Answer = [("a".to_string(), answer.to_vec())].into_iter().collect();
-            let got: Vec<&str> = check_answer(0, node, &answer, acked_before_ms, ReadPath::Storage).iter().map(|v| v.oracle).collect();
+            let got: Vec<&str> = check_answer(0, node, &answer, acked_before_ms, ReadPath::Storage, &LossAllowance::default()).violations.iter().map(|v| v.oracle).collect();
             assert_eq!(got, expected, "answer {answer:?}");
         }
         check(node, &[(10, 1f64.to_bits()), (20, nan)], u64::MAX, &[]);
@@ -272,7 +328,7 @@ mod tests {
         let nan = f64::NAN.to_bits();
         fn check(node: &NodeLedger, answer: &[(i64, u64)], path: ReadPath, expected: &[&str]) {
             let answer: Answer = [("a".to_string(), answer.to_vec())].into_iter().collect();
-            let got: Vec<&str> = check_answer(0, node, &answer, u64::MAX, path).iter().map(|v| v.oracle).collect();
+            let got: Vec<&str> = check_answer(0, node, &answer, u64::MAX, path, &LossAllowance::default()).violations.iter().map(|v| v.oracle).collect();
             assert_eq!(got, expected, "{path:?} answer {answer:?}");
         }
         let one = 1f64.to_bits();
@@ -282,6 +338,38 @@ mod tests {
         check(node, &[(10, one), (20, nan), (30, nan)], ReadPath::QueryApi, &["3-no-phantoms"]);
         check(node, &[(10, one), (20, 2f64.to_bits())], ReadPath::QueryApi, &["3-no-phantoms", "1-acked-durability"]);
         check(node, &[(10, one)], ReadPath::QueryApi, &["1-acked-durability"]);
+    }
+
+    // Goal: a lost disk's allowance excuses exactly the missing samples of its shards acked
+    // inside a window; the same shard outside the window is oracle 2, another shard oracle 1,
+    // and a value that differs is never excused.
+    #[test]
+    fn loss_allowance_excuses_only_its_windows() {
+        let mut ledger = Ledger::default();
+        let samples = vec![sample("a", 10, 1.0), sample("a", 20, 2.0), sample("b", 10, 1.0)];
+        for (s, acked_ms) in samples.iter().zip([100, 200, 200]) {
+            ledger.attempt(0, std::slice::from_ref(s));
+            ledger.finish(0, std::slice::from_ref(s), &Outcome::Acked, acked_ms);
+        }
+        let allowance = LossAllowance {
+            shard_of: [("a".to_string(), 1), ("b".to_string(), 2)].into_iter().collect(),
+            windows: [(1, vec![(150, 300)])].into_iter().collect(),
+        };
+        let node = &ledger.nodes[&0];
+        let check = |answer: &[(&str, i64, f64)], expected: &[&str], lost: usize| {
+            let mut parsed = Answer::new();
+            for &(series, t, v) in answer {
+                parsed.entry(series.to_string()).or_default().push((t, v.to_bits()));
+            }
+            let judged = check_answer(0, node, &parsed, u64::MAX, ReadPath::Storage, &allowance);
+            let got: Vec<&str> = judged.violations.iter().map(|v| v.oracle).collect();
+            assert_eq!((got.as_slice(), judged.lost_within_allowance), (expected, lost), "answer {answer:?}: {:?}", judged.violations);
+        };
+        check(&[("a", 10, 1.0), ("a", 20, 2.0), ("b", 10, 1.0)], &[], 0);
+        check(&[("a", 10, 1.0), ("b", 10, 1.0)], &[], 1);
+        check(&[("a", 20, 2.0), ("b", 10, 1.0)], &["2-bounded-loss"], 0);
+        check(&[("a", 10, 1.0), ("a", 20, 2.0)], &["1-acked-durability"], 0);
+        check(&[("a", 10, 1.0), ("a", 20, 3.0), ("b", 10, 1.0)], &["3-no-phantoms", "1-acked-durability"], 0);
     }
 
     // Goal: series keys do not depend on label order.

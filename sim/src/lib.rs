@@ -7,7 +7,7 @@
 //! the cardinality bomb), [`ledger`] (the client-side ledger and the answer oracles),
 //! [`report`] (run options, the report and its text); under `cfg(madsim)` only: `clock`
 //! (per-node `SimClock`), `client` (hyper HTTP/1 client), `cluster` (`Cluster::start`, the
-//! map of machines), `run` (one seed: tasks, faults, oracles, trace hash) and `sweep` (many
+//! map of machines), `operator` (`sextant admin` replacing a lost member), `run` (one seed: tasks, faults, oracles, trace hash) and `sweep` (many
 //! seeds in parallel).
 //!
 //! Architecture Invariant: the simulation drives nodes only through what a real deployment
@@ -31,6 +31,8 @@ pub mod clock;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod metadata;
+#[cfg(madsim)]
+pub mod operator;
 #[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]

@@ -17,7 +17,7 @@ use crate::client;
 use crate::clock::true_wall_ms;
 use crate::cluster::Cluster;
 use crate::config::{Scenario, SimConfig};
-use crate::ledger::{check_answer, series_key, Answer, Ledger, Outcome, ReadPath, Violation, WrittenSample};
+use crate::ledger::{check_answer, series_key, Answer, Ledger, LossAllowance, Outcome, ReadPath, Violation, WrittenSample};
 use crate::report::{RunOptions, RunReport, TimedViolation};
 use crate::schedule::{Fault, FaultEvent, Schedule};
 use crate::workload::{bomb_request, SeriesSet, BOMB_METRIC};
@@ -58,6 +58,13 @@ struct Shared {
     quiet_acks: Mutex<BTreeMap<usize, u64>>,
     /// Restarts per node (crashes and operator restarts).
     restarts: Mutex<BTreeMap<usize, u64>>,
+    /// What lost disks may take (oracle 2), and the series → shard map it judges by.
+    allowance: Mutex<LossAllowance>,
+    /// (member id, shard) → simulated ms at which the member, as the shard's primary, was
+    /// seen running it unprotected (accepting past `L`: its secondary known down).
+    exposed: Mutex<BTreeMap<(u64, u32), Vec<u64>>>,
+    /// The id the next wiped machine comes back as.
+    next_member_id: Mutex<u64>,
 }
 
 impl Shared {
@@ -80,6 +87,18 @@ impl Shared {
         } else {
             node
         }
+    }
+
+    /// The answer oracles on node `index`'s answer (`check_answer`), with lost disks'
+    /// allowance; counts what the allowance excused.
+    fn judge(&self, index: usize, answer: &Answer, acked_before_ms: u64) -> Vec<Violation> {
+        let judged = {
+            let ledger = self.ledger.lock().expect("ledger");
+            let allowance = self.allowance.lock().expect("allowance");
+            ledger.nodes.get(&self.ledger_of(index)).map(|l| check_answer(index, l, answer, acked_before_ms, ReadPath::QueryApi, &allowance)).unwrap_or_default()
+        };
+        self.count("wipe: acked samples missing within the loss allowance", judged.lost_within_allowance as u64);
+        judged.violations
     }
 
     fn count(&self, what: &str, n: u64) {
@@ -216,6 +235,17 @@ async fn send_batch(
     samples: &[WrittenSample],
     retries_max: u32,
 ) -> Outcome {
+    if shared.config.scenario == Scenario::Replicated {
+        let mut allowance = shared.allowance.lock().expect("allowance");
+        for series in &request.timeseries {
+            let key = series_key(series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())));
+            if !allowance.shard_of.contains_key(&key) {
+                let labels = sextant_core::labels::Labels::from_pairs(&series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect::<Vec<_>>());
+                let shard = sextant::shard::shard_for(sextant_core::series::fingerprint(TENANT, &labels), shared.config.shards);
+                allowance.shard_of.insert(key, shard);
+            }
+        }
+    }
     let mut attempt = 0u32;
     loop {
         shared.ledger.lock().expect("ledger").attempt(shared.ledger_of(node), samples);
@@ -326,10 +356,7 @@ async fn reader_loop(shared: Arc<Shared>, nodes: Vec<(Arc<Mutex<Option<Arc<Node>
                     if !warnings.is_empty() {
                         shared.count("reader: partial answers (with a warning)", 1);
                     }
-                    let violations = {
-                        let ledger = shared.ledger.lock().expect("ledger");
-                        ledger.nodes.get(&shared.ledger_of(index)).map(|l| check_answer(index, l, &answer, acked_before_ms, ReadPath::QueryApi)).unwrap_or_default()
-                    };
+                    let violations = shared.judge(index, &answer, acked_before_ms);
                     shared.event(format!("reader: node-{index} answered {} series, {} warnings", answer.len(), warnings.len()));
                     for v in violations {
                         shared.violate(Violation {
@@ -479,11 +506,106 @@ async fn apply(shared: Arc<Shared>, cluster: Arc<Cluster>, event: FaultEvent) {
             cluster.partition(node, false, &still_cut);
             shared.event(format!("node-{node} healed"));
         }
+        Fault::Wipe { down_ms, .. } if shared.config.scenario == Scenario::Replicated => {
+            let lost_id = cluster.nodes[node].member_id();
+            let new_id = {
+                let mut next = shared.next_member_id.lock().expect("next member id");
+                *next += 1;
+                *next - 1
+            };
+            let wiped_ms = now_ms();
+            cluster.wipe(node, new_id);
+            shared.count("wipe: disks lost (machine back empty under a new member id)", 1);
+            let windows = loss_windows(&shared, &cluster, lost_id, wiped_ms);
+            shared.event(format!("node-{node} (member {lost_id}) lost its disk; it returns as member {new_id}; loss allowance per shard (acked ms): {windows:?}"));
+            {
+                let mut allowance = shared.allowance.lock().expect("allowance");
+                for (shard, window) in windows {
+                    allowance.windows.entry(shard).or_default().push(window);
+                }
+            }
+            sleep_ms(down_ms).await;
+            cluster.restart(node);
+            *shared.restarts.lock().expect("restarts").entry(node).or_default() += 1;
+            let replacement = crate::operator::Replacement { index: node, lost_id, new_id };
+            let deadline_ms = shared.config.fault_phase_ms + shared.config.quiet_phase_ms;
+            let log = shared.clone();
+            let replaced = cluster.operator.spawn(crate::operator::replace_lost_member(cluster.clone(), replacement, deadline_ms, move |line| log.event(line))).await;
+            match replaced {
+                Ok(Ok(changes)) => {
+                    shared.count("wipe: operator admin commands that changed the cluster", changes);
+                    shared.event(format!("operator: member {lost_id} replaced by {new_id} ({changes} changes)"));
+                }
+                Ok(Err(error)) => shared.violate(Violation {
+                    oracle: "11-liveness",
+                    evidence: format!("the operator could not replace lost member {lost_id} by {new_id}: {error}"),
+                }),
+                Err(error) => shared.violate(Violation {
+                    oracle: "11-liveness",
+                    evidence: format!("the operator's task failed: {error}"),
+                }),
+            }
+        }
         // Faults between raft members: the single-node scenarios have no members to cut apart
         // (a pinned schedule naming them is replayed without them, and says so).
-        Fault::Partition { .. } | Fault::CrashLeader { .. } => {
+        Fault::Partition { .. } | Fault::CrashLeader { .. } | Fault::Wipe { .. } => {
             shared.event(format!("fault not applicable to scenario {}: {fault:?}", shared.config.scenario));
         }
+    }
+}
+
+/// Slack on the loss allowance's window: the time between a write's lag check and its
+/// acknowledgement (a slow disk delays every operation by up to 2 s), and between the
+/// primary's acknowledgement and the client's (a forwarded write crosses one more hop).
+const LOSS_SLACK_MS: u64 = 3_000;
+
+/// Oracle 2's allowance for member `lost` whose disk went at `wiped_ms`: per shard it
+/// acknowledged writes for as primary (the `AckObserver` spans), the acknowledgement times
+/// whose samples may be gone. With policy `refuse` a primary acknowledges only while its oldest
+/// unreplicated record is younger than `L`, so what it had not streamed when it last
+/// acknowledged was logged within `L` before: [last ack − L − slack, wipe + slack]. Where it was
+/// seen running the shard unprotected during its last span (secondary known down), the window
+/// opens `L` + slack before the first such sighting instead.
+fn loss_windows(shared: &Shared, cluster: &Cluster, lost: u64, wiped_ms: u64) -> BTreeMap<u32, (u64, u64)> {
+    let lag_ms = crate::cluster::serve_config(&shared.config, cluster.nodes[0].addr).replication_lag_ms_max.max(0) as u64;
+    let mut last_span: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for (&(shard, _epoch, node), &(first_ns, last_ns)) in &cluster.acks.lock().expect("ack log").spans {
+        if node != lost {
+            continue;
+        }
+        let span = (first_ns / 1_000_000, last_ns / 1_000_000);
+        let entry = last_span.entry(shard).or_insert(span);
+        if span.1 > entry.1 {
+            *entry = span;
+        }
+    }
+    let exposed = shared.exposed.lock().expect("exposed");
+    last_span
+        .into_iter()
+        .map(|(shard, (first_ms, last_ms))| {
+            let mut from = last_ms.saturating_sub(lag_ms + LOSS_SLACK_MS);
+            if let Some(&seen) = exposed.get(&(lost, shard)).and_then(|times| times.iter().find(|&&t| t >= first_ms && t <= wiped_ms)) {
+                from = from.min(seen.saturating_sub(lag_ms + LOSS_SLACK_MS));
+            }
+            (shard, (from, wiped_ms + LOSS_SLACK_MS))
+        })
+        .collect()
+}
+
+/// Notes, every 200 ms, which member runs which shard unprotected as its primary (what `admin
+/// shards` shows as `,unprotected`), for oracle 2's allowance.
+async fn record_exposure(shared: Arc<Shared>, cluster: Arc<Cluster>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        for sim_node in &cluster.nodes {
+            let Some(node) = sim_node.node() else { continue };
+            let id = sim_node.member_id();
+            for (shard, state) in node.replication().primary_shards() {
+                if state.unprotected {
+                    shared.exposed.lock().expect("exposed").entry((id, shard)).or_default().push(now_ms());
+                }
+            }
+        }
+        sleep_ms(200).await;
     }
 }
 
@@ -692,10 +814,7 @@ async fn check_all_nodes(shared: &Arc<Shared>, cluster: &Arc<Cluster>, phase: &s
                         evidence: format!("{phase}: node-{index} still answers partially {} ms after the read began: {warnings:?}", shared.config.liveness_ms_max),
                     });
                 }
-                let violations = {
-                    let ledger = shared.ledger.lock().expect("ledger");
-                    ledger.nodes.get(&shared.ledger_of(index)).map(|l| check_answer(index, l, &answer, started_ms, ReadPath::QueryApi)).unwrap_or_default()
-                };
+                let violations = shared.judge(index, &answer, started_ms);
                 let samples: usize = answer.values().map(Vec::len).sum();
                 shared.event(format!("{phase}: node-{index} holds {} series, {samples} samples", answer.len()));
                 for v in violations {
@@ -802,7 +921,7 @@ async fn replica_differences(cluster: &Arc<Cluster>) -> Vec<String> {
         };
         let mut digests = Vec::new();
         for id in [primary, secondary] {
-            let node = cluster.nodes.get(id as usize - 1).and_then(|n| n.node());
+            let node = cluster.index_of_member(id).and_then(|i| cluster.nodes[i].node());
             let digest = match node.map(|n| n.engine()) {
                 Some(Ok(engine)) => engine.shard_digest(shard, i64::MIN, i64::MAX).await.map_err(|e| e.to_string()),
                 Some(Err(error)) => Err(error),
@@ -834,6 +953,9 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
         quiet: AtomicBool::new(false),
         quiet_acks: Mutex::new(BTreeMap::new()),
         restarts: Mutex::new(BTreeMap::new()),
+        allowance: Mutex::new(LossAllowance::default()),
+        exposed: Mutex::new(BTreeMap::new()),
+        next_member_id: Mutex::new(config.nodes as u64 + 1),
     });
     shared.event(format!("seed {} scenario {} schedule {}", config.seed, config.scenario, schedule.to_json()));
     let cluster = Arc::new(Cluster::start(config.clone(), &schedule));
@@ -849,6 +971,7 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
     }
     let lives = cluster.nodes.iter().map(|n| (n.live.clone(), n.addr)).collect();
     tasks.push(cluster.reader.spawn(reader_loop(shared.clone(), lives)));
+    let recorder = (config.scenario == Scenario::Replicated).then(|| tokio::spawn(record_exposure(shared.clone(), cluster.clone())));
 
     // The fault phase.
     let mut faults = Vec::new();
@@ -896,6 +1019,9 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
     shared.stop.store(true, Ordering::SeqCst);
     for task in tasks {
         let _ = task.await;
+    }
+    if let Some(recorder) = recorder {
+        let _ = recorder.await;
     }
     check_all_nodes(&shared, &cluster, "final read").await;
     if config.scenario == Scenario::Replicated {

@@ -27,11 +27,14 @@ pub enum FaultKind {
     Clog,
     /// Metadata scenario: one raft member cut off from the other members (both ways).
     Partition,
+    /// Replicated scenario: a node's disk is lost for good; the machine returns empty under a
+    /// new member id and the operator replaces the old member.
+    Wipe,
 }
 
 impl FaultKind {
     /// Every kind, for parsing and reports.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::Eio,
@@ -41,6 +44,7 @@ impl FaultKind {
         FaultKind::Jump,
         FaultKind::Clog,
         FaultKind::Partition,
+        FaultKind::Wipe,
     ];
 
     /// The kinds the single-node (ingest) scenarios can inject; `mixed` draws from all of them.
@@ -66,6 +70,7 @@ impl FaultKind {
             FaultKind::Jump => "jump",
             FaultKind::Clog => "clog",
             FaultKind::Partition => "partition",
+            FaultKind::Wipe => "wipe",
         }
     }
 
@@ -80,6 +85,8 @@ impl FaultKind {
             Scenario::Bomb => &[Crash, Clog],
             Scenario::Mixed => &FaultKind::INGEST,
             Scenario::Metadata => &[Crash, Pause, Partition, Jump],
+            // `wipe` is opt-in (`--faults …,wipe`) until the failures it finds are fixed
+            // (docs/design/simulation.md § Wiped disks).
             Scenario::Replicated => &[Crash, Pause, Partition, Clog, Jump, Eio, Enospc, Corrupt, Slow],
         };
         kinds.iter().copied().collect()
@@ -142,6 +149,10 @@ pub enum Fault {
     /// Metadata scenario: like `Crash`, aimed at whichever member leads when it fires (`node`
     /// when no live member knows a leader then).
     CrashLeader { node: usize, mode: CrashKind, down_ms: u64 },
+    /// Replicated scenario: kill the node and lose its disk; after `down_ms` the machine boots
+    /// empty as a new member (`--join`), and the operator adds it, drains and removes the lost
+    /// member, abandons merges only it could complete and rebalances.
+    Wipe { node: usize, down_ms: u64 },
 }
 
 impl Fault {
@@ -157,6 +168,7 @@ impl Fault {
             Fault::Clog { .. } => FaultKind::Clog,
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::CrashLeader { .. } => FaultKind::Crash,
+            Fault::Wipe { .. } => FaultKind::Wipe,
         }
     }
 
@@ -171,14 +183,15 @@ impl Fault {
             | Fault::ClockJump { node, .. }
             | Fault::Clog { node, .. }
             | Fault::Partition { node, .. }
-            | Fault::CrashLeader { node, .. } => node,
+            | Fault::CrashLeader { node, .. }
+            | Fault::Wipe { node, .. } => node,
         }
     }
 
     /// How long the fault lasts (0 for instantaneous ones).
     pub fn duration_ms(&self) -> u64 {
         match *self {
-            Fault::Crash { down_ms, .. } | Fault::CrashLeader { down_ms, .. } => down_ms,
+            Fault::Crash { down_ms, .. } | Fault::CrashLeader { down_ms, .. } | Fault::Wipe { down_ms, .. } => down_ms,
             Fault::Pause { duration_ms, .. }
             | Fault::SyncEio { duration_ms, .. }
             | Fault::NoSpace { duration_ms, .. }
@@ -231,7 +244,7 @@ impl Schedule {
             // Faults start in the first 80% of the phase and end before it is over.
             let start_max = config.fault_phase_ms * 4 / 5;
             for _ in 0..count {
-                let at_ms = rng.gen_range(1_000..=start_max.max(1_001));
+                let mut at_ms = rng.gen_range(1_000..=start_max.max(1_001));
                 let node = rng.gen_range(0..config.nodes);
                 let room_ms = config.fault_phase_ms - at_ms;
                 let duration_ms = rng.gen_range(500..=room_ms.clamp(501, 15_000));
@@ -278,6 +291,15 @@ impl Schedule {
                         node,
                         duration_ms,
                     },
+                    // In the first half of the phase: the operator's replacement of the lost
+                    // member (promotions, catch-up syncs) then ends with the faults.
+                    FaultKind::Wipe => {
+                        at_ms = at_ms.min(config.fault_phase_ms / 2);
+                        Fault::Wipe {
+                            node,
+                            down_ms: rng.gen_range(10..=5_000),
+                        }
+                    }
                 };
                 events.push(FaultEvent { at_ms, fault });
             }
@@ -302,16 +324,24 @@ impl Schedule {
 }
 
 fn is_process_fault(fault: &Fault) -> bool {
-    matches!(fault, Fault::Crash { .. } | Fault::CrashLeader { .. } | Fault::Pause { .. })
+    matches!(fault, Fault::Crash { .. } | Fault::CrashLeader { .. } | Fault::Pause { .. } | Fault::Wipe { .. })
 }
+
+/// How long after a crash or pause of a node ends its disk may be wiped. A primary that was
+/// down or frozen could not stream meanwhile, so what it acknowledged just before is older
+/// than `L` when the disk goes: the loss bound is about the primary's running time, and the
+/// oracle measures it in simulated time (docs/design/simulation.md § Wiped disks).
+pub const WIPE_AFTER_PROCESS_FAULT_MS_MIN: u64 = 20_000;
 
 fn overlaps(a: &FaultEvent, b: &FaultEvent) -> bool {
     a.at_ms <= b.at_ms + b.fault.duration_ms() && b.at_ms <= a.at_ms + a.fault.duration_ms()
 }
 
 /// Removes crashes that would overlap corrupt reads on the same node, and process faults
-/// (crash, pause) that would overlap an earlier process fault of the same node: a node is
-/// never paused while down, nor crashed while paused.
+/// (crash, pause, wipe) that would overlap an earlier process fault of the same node: a node is
+/// never paused while down, nor crashed while paused. Keeps at most one wipe per run (a second
+/// disk lost before the first is re-replicated is outside RF=2's promise), and none within
+/// [`WIPE_AFTER_PROCESS_FAULT_MS_MIN`] after a crash or pause of its node ends.
 pub(crate) fn drop_clashing_faults(events: Vec<FaultEvent>) -> Vec<FaultEvent> {
     let mut kept: Vec<FaultEvent> = Vec::new();
     for event in events {
@@ -321,6 +351,10 @@ pub(crate) fn drop_clashing_faults(events: Vec<FaultEvent>) -> Vec<FaultEvent> {
             Fault::Crash { .. } | Fault::CrashLeader { .. } => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::CorruptReads { .. }) || is_process_fault(&e.fault)),
             Fault::Pause { .. } => kept.iter().filter(same_node).any(|e| is_process_fault(&e.fault)),
             Fault::CorruptReads { .. } => kept.iter().filter(same_node).any(|e| matches!(e.fault, Fault::Crash { .. })),
+            Fault::Wipe { .. } => {
+                let recent = |e: &FaultEvent| e.fault.node() == node && is_process_fault(&e.fault) && e.at_ms <= event.at_ms + event.fault.duration_ms() && event.at_ms < e.at_ms + e.fault.duration_ms() + WIPE_AFTER_PROCESS_FAULT_MS_MIN;
+                kept.iter().any(|e| matches!(e.fault, Fault::Wipe { .. })) || kept.iter().any(recent)
+            }
             _ => false,
         };
         if !clash {

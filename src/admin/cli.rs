@@ -608,7 +608,7 @@ pub async fn run(args: &AdminArgs) -> Result<String, CliError> {
 /// `admin rebalance`: plans from the voters and the shard map read linearizably, prints the
 /// plan, and with `apply` carries out each move's steps in order, waiting for each.
 async fn rebalance(session: &Session, format: OutputFormat, apply: bool, drain: &[u64], step_timeout: Duration) -> Result<String, CliError> {
-    use super::rebalance::{plan, Step};
+    use super::rebalance::{plan_with, Step};
     let linearizable = pb::Consistency::Linearizable as i32;
     let status = session.call(pb::ClusterStatusRequest { consistency: linearizable, member_timeout_ms: 0 }, |mut c, r| async move { c.cluster_status(r).await }).await?;
     let all_voters: Vec<u64> = status.members.iter().filter(|m| m.role == "voter").map(|m| m.node_id).collect();
@@ -627,7 +627,10 @@ async fn rebalance(session: &Session, format: OutputFormat, apply: bool, drain: 
     // A shard with a merge-back pending keeps its primary: promoting it again would replace the
     // pending merge (and its query warning) before that node's samples are back.
     let pinned: std::collections::BTreeSet<u32> = map.shards.iter().filter(|s| s.merge_pending_epoch.is_some()).map(|s| s.shard).collect();
-    let moves = plan(&current, &voters, &pinned);
+    // A primary the leader lists without a live lease (or a lease the answering node cannot
+    // vouch for) may be dead: its shard is promoted to its secondary rather than moved.
+    let unleased: std::collections::BTreeSet<u32> = map.shards.iter().filter(|s| !s.lease_known || s.lease_holder.is_none() || s.lease_holder != s.primary).map(|s| s.shard).collect();
+    let moves = plan_with(&current, &voters, &pinned, &unleased);
     let plan_json = |done: usize| {
         json!({"voters": voters, "apply": apply, "moves_done": done, "pinned": pinned, "moves": moves.iter().map(|m| json!({"shard": m.shard, "from": [m.from.0, m.from.1], "to": [m.to.0, m.to.1], "steps": m.steps().iter().map(step_text).collect::<Vec<_>>()})).collect::<Vec<_>>()})
     };

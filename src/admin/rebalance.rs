@@ -5,7 +5,9 @@
 //! possible: each voter's target count is ⌊shards / voters⌋ or one more (the voters holding
 //! most today get the larger targets), a shard keeps its primary (secondary) while that node is
 //! a voter under its target, and a freed shard goes to its current secondary when that voter has
-//! room (a promotion, no copy), else to the voter with the most room (lowest id on ties).
+//! room (a promotion, no copy), else to the voter with the most room (lowest id on ties) —
+//! except when its primary is leaving (drained), where it always goes to its secondary, the one
+//! copy a possibly dead primary cannot have to stream from.
 //! Secondaries prefer the shard's previous primary when it is a voter with room (it holds the
 //! data already). Everything iterates `BTreeMap`s: the plan is a function of its input.
 
@@ -82,6 +84,15 @@ fn roomiest(room: &BTreeMap<u64, usize>, except: Option<u64>) -> Option<u64> {
 /// merge and lose track of it), even past its target; the others balance around them. Fewer
 /// than two voters: no moves (RF=2 needs two nodes; the CLI refuses to rebalance then).
 pub fn plan(map: &BTreeMap<u32, Replicas>, voters: &[u64], pinned: &BTreeSet<u32>) -> Vec<Move> {
+    plan_with(map, voters, pinned, &BTreeSet::new())
+}
+
+/// [`plan`], knowing which shards' primaries hold no live lease (`unleased`: dead, or not
+/// known alive). Such a shard whose primary must move goes to its secondary whatever that
+/// node's room: moving it to a third node would first make that node the secondary, replacing
+/// the one live copy with an empty node that a dead primary cannot catch up (found by the
+/// replicated simulation's wipe fault). A later `rebalance --apply` evens the count out.
+pub fn plan_with(map: &BTreeMap<u32, Replicas>, voters: &[u64], pinned: &BTreeSet<u32>, unleased: &BTreeSet<u32>) -> Vec<Move> {
     let mut voters: Vec<u64> = voters.to_vec();
     voters.sort_unstable();
     voters.dedup();
@@ -118,16 +129,20 @@ pub fn plan(map: &BTreeMap<u32, Replicas>, voters: &[u64], pinned: &BTreeSet<u32
             }
         }
     }
-    for (shard, (_, s)) in map {
+    for (shard, (p, s)) in map {
         if primary.contains_key(shard) {
             continue;
         }
         let chosen = match is_voter(*s) {
             Some(s) if room[&s] > 0 => s,
+            // A primary without a live lease: only promoting the secondary keeps the data.
+            Some(s) if unleased.contains(shard) && *p != Some(s) => s,
             // No room anywhere only when pinned shards overfill a voter: the least loaded.
             _ => roomiest(&room, None).unwrap_or_else(|| least_loaded(&voters, &primary)),
         };
-        *room.get_mut(&chosen).unwrap() -= 1;
+        if let Some(r) = room.get_mut(&chosen) {
+            *r = r.saturating_sub(1);
+        }
         primary.insert(*shard, chosen);
     }
 
@@ -259,6 +274,27 @@ mod tests {
         let crowded = map(&[(1, 2), (1, 2), (1, 2), (2, 1)]);
         let after = apply(&crowded, &plan(&crowded, &[1, 2], &[0, 1, 2].into()));
         assert_eq!(counts(&after, |r| r.0), [(1, 3), (2, 1)].into(), "{after:?}");
+    }
+
+    // Goal: a drained primary's shard is promoted to its secondary even past that node's
+    // target, never moved to a third node first: its first step would replace the secondary,
+    // the one copy left when the drained node is dead (the replicated simulation's wipe fault:
+    // shard 1 went to the empty replacement node, and every acknowledged sample of it with it).
+    // Method: node 2 (lost) is primary of shards 0 and 1 whose secondary, node 3, is already
+    // at its target; node 4 (the replacement) has room.
+    #[test]
+    fn a_drained_primary_is_replaced_by_its_secondary() {
+        let before = map(&[(2, 3), (2, 3), (3, 1), (1, 3)]);
+        let moves = plan_with(&before, &[1, 3, 4], &BTreeSet::new(), &[0, 1].into());
+        let after = apply(&before, &moves);
+        for m in moves.iter().filter(|m| m.from.0 == Some(2)) {
+            assert_eq!(m.steps().first(), Some(&Step::Promote), "shard {}: {moves:?}", m.shard);
+        }
+        assert_eq!((after[&0].0, after[&1].0), (Some(3), Some(3)), "{after:?}");
+        assert!(after.values().all(|(p, s)| *p != Some(2) && *s != Some(2) && p != s), "{after:?}");
+        // With its lease live (a drained node still running), a third node may take it.
+        let live = plan(&before, &[1, 3, 4], &BTreeSet::new());
+        assert!(live.iter().any(|m| m.from.0 == Some(2) && m.steps().first() != Some(&Step::Promote)), "{live:?}");
     }
 
     // Goal: a move's steps copy before they switch: a new primary is made the secondary first

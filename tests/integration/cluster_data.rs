@@ -150,9 +150,15 @@ async fn writes_route_to_primaries_and_queries_fan_out() {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
         assert!(status.message().contains(needle), "{:?} should contain {needle:?}", status.message());
     };
-    check_refused(connect(primary).await.write(write(epoch - 1)).await, &format!("at epoch {}", epoch - 1));
-    check_refused(connect(other).await.write(write(epoch)).await, "refuses a write");
-    let accepted = connect(primary).await.write(write(epoch)).await.expect("the right epoch at the primary").into_inner();
+    let to = |id: u64, request: pb::WriteRequest| sextant_raft::network::addressed(request, id);
+    check_refused(connect(primary).await.write(to(primary, write(epoch - 1))).await, &format!("at epoch {}", epoch - 1));
+    check_refused(connect(other).await.write(to(other, write(epoch))).await, "refuses a write");
+    // A call meant for another member (its address reused by a replacement) is refused before
+    // anything else is looked at, and so is one that names no member.
+    check_refused(connect(primary).await.write(to(other, write(epoch))).await, &format!("this is node {primary}, not node {other}"));
+    let unnamed = connect(primary).await.write(write(epoch)).await.expect_err("no target member");
+    assert_eq!(unnamed.code(), tonic::Code::InvalidArgument, "{unnamed:?}");
+    let accepted = connect(primary).await.write(to(primary, write(epoch))).await.expect("the right epoch at the primary").into_inner();
     assert_eq!(accepted.duplicates, 1, "the same sample again is a duplicate: {accepted:?}");
 
     // 4. Node 3 stops: queries from the others answer the rest with a warning naming its

@@ -73,7 +73,8 @@ fn leases_match_map(server: &Server) -> bool {
     !mine.is_empty() && node.lease().live_shards(node.clock().now_monotonic_ns()) == mine
 }
 
-async fn data_write(addr: SocketAddr, shard: u32, epoch: u64, i: usize, t: i64) -> Result<pb::WriteReply, tonic::Status> {
+/// A forwarded write (`Data.Write`) sent straight to member `target` at `addr`.
+async fn data_write(target: u64, addr: SocketAddr, shard: u32, epoch: u64, i: usize, t: i64) -> Result<pb::WriteReply, tonic::Status> {
     let mut client = pb::data_client::DataClient::connect(format!("http://{addr}")).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let request = pb::WriteRequest {
         tenant: "default".into(),
@@ -83,7 +84,7 @@ async fn data_write(addr: SocketAddr, shard: u32, epoch: u64, i: usize, t: i64) 
         from_node: 9,
         series: vec![pb::Series { labels: labels_of(i).iter().map(|l| pb::Label { name: l.name.clone(), value: l.value.clone() }).collect(), samples: vec![pb::Sample { t, v: value(i, t) }] }],
     };
-    client.write(request).await.map(|r| r.into_inner())
+    client.write(sextant_raft::network::addressed(request, target)).await.map(|r| r.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +206,7 @@ async fn a_stopped_primary_is_replaced_and_returns_as_secondary() {
     })
     .await;
     for attempt in 0..5 {
-        match data_write(grpc_addrs[2], shard, old_epoch, series, probe_t).await {
+        match data_write(3, grpc_addrs[2], shard, old_epoch, series, probe_t).await {
             Ok(reply) => panic!("attempt {attempt}: node 3 acknowledged a write for shard {shard} at its old epoch {old_epoch}: {reply:?}"),
             Err(status) => {
                 assert!(matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::Unavailable), "{status:?}");
@@ -235,7 +236,7 @@ async fn a_stopped_primary_is_replaced_and_returns_as_secondary() {
     })
     .await;
     assert_eq!(stored_at(servers[2].as_ref().unwrap(), series, &[probe_t]).await, 0, "the refused probe was not stored on node 3");
-    let status = data_write(grpc_addrs[2], shard, old_epoch + 1, series, probe_t).await.expect_err("node 3 is not the primary at the new epoch");
+    let status = data_write(3, grpc_addrs[2], shard, old_epoch + 1, series, probe_t).await.expect_err("node 3 is not the primary at the new epoch");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     // A client write through node 3 is forwarded to the new primary, not stored on node 3.
     let last: Vec<i64> = later.iter().map(|t| t + 3000).collect();

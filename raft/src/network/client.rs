@@ -188,7 +188,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         }
         self.buggify_send("append_entries").await.map_err(|e| e.into_rpc_error())?;
         let mut client = self.client().await.map_err(|e| e.into_rpc_error())?;
-        let reply = match client.append_entries(request).await {
+        let reply = match client.append_entries(super::addressed(request, self.target)).await {
             Ok(reply) => reply.into_inner(),
             Err(status) => return Err(self.failed(status).into_rpc_error()),
         };
@@ -223,7 +223,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         }
         self.buggify_send("install_snapshot").await.map_err(|e| e.into_rpc_error())?;
         let mut client = self.client().await.map_err(|e| e.into_rpc_error())?;
-        let reply = match client.install_snapshot(chunk).await {
+        let reply = match client.install_snapshot(super::addressed(chunk, self.target)).await {
             Ok(reply) => reply.into_inner(),
             Err(status) => return Err(self.failed(status).into_rpc_error()),
         };
@@ -241,7 +241,7 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.buggify_send("vote").await.map_err(|e| e.into_rpc_error())?;
         let mut client = self.client().await.map_err(|e| e.into_rpc_error())?;
-        let reply = match client.vote(proto_convert::request(&rpc)).await {
+        let reply = match client.vote(super::addressed(proto_convert::request(&rpc), self.target)).await {
             Ok(reply) => reply.into_inner(),
             Err(status) => return Err(self.failed(status).into_rpc_error()),
         };

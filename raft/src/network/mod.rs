@@ -18,6 +18,35 @@ pub mod pb {
 pub use client::{Connection, NetworkFactory};
 pub use server::RaftGrpcService;
 
+/// The gRPC metadata key every node-to-node call carries (raft, lease, data and replication
+/// RPCs): the member id the caller means to reach. A node refuses a call meant for another id.
+/// Why: the address of a member whose disk was lost comes back as a *new* member (`serve
+/// --join` under a new id); answering the leader's replication for the old id with an empty
+/// log would look like the old member losing committed entries (openraft panics on that
+/// "log reversion"), and answering reads or replication for it would serve or store a shard as
+/// a replica it is not. Found by the replicated simulation's `wipe` fault.
+pub const TARGET_NODE_KEY: &str = "x-sextant-target-node";
+
+/// `message` as a request addressed to member `target` ([`TARGET_NODE_KEY`]).
+pub fn addressed<T>(message: T, target: crate::types::NodeId) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(TARGET_NODE_KEY, tonic::metadata::MetadataValue::from(target));
+    request
+}
+
+/// Refuses a request not addressed to this node (`me`): FAILED_PRECONDITION naming both ids
+/// when it was meant for another member, INVALID_ARGUMENT when it names none.
+pub fn check_addressed<T>(request: &tonic::Request<T>, me: crate::types::NodeId) -> Result<(), tonic::Status> {
+    let target = request.metadata().get(TARGET_NODE_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<crate::types::NodeId>().ok());
+    match target {
+        Some(target) if target == me => Ok(()),
+        Some(target) => Err(tonic::Status::failed_precondition(format!(
+            "this is node {me}, not node {target}: the address the caller has for node {target} now belongs to node {me} (was node {target} replaced after losing its disk?)"
+        ))),
+        None => Err(tonic::Status::invalid_argument(format!("the call names no target member ({TARGET_NODE_KEY} metadata with a node id); this is node {me}"))),
+    }
+}
+
 /// Bytes kept free in every message for what surrounds a snapshot chunk (vote and meta JSON,
 /// protobuf and gRPC framing).
 pub const MESSAGE_OVERHEAD_BYTES: u64 = 64 * 1024;

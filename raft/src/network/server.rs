@@ -5,9 +5,9 @@
 use tonic::{Request, Response, Status};
 
 use super::pb::raft_service_server::{RaftService, RaftServiceServer};
-use super::{pb, proto_convert, TransportConfig};
+use super::{check_addressed, pb, proto_convert, TransportConfig};
 use crate::command::Command;
-use crate::types::Raft;
+use crate::types::{NodeId, Raft};
 
 /// The tonic server type (the simulated code adds an interceptor parameter).
 #[cfg(not(madsim))]
@@ -17,11 +17,13 @@ pub type RaftServer = RaftServiceServer<RaftGrpcService, tonic::codegen::Identit
 
 pub struct RaftGrpcService {
     raft: Raft,
+    /// This member's id: calls addressed to another are refused (`check_addressed`).
+    me: NodeId,
 }
 
 impl RaftGrpcService {
-    pub fn new(raft: Raft) -> RaftGrpcService {
-        RaftGrpcService { raft }
+    pub fn new(raft: Raft, me: NodeId) -> RaftGrpcService {
+        RaftGrpcService { raft, me }
     }
 
     /// The tonic service with the transport's message limits in both directions.
@@ -43,6 +45,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        check_addressed(&request, self.me)?;
         let rpc = proto_convert::from_json("append_entries request", &request.into_inner().json)
             .map_err(invalid)?;
         let result = self.raft.append_entries(rpc).await;
@@ -53,6 +56,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        check_addressed(&request, self.me)?;
         let rpc = proto_convert::from_json("vote request", &request.into_inner().json)
             .map_err(invalid)?;
         let result = self.raft.vote(rpc).await;
@@ -63,6 +67,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::SnapshotChunk>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        check_addressed(&request, self.me)?;
         let rpc = proto_convert::install_snapshot_request(request.into_inner()).map_err(invalid)?;
         let result = self.raft.install_snapshot(rpc).await;
         Ok(Response::new(proto_convert::reply(&result)))
@@ -72,6 +77,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
+        check_addressed(&request, self.me)?;
         let command: Command =
             proto_convert::from_json("client_write command", &request.into_inner().json)
                 .map_err(invalid)?;

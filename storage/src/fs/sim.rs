@@ -414,6 +414,18 @@ impl SimFs {
         self.lock().crash();
     }
 
+    /// Replaces the disk with an empty one (a lost or reformatted disk): every file and
+    /// directory is gone, durable or not, and open handles fail. Faults and statistics stay
+    /// (they describe the slot, not the medium). The caller must drop the node first.
+    pub fn wipe(&self) {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.open.clear();
+        state.inodes.clear();
+        state.dirs.clear();
+        state.dirs.insert(ROOT, Dir::default());
+    }
+
     /// Bytes of file contents currently stored: files reachable from the root, and files held
     /// open by a handle (see the module documentation).
     pub fn used_bytes(&self) -> u64 {
@@ -800,6 +812,29 @@ mod tests {
         assert_eq!(fs.read(&p("wal/1")).await.unwrap(), b"durable");
         assert!(file.write_all(b"x").await.is_err(), "old handles die with the crash");
         assert_eq!(fs.stats().bytes_lost_on_crash, 5);
+    }
+
+    // Goal: a wiped disk is empty — durable files and directories are gone, old handles fail —
+    // and usable again as a new disk.
+    #[tokio::test]
+    async fn wipe_leaves_an_empty_usable_disk() {
+        let fs = SimFs::new(4);
+        fs.create_dir_all(&p("raft")).await.unwrap();
+        let mut file = fs.create(&p("raft/vote")).await.unwrap();
+        file.write_all(b"term 7").await.unwrap();
+        file.sync().await.unwrap();
+        fs.sync_dir(&p("raft")).await.unwrap();
+        fs.sync_dir(&p("")).await.unwrap();
+        assert_eq!(fs.durable_snapshot().len(), 1);
+        fs.wipe();
+        assert!(!fs.exists(&p("raft")).await.unwrap());
+        assert!(fs.durable_snapshot().is_empty());
+        assert_eq!(fs.used_bytes(), 0);
+        assert!(file.write_all(b"x").await.is_err(), "old handles die with the disk");
+        fs.create_dir_all(&p("raft")).await.unwrap();
+        let mut file = fs.create(&p("raft/vote")).await.unwrap();
+        file.write_all(b"new").await.unwrap();
+        assert_eq!(fs.read(&p("raft/vote")).await.unwrap(), b"new");
     }
 
     // Goal: a directory entry that was never made durable by sync_dir vanishes on crash, even
