@@ -530,7 +530,8 @@ async fn apply(shared: Arc<Shared>, cluster: Arc<Cluster>, event: FaultEvent) {
             let replacement = crate::operator::Replacement { index: node, lost_id, new_id };
             let deadline_ms = shared.config.fault_phase_ms + shared.config.quiet_phase_ms;
             let log = shared.clone();
-            let replaced = cluster.operator.spawn(crate::operator::replace_lost_member(cluster.clone(), replacement, deadline_ms, move |line| log.event(line))).await;
+            let operator = cluster.operator.as_ref().expect("created when the schedule wipes a disk");
+            let replaced = operator.spawn(crate::operator::replace_lost_member(cluster.clone(), replacement, deadline_ms, move |line| log.event(line))).await;
             match replaced {
                 Ok(Ok(changes)) => {
                     shared.count("wipe: operator admin commands that changed the cluster", changes);
@@ -971,7 +972,8 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
     }
     let lives = cluster.nodes.iter().map(|n| (n.live.clone(), n.addr)).collect();
     tasks.push(cluster.reader.spawn(reader_loop(shared.clone(), lives)));
-    let recorder = (config.scenario == Scenario::Replicated).then(|| tokio::spawn(record_exposure(shared.clone(), cluster.clone())));
+    // Only runs that wipe a disk need it (oracle 2); elsewhere it would only perturb scheduling.
+    let recorder = cluster.operator.is_some().then(|| tokio::spawn(record_exposure(shared.clone(), cluster.clone())));
 
     // The fault phase.
     let mut faults = Vec::new();
