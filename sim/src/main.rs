@@ -31,16 +31,17 @@ mod real {
     #[derive(clap::Args, Clone)]
     struct Common {
         /// Fault kinds to draw from, comma-separated (crash, pause, eio, enospc, corrupt, slow,
-        /// jump, clog; metadata: crash, pause, partition, jump) or `none`. Default: the
-        /// scenario's.
+        /// jump, clog; metadata: crash, pause, partition, jump; replicated: all of these and
+        /// `wipe`, which is opt-in) or `none`. Default: the scenario's.
         #[arg(long, value_parser = FaultKind::parse_list)]
         faults: Option<std::collections::BTreeSet<FaultKind>>,
         /// Fail on known gaps too (a skewed node that does not report it; series limits that
         /// reset on restart) instead of reporting them.
         #[arg(long = "strict")]
         strict_gaps: bool,
-        /// Plant a bug on purpose to test the oracles: ack-before-fsync (ingest scenarios) or
-        /// raft-log-unsynced (metadata).
+        /// Plant a bug on purpose to test the oracles: ack-before-fsync (ingest scenarios),
+        /// raft-log-unsynced or stale-admin-read (metadata), ack-after-lease-lapsed
+        /// (replicated).
         #[arg(long)]
         plant: Option<sextant_sim::config::PlantedBug>,
         /// Sextant nodes (default 2; at most 200).
@@ -71,8 +72,8 @@ mod real {
         Run {
             #[arg(long)]
             seed: u64,
-            /// steady, crash, disk, skew, bomb, mixed or metadata. Default: the seed's rotation
-            /// (the six single-node scenarios).
+            /// steady, crash, disk, skew, bomb, mixed, metadata or replicated. Default: the
+            /// seed's rotation (the six single-node scenarios).
             #[arg(long)]
             scenario: Option<Scenario>,
             #[command(flatten)]
