@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use sextant_core::determinism::planted::{is_planted, Bug};
+
 /// Default interval between a node's lease renewals (`--lease-renew-interval`).
 pub const LEASE_RENEW_MS_DEFAULT: u64 = 1_000;
 /// Default lease length (`--lease-duration`): four renewals, so one or two lost renewals do not
@@ -125,32 +127,6 @@ pub enum LeaseRefusal {
     EpochNotGranted { shard: u32, epoch: u64, held: String },
 }
 
-/// Bugs planted on purpose by the simulator (`sextant-sim --plant ack-after-lease-lapsed`) to
-/// prove its oracles catch them. Compiled only under `cfg(madsim)`; per thread, because each
-/// simulated seed runs on its own thread. The normal build's check is a constant `false`.
-pub mod planted {
-    #[cfg(madsim)]
-    thread_local! {
-        static ACK_AFTER_LEASE_LAPSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-
-    /// Plants (or removes) the bug: an expired grant still lets the node acknowledge.
-    #[cfg(madsim)]
-    pub fn set_ack_after_lease_lapsed(on: bool) {
-        ACK_AFTER_LEASE_LAPSED.with(|flag| flag.set(on));
-    }
-
-    #[cfg(madsim)]
-    pub(crate) fn ack_after_lease_lapsed() -> bool {
-        ACK_AFTER_LEASE_LAPSED.with(|flag| flag.get())
-    }
-
-    #[cfg(not(madsim))]
-    pub(crate) fn ack_after_lease_lapsed() -> bool {
-        false
-    }
-}
-
 /// The latest grant this node holds, and whether it needs one at all.
 #[derive(Debug)]
 pub struct LeaseHolder {
@@ -227,7 +203,7 @@ impl LeaseHolder {
             return Err(LeaseRefusal::NoLease { shard, renew_ms: self.renew_ms.load(Ordering::Relaxed) });
         };
         let expires_at_ns = grant.expires_at_ns();
-        if now_ns >= expires_at_ns && !planted::ack_after_lease_lapsed() {
+        if now_ns >= expires_at_ns && !is_planted(Bug::AckAfterLeaseLapsed) {
             return Err(LeaseRefusal::Expired { shard, ago_ms: ms_of(now_ns - expires_at_ns) });
         }
         match grant.shards.get(&shard) {

@@ -361,7 +361,10 @@ impl Node {
     /// and each restart would admit another full limit of new series. Seeding happens before
     /// the slot turns Ready, so no write is admitted against a half-seeded tracker.
     pub async fn set_engine_ready(&self, engine: Engine) {
-        let keys = engine.head_series_keys().await;
+        let mut keys = engine.head_series_keys().await;
+        if sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::SeriesLimitBypassedOnRestart) {
+            keys.clear();
+        }
         let now_ms = self.clock.now_wall_ms();
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");

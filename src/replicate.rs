@@ -431,6 +431,9 @@ pub async fn handle_replicate(node: &Node, request: pb::ReplicateRequest) -> Res
         )));
     }
     let tail = tail_from_pb(request);
+    if sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::ReplicationAckedBeforeApply) {
+        return planted_ack_before_apply(&engine, shard, source, tail).await;
+    }
     match engine.apply_replicated(shard, &tail).await {
         Ok(report) => {
             node.metrics.replicated_records_applied.inc_by(report.records);
@@ -441,6 +444,25 @@ pub async fn handle_replicate(node: &Node, request: pb::ReplicateRequest) -> Res
         Err(error @ ApplyError::Retryable { .. }) => Err(Status::unavailable(format!("shard {shard}: {error}"))),
         Err(ApplyError::Engine(error)) => Err(engine_status(error)),
     }
+}
+
+/// The simulator's planted bug `Bug::ReplicationAckedBeforeApply`: durably records the
+/// batch's last seq as applied, answers, and applies the batch a second later (only the
+/// simulator can plant it).
+async fn planted_ack_before_apply(engine: &Engine, shard: u32, source: Option<ReplicaSource>, tail: WalTail) -> Result<pb::ReplicateReply, Status> {
+    let position = engine.replica_position(shard).await.map_err(engine_status)?;
+    let through = match tail.records.last() {
+        Some(last) => Some(position.map_or(last.seq, |p| p.max(last.seq))),
+        None => position,
+    };
+    engine.set_replica_position_from(shard, through, source).await.map_err(engine_status)?;
+    let records = tail.records.len() as u64;
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = engine.apply_replicated(shard, &tail).await;
+    });
+    Ok(pb::ReplicateReply { applied_through: through, records, samples_accepted: 0, duplicates: 0, conflicts: 0 })
 }
 
 /// `Data.Position` on the secondary.

@@ -1020,7 +1020,7 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
         } else {
             vec![format!("node {} has not applied the cluster's shard map yet (the cluster is forming, or this node is joining): the answer holds only this node's own data", table.me)]
         };
-        return Ok(Selected { series, warnings });
+        return Ok(Selected { series, warnings: planted_drop(warnings) });
     };
     // First choice per shard: the primary (this node's engine when that is us, or when the
     // shard has no primary assigned).
@@ -1122,7 +1122,17 @@ pub async fn select(node: &Node, engine: &Engine, read: &ReadRequest<'_>, budget
         warnings.push(format!("shards {} have no reachable replica; the answer lacks their series (first error: {first})", shard_list(&shards)));
     }
     let series = merged.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect();
-    Ok(Selected { series, warnings })
+    Ok(Selected { series, warnings: planted_drop(warnings) })
+}
+
+/// `warnings`, or none when the simulator planted the dropped-warning bug (a partial answer
+/// that looks complete; oracle 10 must catch it).
+fn planted_drop(warnings: Vec<String>) -> Vec<String> {
+    use sextant_core::determinism::planted::{is_planted, Bug};
+    if is_planted(Bug::PartialWarningDropped) {
+        return Vec::new();
+    }
+    warnings
 }
 
 #[cfg(test)]

@@ -220,6 +220,68 @@ pub use buggify_impl::{
     buggify, buggify_counts, buggify_enable, buggify_is_enabled, buggify_reset,
 };
 
+/// Bugs the simulator plants on purpose, to prove that its oracles catch each family of
+/// failure (SIMULATION.md: "the harness is tested too"). A planted bug is a real code path
+/// behind [`planted::is_planted`], which outside `cfg(madsim)` is the constant `false` (the
+/// branch compiles to nothing in production), and under `cfg(madsim)` reads a per-thread
+/// switch the simulator sets for one run (`sextant-sim run --plant NAME`; each seed runs on
+/// its own thread). Bugs the simulator plants in its own code (a WAL policy, its disk, its
+/// reader) are not listed here.
+pub mod planted {
+    /// A bug in node or storage code that the simulator can switch on.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    pub enum Bug {
+        /// `LeaseHolder::check` ignores the grant's expiry: a primary cut off from the leader
+        /// keeps acknowledging after its secondary was promoted (oracle 8).
+        AckAfterLeaseLapsed,
+        /// A new block's directory is renamed into place without the fsync of the blocks
+        /// directory, so a power cut can undo the rename after the WAL was truncated past the
+        /// block's samples (oracle 1).
+        BlockDirFsyncSkipped,
+        /// The secondary answers a `Replicate` batch (and durably records its position) before
+        /// it applies the batch, which it does a second later: a crash in between leaves a
+        /// hole that its position says is not there (oracle 6).
+        ReplicationAckedBeforeApply,
+        /// The secondary flips the lowest bit of one value in each replicated batch it applies
+        /// (oracle 6; oracle 3 when the replica answers).
+        ReplicaValueBitFlipped,
+        /// A query served partially (a shard without a reachable or complete replica) answers
+        /// without its warning (oracle 10).
+        PartialWarningDropped,
+        /// The node does not seed its active-series tracker from the head when the engine
+        /// opens, so every restart admits another full limit of new series (oracle 9).
+        SeriesLimitBypassedOnRestart,
+        /// A write's new series are logged in the iteration order of a map keyed by their
+        /// heap addresses instead of the request's order: the same seed writes other WAL bytes
+        /// in another process (oracle 13, determinism).
+        NondeterministicIteration,
+    }
+
+    #[cfg(madsim)]
+    thread_local! {
+        static PLANTED: std::cell::Cell<Option<Bug>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Plants `bug` (or none) for the rest of this thread's run.
+    #[cfg(madsim)]
+    pub fn plant(bug: Option<Bug>) {
+        PLANTED.with(|p| p.set(bug));
+    }
+
+    /// Is `bug` planted in this run? Always `false` outside the simulator.
+    #[cfg(madsim)]
+    pub fn is_planted(bug: Bug) -> bool {
+        PLANTED.with(|p| p.get() == Some(bug))
+    }
+
+    /// Is `bug` planted in this run? Always `false` outside the simulator.
+    #[cfg(not(madsim))]
+    #[inline(always)]
+    pub fn is_planted(_bug: Bug) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,13 +98,58 @@ pub enum PlantedBug {
     StaleAdminRead,
     /// Replicated scenario: a primary whose lease has expired still acknowledges writes for the
     /// epoch it was granted (`LeaseHolder::check` ignores the expiry) — a partitioned old
-    /// primary keeps acknowledging after the leader promoted its secondary. Planted behind a
-    /// per-thread flag that exists only in the `cfg(madsim)` build (`sextant::lease::planted`).
+    /// primary keeps acknowledging after the leader promoted its secondary. This and the bugs
+    /// below are planted in the node's or storage's own code behind a per-thread switch that
+    /// exists only in the `cfg(madsim)` build (`sextant_core::determinism::planted`).
     AckAfterLeaseLapsed,
+    /// Ingest scenarios: a new block is renamed into place without fsyncing the blocks
+    /// directory, and the WAL is then truncated past its samples.
+    BlockDirFsyncSkipped,
+    /// Replicated scenario: the secondary acknowledges a replication batch, and durably records
+    /// its position, a second before it applies the batch.
+    ReplicationAckedBeforeApply,
+    /// Replicated scenario: the secondary flips the lowest bit of one value per replicated
+    /// batch it applies.
+    ReplicaValueBitFlipped,
+    /// Replicated scenario: a query served partially answers without its warning.
+    PartialWarningDropped,
+    /// Ingest scenarios: the active-series tracker is not seeded from the head at startup, so
+    /// the series limits are bypassed on the restart path.
+    SeriesLimitBypassedOnRestart,
+    /// Any scenario: a write's new series are logged in the iteration order of a map keyed by
+    /// their heap addresses (which differ between processes).
+    NondeterministicIteration,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 4] = [PlantedBug::AckBeforeFsync, PlantedBug::RaftLogUnsynced, PlantedBug::StaleAdminRead, PlantedBug::AckAfterLeaseLapsed];
+    pub const ALL: [PlantedBug; 10] = [
+        PlantedBug::AckBeforeFsync,
+        PlantedBug::RaftLogUnsynced,
+        PlantedBug::StaleAdminRead,
+        PlantedBug::AckAfterLeaseLapsed,
+        PlantedBug::BlockDirFsyncSkipped,
+        PlantedBug::ReplicationAckedBeforeApply,
+        PlantedBug::ReplicaValueBitFlipped,
+        PlantedBug::PartialWarningDropped,
+        PlantedBug::SeriesLimitBypassedOnRestart,
+        PlantedBug::NondeterministicIteration,
+    ];
+
+    /// The bug in node or storage code this names, if it is one (the others are planted in
+    /// the simulator's own code).
+    pub fn in_code(self) -> Option<sextant_core::determinism::planted::Bug> {
+        use sextant_core::determinism::planted::Bug;
+        match self {
+            PlantedBug::AckBeforeFsync | PlantedBug::RaftLogUnsynced | PlantedBug::StaleAdminRead => None,
+            PlantedBug::AckAfterLeaseLapsed => Some(Bug::AckAfterLeaseLapsed),
+            PlantedBug::BlockDirFsyncSkipped => Some(Bug::BlockDirFsyncSkipped),
+            PlantedBug::ReplicationAckedBeforeApply => Some(Bug::ReplicationAckedBeforeApply),
+            PlantedBug::ReplicaValueBitFlipped => Some(Bug::ReplicaValueBitFlipped),
+            PlantedBug::PartialWarningDropped => Some(Bug::PartialWarningDropped),
+            PlantedBug::SeriesLimitBypassedOnRestart => Some(Bug::SeriesLimitBypassedOnRestart),
+            PlantedBug::NondeterministicIteration => Some(Bug::NondeterministicIteration),
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -112,6 +157,12 @@ impl PlantedBug {
             PlantedBug::RaftLogUnsynced => "raft-log-unsynced",
             PlantedBug::StaleAdminRead => "stale-admin-read",
             PlantedBug::AckAfterLeaseLapsed => "ack-after-lease-lapsed",
+            PlantedBug::BlockDirFsyncSkipped => "block-dir-fsync-skipped",
+            PlantedBug::ReplicationAckedBeforeApply => "replication-acked-before-apply",
+            PlantedBug::ReplicaValueBitFlipped => "replica-value-bit-flipped",
+            PlantedBug::PartialWarningDropped => "partial-warning-dropped",
+            PlantedBug::SeriesLimitBypassedOnRestart => "series-limit-bypassed-on-restart",
+            PlantedBug::NondeterministicIteration => "nondeterministic-iteration",
         }
     }
 }

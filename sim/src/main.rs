@@ -39,8 +39,10 @@ mod real {
         /// reset on restart) instead of reporting them.
         #[arg(long = "strict")]
         strict_gaps: bool,
-        /// Plant a bug on purpose to test the oracles: ack-before-fsync (ingest scenarios),
-        /// raft-log-unsynced or stale-admin-read (metadata), ack-after-lease-lapsed
+        /// Plant a bug on purpose to test the oracles: ack-before-fsync,
+        /// block-dir-fsync-skipped, series-limit-bypassed-on-restart (ingest scenarios);
+        /// raft-log-unsynced, stale-admin-read (metadata); ack-after-lease-lapsed,
+        /// replication-acked-before-apply, replica-value-bit-flipped, partial-warning-dropped
         /// (replicated).
         #[arg(long)]
         plant: Option<sextant_sim::config::PlantedBug>,
@@ -124,6 +126,10 @@ mod real {
             /// Seeds run at once. Default: the available cores.
             #[arg(long)]
             jobs: Option<usize>,
+            /// Run every Nth seed twice, in two processes, and fail it unless both give one
+            /// trace hash (oracle 13); 0: never.
+            #[arg(long, default_value_t = sextant_sim::sweep::RECHECK_EVERY_DEFAULT)]
+            recheck_every: u64,
         },
     }
 
@@ -194,7 +200,7 @@ mod real {
                 let line = serde_json::to_string(&report.outcome()).unwrap_or_else(|e| fail(&format!("the outcome does not serialize: {e}")));
                 println!("{line}");
             }
-            Command::Sweep { seeds, scenario, common, jobs } => {
+            Command::Sweep { seeds, scenario, common, jobs, recheck_every } => {
                 let range = parse_range(&seeds).unwrap_or_else(|e| fail(&e));
                 let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
                 let mut template = RunOptions::new(0, Scenario::Steady);
@@ -204,7 +210,7 @@ mod real {
                 // Each seed in a child process of this binary: a sweep's seed runs exactly as
                 // its replay does (docs/design/simulation.md § Determinism).
                 let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("cannot find this executable to run seeds in: {e}")));
-                let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true, Some(&exe));
+                let summary = sextant_sim::sweep::sweep(range, scenario, &template, jobs, true, Some(&exe), recheck_every);
                 print!("{}", summary.text);
                 let minutes = started.elapsed().as_secs_f64() / 60.0;
                 println!(

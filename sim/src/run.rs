@@ -1208,7 +1208,7 @@ type SeedResult = ((Vec<TimedViolation>, Vec<String>, BTreeMap<String, u64>, u64
 /// One seed's simulation inside its runtime (the thread's BUGGIFY state already reset).
 async fn simulate_seed(options: RunOptions, config: SimConfig, schedule: Schedule, buggify_on: bool) -> SeedResult {
     sextant_core::determinism::buggify_enable(buggify_on);
-    sextant::lease::planted::set_ack_after_lease_lapsed(config.planted_bug == Some(crate::config::PlantedBug::AckAfterLeaseLapsed));
+    sextant_core::determinism::planted::plant(config.planted_bug.and_then(|b| b.in_code()));
     let result = if config.scenario == crate::config::Scenario::Metadata {
         let outcome = crate::metadata::simulate(options, config, schedule).await;
         (outcome.violations, Vec::new(), outcome.effective, outcome.trace_hash, outcome.writes_acked)

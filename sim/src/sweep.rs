@@ -9,8 +9,51 @@ use std::sync::Mutex;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Scenario;
-use crate::report::{RunOptions, RunReport};
+use crate::report::{RunOptions, RunReport, TimedViolation};
 use crate::run::{run, run_in_child};
+
+/// A sweep runs every `RECHECK_EVERY_DEFAULT`-th seed a second time, in another process, and
+/// fails it unless both runs gave one trace hash (oracle 13: the same seed replays exactly).
+/// One seed in 16 costs a sweep about 6% more time.
+pub const RECHECK_EVERY_DEFAULT: u64 = 16;
+
+/// Oracle 13 on a seed run twice in two processes: a violation unless both runs gave the same
+/// trace hash (which covers the event trace, every node's final disk contents and its applied
+/// metadata) and the same verdict.
+pub fn determinism_violation(first: &RunReport, second: &RunReport) -> Option<TimedViolation> {
+    if first.panic.is_some() || second.panic.is_some() {
+        return None;
+    }
+    let verdicts = |r: &RunReport| r.violations.iter().map(|v| v.oracle.clone()).collect::<std::collections::BTreeSet<_>>();
+    if first.trace_hash == second.trace_hash && verdicts(first) == verdicts(second) {
+        return None;
+    }
+    Some(TimedViolation {
+        at_ms: first.sim_ms,
+        oracle: "13-determinism".into(),
+        evidence: format!(
+            "seed {} gave trace_hash {:016x} ({} acked, oracles failed {:?}) and {:016x} ({} acked, {:?}) in two processes",
+            first.options.seed,
+            first.trace_hash,
+            first.samples_acked,
+            verdicts(first),
+            second.trace_hash,
+            second.samples_acked,
+            verdicts(second)
+        ),
+    })
+}
+
+/// Runs `options` in a child process of `exe` and, when `recheck`, once more in another, adding
+/// oracle 13's verdict to the first report.
+pub fn run_checked(exe: &std::path::Path, options: &RunOptions, recheck: bool) -> RunReport {
+    let mut report = run_in_child(exe, options);
+    if recheck {
+        let again = run_in_child(exe, options);
+        report.violations.extend(determinism_violation(&report, &again));
+    }
+    report
+}
 
 /// What `sweep` prints at the end, and whether every seed passed.
 pub struct SweepSummary {
@@ -25,8 +68,10 @@ impl SweepSummary {
 }
 
 /// Runs every seed of `seeds` (scenario `None`: each seed's scenario rotates through all), each
-/// in a child process of `child_exe` (a `sextant-sim` binary) when given, else in process.
-pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, template: &RunOptions, jobs: usize, progress: bool, child_exe: Option<&std::path::Path>) -> SweepSummary {
+/// in a child process of `child_exe` (a `sextant-sim` binary) when given, else in process. With
+/// a child executable and `recheck_every` > 0, every seed divisible by it runs twice
+/// ([`run_checked`], oracle 13).
+pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, template: &RunOptions, jobs: usize, progress: bool, child_exe: Option<&std::path::Path>, recheck_every: u64) -> SweepSummary {
     let all: Vec<u64> = seeds.collect();
     let bar = if progress { ProgressBar::new(all.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -37,6 +82,7 @@ pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, t
     let queue = Mutex::new(all.clone().into_iter());
     let reports = Mutex::new(Vec::new());
     let failed = Mutex::new(0usize);
+    let rechecked_failed = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
@@ -45,9 +91,12 @@ pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, t
                 options.seed = seed;
                 options.scenario = scenario.unwrap_or_else(|| Scenario::for_seed(seed));
                 let report = match child_exe {
-                    Some(exe) => run_in_child(exe, &options),
+                    Some(exe) => run_checked(exe, &options, recheck_every > 0 && seed % recheck_every == 0),
                     None => run(&options),
                 };
+                if report.violations.iter().any(|v| v.oracle == "13-determinism") {
+                    rechecked_failed.lock().expect("rechecked").push(seed);
+                }
                 if !report.passed() {
                     let mut failed = failed.lock().expect("failed");
                     *failed += 1;
@@ -109,6 +158,11 @@ pub fn sweep(seeds: std::ops::RangeInclusive<u64>, scenario: Option<Scenario>, t
         wall_ms as f64 / 1000.0,
         sim_ms as f64 / wall_ms.max(1) as f64
     ));
+    if child_exe.is_some() && recheck_every > 0 {
+        let rechecked = reports.iter().filter(|r| r.options.seed % recheck_every == 0).count();
+        let differed = rechecked_failed.into_inner().expect("rechecked");
+        text.push_str(&format!("determinism: {rechecked} seeds run twice in two processes (every {recheck_every}th), {} gave two trace hashes {differed:?}\n", differed.len()));
+    }
     let failed = reports.iter().filter(|r| !r.passed()).count();
     text.push_str(&format!("{} passed, {} failed\n", reports.len() - failed, failed));
     SweepSummary { reports, text }

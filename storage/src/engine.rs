@@ -354,6 +354,26 @@ struct HeadCut {
 /// Head cuts kept per shard (a checkpoint clears them; they are tiny).
 const HEAD_CUTS_MAX: usize = 10_000;
 
+/// The simulator's planted bug `Bug::NondeterministicIteration`: `series` in the iteration
+/// order of a map keyed by a hash of each entry's heap address — the shape of a set of
+/// pointers iterated into a record. Addresses move with the process's address-space layout
+/// (ASLR), so the same seed writes other WAL bytes in another process. (A `std` `HashMap`
+/// would not do: under madsim its random keys come from the seed.)
+fn planted_address_order(series: Vec<SeriesEntry>) -> Vec<SeriesEntry> {
+    use std::hash::{Hash, Hasher};
+    let boxed: Vec<Box<SeriesEntry>> = series.into_iter().map(Box::new).collect();
+    let by_address: BTreeMap<(u64, usize), Box<SeriesEntry>> = boxed
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            (&*entry as *const SeriesEntry as usize).hash(&mut hasher);
+            ((hasher.finish(), i), entry)
+        })
+        .collect();
+    by_address.into_values().map(|entry| *entry).collect()
+}
+
 fn is_persisted(cuts: &[HeadCut], seq: u64, t: TimestampMs) -> bool {
     cuts.iter().any(|c| seq <= c.wal_seq_max && t < c.before_t)
 }
@@ -854,6 +874,8 @@ impl Engine {
                 // Submit under the lock: WAL order is judgement order.
                 let series_ticket = if new_series.is_empty() {
                     None
+                } else if sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::NondeterministicIteration) {
+                    Some(self.inner.wal.submit(shard.id, RecordBody::Series(planted_address_order(new_series.clone())))?)
                 } else {
                     Some(self.inner.wal.submit(shard.id, RecordBody::Series(new_series.clone()))?)
                 };

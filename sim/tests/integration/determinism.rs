@@ -91,7 +91,7 @@ fn replicated_seed_same_trace_hash_in_two_processes() {
 fn a_sweep_runs_each_seed_exactly_as_its_replay() {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_sextant-sim"));
     let template = RunOptions::new(0, Scenario::Replicated);
-    let summary = sextant_sim::sweep::sweep(5..=8, Some(Scenario::Replicated), &template, 2, false, Some(exe));
+    let summary = sextant_sim::sweep::sweep(5..=8, Some(Scenario::Replicated), &template, 2, false, Some(exe), 0);
     assert_eq!(summary.failed(), 0, "{}", summary.text);
     assert_eq!(summary.reports.len(), 4);
     for report in &summary.reports {

@@ -853,6 +853,8 @@ impl Engine {
         let mut group_through: Option<u64> = None;
         let mut expected = position.map_or(1, |p| p + 1);
         let mut failure: Option<ApplyError> = None;
+        // The simulator's planted bug flips one value per batch (`Bug::ReplicaValueBitFlipped`).
+        let mut flipped = false;
         for (index, record) in tail.records.iter().enumerate() {
             let bad = |problem: RecordProblem| ApplyError::BadRecord { index, seq: record.seq, problem, applied_through: None };
             if record.shard != shard {
@@ -902,7 +904,12 @@ impl Engine {
                     }
                     for e in entries {
                         let key = &defs[&e.series_ref];
-                        group.entry(key.tenant.clone()).or_default().entry(key.labels.clone()).or_default().push(Sample::new(e.t, e.v));
+                        let mut v = e.v;
+                        if !flipped && sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::ReplicaValueBitFlipped) {
+                            v = f64::from_bits(v.to_bits() ^ 1);
+                            flipped = true;
+                        }
+                        group.entry(key.tenant.clone()).or_default().entry(key.labels.clone()).or_default().push(Sample::new(e.t, v));
                         group_samples += 1;
                     }
                 }
