@@ -7,7 +7,7 @@
 //! | `/api/v1/query`, `query_range`, `series`, `labels`, `label/{name}/values`, `metadata`, `status/buildinfo`, `rules`, `alerts`, `format_query`, `query_exemplars` | the Prometheus query API (`query_api`; role `read`) |
 //! | `GET /metrics` | the node's own metrics |
 //! | `GET /-/healthy` | 200 while the process serves HTTP |
-//! | `GET /-/ready` | 200 when writes are accepted; 503 while opening/replaying, after a poisoned WAL, while shutting down |
+//! | `GET /-/ready` | 200 when writes are accepted; 503 while opening/replaying, after a poisoned WAL, while shutting down, while the metadata member is not running, and while most recent clients are ahead of this node's clock past `future_skew_ms_max` (clockcheck.rs) |
 //!
 //! Remote-write header rules: `Content-Type` must be `application/x-protobuf` (absent is
 //! accepted; a `proto=` parameter other than `prometheus.WriteRequest`, i.e. Remote-Write
@@ -116,16 +116,17 @@ fn check_write_headers(headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
-async fn write(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+async fn write(State(node): State<Arc<Node>>, client: Option<axum::Extension<crate::server::ClientAddr>>, headers: HeaderMap, body: Body) -> Response {
     let started_ns = node.clock().now_monotonic_ns();
-    let response = write_inner(&node, &headers, body).await;
+    let client = client.map(|axum::Extension(crate::server::ClientAddr(addr))| addr.ip());
+    let response = write_inner(&node, client, &headers, body).await;
     let elapsed_ns = node.clock().now_monotonic_ns().saturating_sub(started_ns);
     node.metrics.write_duration_seconds.observe(elapsed_ns as f64 / 1e9);
     node.metrics.request("write", response.status().as_u16());
     response
 }
 
-async fn write_inner(node: &Node, headers: &HeaderMap, body: Body) -> Response {
+async fn write_inner(node: &Node, client: Option<std::net::IpAddr>, headers: &HeaderMap, body: Body) -> Response {
     let tenant = match tenant_for(node, headers, Role::Write) {
         Ok(tenant) => tenant,
         Err(response) => return response,
@@ -155,6 +156,12 @@ async fn write_inner(node: &Node, headers: &HeaderMap, body: Body) -> Response {
             return text(status, error.to_string());
         }
     };
+    // Every decoded request tells the clock check how the client's clock compares with this
+    // node's (clockcheck.rs), refused or not.
+    let newest_t_ms = request.timeseries.iter().flat_map(|ts| ts.samples.iter().map(|s| s.timestamp)).max();
+    if let (Some(client), Some(newest_t_ms)) = (client, newest_t_ms) {
+        node.observe_client_clock(client, newest_t_ms);
+    }
     // Forwarded writes carry the client's token to the shards' primaries (route.rs).
     let authorization = if node.tokens().is_some() { header_str(headers, "authorization").ok().flatten() } else { None };
     let outcome = node.ingest_as(&tenant, request, authorization).await;

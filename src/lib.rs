@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bench_write;
+pub mod clockcheck;
 pub mod cluster;
 pub mod config;
 pub mod duration;

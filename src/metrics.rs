@@ -97,6 +97,10 @@ pub struct Metrics {
     pub memory_bytes_max: Gauge,
     pub blocks: Gauge,
     pub ready: Gauge,
+    /// 1 when most recent clients are ahead of this node's clock past the bound (clockcheck.rs).
+    pub clock_behind_suspected: Gauge,
+    /// How far behind its clients the node's clock seems (median of the agreeing ones), or 0.
+    pub clock_behind_estimate_seconds: Gauge,
     pub wal_poisoned: Gauge,
     pub wal_fsyncs: Counter,
     pub wal_bytes_written: Counter,
@@ -174,6 +178,8 @@ impl Metrics {
             memory_bytes_max: Gauge::default(),
             blocks: Gauge::default(),
             ready: Gauge::default(),
+            clock_behind_suspected: Gauge::default(),
+            clock_behind_estimate_seconds: Gauge::default(),
             wal_poisoned: Gauge::default(),
             wal_fsyncs: Counter::default(),
             wal_bytes_written: Counter::default(),
@@ -228,6 +234,8 @@ impl Metrics {
         registry.register("memory_bytes_max", "The node's memory budget for series, chunks and postings", m.memory_bytes_max.clone());
         registry.register("blocks", "Blocks on disk", m.blocks.clone());
         registry.register("ready", "1 when the node accepts writes", m.ready.clone());
+        registry.register("clock_behind_suspected", "1 when most clients heard from in the last 5 minutes sent samples further ahead of this node's clock than future_skew_ms_max (the node then reports itself not ready)", m.clock_behind_suspected.clone());
+        registry.register("clock_behind_estimate_seconds", "How far this node's wall clock seems behind its clients' (median of the clients ahead past the bound); 0 when not suspected", m.clock_behind_estimate_seconds.clone());
         registry.register("wal_poisoned", "1 after an fsync error poisoned the WAL (writes refused until restart)", m.wal_poisoned.clone());
         registry.register("wal_fsyncs", "WAL file fsyncs", m.wal_fsyncs.clone());
         registry.register("wal_bytes_written", "Bytes written to WAL segments", m.wal_bytes_written.clone());

@@ -187,6 +187,8 @@ pub struct Node {
     /// The grant table and promotion decisions, used while this node leads the metadata group.
     lease_authority: crate::lease::LeaseAuthority,
     ack_observer: std::sync::OnceLock<AckObserver>,
+    /// Whether this node's wall clock runs behind its clients' (clockcheck.rs).
+    clock_check: crate::clockcheck::ClockCheck,
     pub metrics: Metrics,
 }
 
@@ -229,6 +231,7 @@ impl Node {
             lease: crate::lease::LeaseHolder::default(),
             lease_authority: crate::lease::LeaseAuthority::default(),
             ack_observer: std::sync::OnceLock::new(),
+            clock_check: crate::clockcheck::ClockCheck::new(),
             metrics,
             config,
             clock,
@@ -415,7 +418,23 @@ impl Node {
         if engine.wal_stats().poisoned {
             return Err("WAL poisoned by an fsync error; writes are refused until the node restarts".into());
         }
+        if let Some(reason) = self.clock_verdict().reason(self.config.acceptance.future_skew_ms_max) {
+            if !sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::SkewUnreported) {
+                return Err(reason);
+            }
+        }
         Ok(())
+    }
+
+    /// Notes a remote-write request from `client` whose newest sample is at `newest_t_ms`, for
+    /// the clock check (clockcheck.rs), at this node's clock readings now.
+    pub fn observe_client_clock(&self, client: std::net::IpAddr, newest_t_ms: i64) {
+        self.clock_check.observe(client, newest_t_ms, self.clock.now_wall_ms(), self.clock.now_monotonic_ns());
+    }
+
+    /// What the clients' sample times say about this node's clock now.
+    pub fn clock_verdict(&self) -> crate::clockcheck::ClockVerdict {
+        self.clock_check.verdict(self.config.acceptance.future_skew_ms_max, self.clock.now_monotonic_ns())
     }
 
     /// Stores metadata entries (latest wins), bounded per tenant.
@@ -738,6 +757,12 @@ impl Node {
     /// Refreshes engine-derived metrics (also done on each `/metrics` scrape).
     pub async fn refresh_metrics(&self) {
         self.metrics.ready.set(i64::from(self.readiness().is_ok()));
+        let (suspected, estimate_s) = match self.clock_verdict() {
+            crate::clockcheck::ClockVerdict::Behind { estimate_ms, .. } => (1, estimate_ms / 1000),
+            crate::clockcheck::ClockVerdict::Consistent => (0, 0),
+        };
+        self.metrics.clock_behind_suspected.set(suspected);
+        self.metrics.clock_behind_estimate_seconds.set(estimate_s);
         if let Ok(engine) = self.engine() {
             let status = engine.status().await;
             self.metrics.observe_engine(&status, &engine.wal_stats());

@@ -36,6 +36,10 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// The TCP peer of an HTTP request, as a request extension (`axum::Extension<ClientAddr>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Serves `router` on `listener` until `shutdown` turns true, then stops accepting, asks open
 /// connections to finish their current request, and returns once all have closed.
 pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>, connections_max: usize) {
@@ -70,7 +74,12 @@ pub async fn serve_http(listener: TcpListener, router: Router, mut shutdown: wat
         let router = router.clone();
         let mut connection_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| router.clone().oneshot(request));
+            // Handlers may ask who sent a request (`ClientAddr`): the clock check counts
+            // clients by address (clockcheck.rs).
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ClientAddr(peer));
+                router.clone().oneshot(request)
+            });
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {

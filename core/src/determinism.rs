@@ -255,6 +255,10 @@ pub mod planted {
         /// heap addresses instead of the request's order: the same seed writes other WAL bytes
         /// in another process (oracle 13, determinism).
         NondeterministicIteration,
+        /// The node ignores the clock check's verdict: a node whose clock is behind its clients'
+        /// past the bound answers `/-/ready` 200 while refusing every current sample (oracle
+        /// `skew-reported`).
+        SkewUnreported,
     }
 
     #[cfg(madsim)]

@@ -119,10 +119,13 @@ pub enum PlantedBug {
     /// Any scenario: a write's new series are logged in the iteration order of a map keyed by
     /// their heap addresses (which differ between processes).
     NondeterministicIteration,
+    /// Ingest scenarios: the node ignores its clock check, so a node far behind its clients
+    /// answers `/-/ready` 200 while refusing every current sample.
+    SkewUnreported,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::AckBeforeFsync,
         PlantedBug::RaftLogUnsynced,
         PlantedBug::StaleAdminRead,
@@ -133,6 +136,7 @@ impl PlantedBug {
         PlantedBug::PartialWarningDropped,
         PlantedBug::SeriesLimitBypassedOnRestart,
         PlantedBug::NondeterministicIteration,
+        PlantedBug::SkewUnreported,
     ];
 
     /// The bug in node or storage code this names, if it is one (the others are planted in
@@ -148,6 +152,7 @@ impl PlantedBug {
             PlantedBug::PartialWarningDropped => Some(Bug::PartialWarningDropped),
             PlantedBug::SeriesLimitBypassedOnRestart => Some(Bug::SeriesLimitBypassedOnRestart),
             PlantedBug::NondeterministicIteration => Some(Bug::NondeterministicIteration),
+            PlantedBug::SkewUnreported => Some(Bug::SkewUnreported),
         }
     }
 
@@ -163,6 +168,7 @@ impl PlantedBug {
             PlantedBug::PartialWarningDropped => "partial-warning-dropped",
             PlantedBug::SeriesLimitBypassedOnRestart => "series-limit-bypassed-on-restart",
             PlantedBug::NondeterministicIteration => "nondeterministic-iteration",
+            PlantedBug::SkewUnreported => "skew-unreported",
         }
     }
 }

@@ -656,7 +656,7 @@ async fn probe(shared: Arc<Shared>, cluster: Arc<Cluster>, node: usize, deadline
 }
 
 /// Oracle 11 and the clock-skew oracle, after the quiet phase.
-async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gaps: bool, known_gaps: &mut Vec<String>) {
+async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
     let config = &shared.config;
     for node in 0..cluster.nodes.len() {
         let deadline_ms = now_ms() + config.liveness_ms_max;
@@ -691,21 +691,22 @@ async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>, strict_gap
             });
         }
         let time_refused = matches!(&outcome, Some(Outcome::Refused { status: 400, message }) if message.contains("ahead of the node's clock"));
+        // The node must notice (clockcheck.rs: most of its recent clients are ahead past the
+        // bound) and say so on /-/ready.
         if status == 200 {
-            let gap = format!(
-                "skew-unreported: node-{node} wall clock is {offset_ms} ms off true time (past future_skew_ms_max {} ms) but /-/ready answers 200; writes of current samples {} — the node does not notice its skew yet",
-                config.future_skew_ms_max,
-                if time_refused { "are refused 400 \"ahead of the node's clock\"" } else { "came to something else" }
-            );
-            if strict_gaps {
-                shared.violate(Violation {
-                    oracle: "skew-reported",
-                    evidence: gap,
-                });
-            } else {
-                shared.event(format!("known gap: {gap}"));
-                known_gaps.push(gap);
-            }
+            shared.violate(Violation {
+                oracle: "skew-reported",
+                evidence: format!(
+                    "node-{node} wall clock is {offset_ms} ms off true time (past future_skew_ms_max {} ms) but /-/ready answers 200; writes of current samples {}",
+                    config.future_skew_ms_max,
+                    if time_refused { "are refused 400 \"ahead of the node's clock\"" } else { "came to something else" }
+                ),
+            });
+        } else if !body.contains("clock") {
+            shared.violate(Violation {
+                oracle: "skew-reported",
+                evidence: format!("node-{node} wall clock is {offset_ms} ms off true time: /-/ready answers {status} without naming the clock: {body:?}"),
+            });
         }
         if !time_refused && outcome != Some(Outcome::Acked) {
             shared.violate(Violation {
@@ -988,7 +989,8 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
     sleep_ms(config.fault_phase_ms.saturating_sub(now_ms())).await;
 
     // The quiet phase: the operator restarts nodes that cannot recover alone (poisoned WAL,
-    // failed open) and NTP corrects stepped clocks; then nothing happens for a while.
+    // failed open, stopped raft member) and NTP corrects stepped clocks; then nothing happens
+    // for a while.
     shared.event("quiet phase".into());
     // BUGGIFY is fault injection too: off while liveness is judged.
     sextant_core::determinism::buggify_enable(false);
@@ -999,7 +1001,9 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
             shared.event(format!("node-{} clock corrected", sim_node.index));
         }
         let stuck = match sim_node.node() {
-            Some(node) => node.readiness().err().filter(|reason| !reason.contains("opening")),
+            // A restart does not fix a clock (NTP does, above): a node that reports its clock
+            // behind its clients is left alone.
+            Some(node) => node.readiness().err().filter(|reason| !reason.contains("opening") && !reason.contains("wall clock")),
             None => Some("down".into()),
         };
         if let Some(reason) = stuck {
@@ -1013,8 +1017,10 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
     shared.quiet.store(true, Ordering::SeqCst);
     sleep_ms(config.quiet_phase_ms).await;
 
-    let mut known_gaps = Vec::new();
-    check_liveness(&shared, &cluster, options.strict_gaps, &mut known_gaps).await;
+    // Known gaps are reported, not failed, unless `--strict`; none is known at present (the
+    // last one, skew-unreported, is fixed: clockcheck.rs), the slot stays for the next.
+    let known_gaps: Vec<String> = Vec::new();
+    check_liveness(&shared, &cluster).await;
     if config.bomb {
         check_limits(&shared, &cluster).await;
     }

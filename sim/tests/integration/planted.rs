@@ -140,3 +140,10 @@ fn nondeterministic_iteration_is_caught() {
     }
     panic!("{bug} was not caught by oracle 13 in {SEEDS_MAX} seeds");
 }
+
+// A skewed clock left unreported: the node ignores its clock check, so a node far behind its
+// clients answers /-/ready 200 while refusing every current sample.
+#[test]
+fn skew_unreported_is_caught() {
+    caught_at(PlantedBug::SkewUnreported, Seeds::IngestMix, &["skew-reported"], &[]);
+}
