@@ -96,31 +96,23 @@ pub enum PlantedBug {
     /// asked for — what an admin service that ignored `--consistency linearizable` would do.
     /// Planted in the simulator's reader, so raft/'s code is untouched.
     StaleAdminRead,
-    /// Replicated scenario: a primary whose lease has expired still acknowledges writes for the
-    /// epoch it was granted (`LeaseHolder::check` ignores the expiry) — a partitioned old
-    /// primary keeps acknowledging after the leader promoted its secondary. This and the bugs
-    /// below are planted in the node's or storage's own code behind a per-thread switch that
-    /// exists only in the `cfg(madsim)` build (`sextant_core::determinism::planted`).
+    /// `Bug::AckAfterLeaseLapsed` (replicated scenario). This variant and the ones below are
+    /// planted in node or storage code behind `sextant_core::determinism::planted`, which
+    /// documents each bug; here they only name it for `--plant`.
     AckAfterLeaseLapsed,
-    /// Ingest scenarios: a new block is renamed into place without fsyncing the blocks
-    /// directory, and the WAL is then truncated past its samples.
+    /// `Bug::BlockDirFsyncSkipped` (ingest scenarios).
     BlockDirFsyncSkipped,
-    /// Replicated scenario: the secondary acknowledges a replication batch, and durably records
-    /// its position, a second before it applies the batch.
+    /// `Bug::ReplicationAckedBeforeApply` (replicated scenario).
     ReplicationAckedBeforeApply,
-    /// Replicated scenario: the secondary flips the lowest bit of one value per replicated
-    /// batch it applies.
+    /// `Bug::ReplicaValueBitFlipped` (replicated scenario).
     ReplicaValueBitFlipped,
-    /// Replicated scenario: a query served partially answers without its warning.
+    /// `Bug::PartialWarningDropped` (replicated scenario).
     PartialWarningDropped,
-    /// Ingest scenarios: the active-series tracker is not seeded from the head at startup, so
-    /// the series limits are bypassed on the restart path.
+    /// `Bug::SeriesLimitBypassedOnRestart` (ingest scenarios).
     SeriesLimitBypassedOnRestart,
-    /// Any scenario: a write's new series are logged in the iteration order of a map keyed by
-    /// their heap addresses (which differ between processes).
+    /// `Bug::NondeterministicIteration` (any scenario; caught by running a seed twice).
     NondeterministicIteration,
-    /// Ingest scenarios: the node ignores its clock check, so a node far behind its clients
-    /// answers `/-/ready` 200 while refusing every current sample.
+    /// `Bug::SkewUnreported` (ingest scenarios).
     SkewUnreported,
 }
 

@@ -53,16 +53,29 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
 
 // Goal: the accept loop serves keep-alive requests (health, a remote-write) and returns after
 // shutdown once the open connection is closed.
-#[tokio::test]
-async fn serves_http1_and_drains_on_shutdown() {
+/// A node with an open engine on a manual clock at `NOW`, served on `listen`.
+struct Serving {
+    engine: Engine,
+    address: std::net::SocketAddr,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(listen: &str) -> Serving {
     let clock = Arc::new(ManualClock::new(NOW));
     let node = Node::new(ServeConfig::default(), clock.clone(), None);
     let engine = Engine::open(Arc::new(SimFs::new(3)), clock.clone(), EngineConfig { shard_ids: vec![0, 1], retention_ms: None, ..EngineConfig::default() }).await.unwrap();
     node.set_engine(EngineSlot::Ready(engine.clone()));
-    let listener = TcpListener::bind("127.0.0.1:19480").await.unwrap();
+    let listener = TcpListener::bind(listen).await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve_http(listener, sextant::http::router(node.clone()), stop_rx, 4));
+    let server = tokio::spawn(serve_http(listener, sextant::http::router(node), stop_rx, 4));
+    Serving { engine, address, stop_tx, server }
+}
+
+#[tokio::test]
+async fn serves_http1_and_drains_on_shutdown() {
+    let Serving { engine, address, stop_tx, server } = serve("127.0.0.1:19480").await;
 
     let mut stream = TcpStream::connect(address).await.unwrap();
     write_all(&mut stream, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -130,14 +143,7 @@ async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 #[cfg(not(madsim))]
 #[tokio::test]
 async fn a_clock_behind_its_clients_is_reported_not_ready() {
-    let clock = Arc::new(ManualClock::new(NOW));
-    let node = Node::new(ServeConfig::default(), clock.clone(), None);
-    let engine = Engine::open(Arc::new(SimFs::new(3)), clock.clone(), EngineConfig { shard_ids: vec![0, 1], retention_ms: None, ..EngineConfig::default() }).await.unwrap();
-    node.set_engine(EngineSlot::Ready(engine.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve_http(listener, sextant::http::router(node.clone()), stop_rx, 8));
+    let Serving { engine, address, stop_tx, server } = serve("127.0.0.1:0").await;
     let hour_ahead = NOW + 3_600_000;
 
     let (status, body) = write_from(address, [127, 0, 0, 1], hour_ahead).await;
