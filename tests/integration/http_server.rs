@@ -53,6 +53,18 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
 
 // Goal: the accept loop serves keep-alive requests (health, a remote-write) and returns after
 // shutdown once the open connection is closed.
+/// Sends one remote-write (one series, value 1 at `t`) on `stream`; returns (status, body).
+async fn post_write(stream: &mut TcpStream, labels: Vec<Label>, t: i64) -> (u16, String) {
+    let body = encode_write_request(&WriteRequest {
+        timeseries: vec![TimeSeries { labels, samples: vec![Sample { value: 1.0, timestamp: t }], exemplars: vec![], histograms: vec![] }],
+        metadata: vec![],
+    });
+    let head = format!("POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n\r\n", body.len());
+    write_all(stream, head.as_bytes()).await;
+    write_all(stream, &body).await;
+    read_response(stream).await
+}
+
 /// A node with an open engine on a manual clock at `NOW`, served on `listen`.
 struct Serving {
     engine: Engine,
@@ -81,19 +93,7 @@ async fn serves_http1_and_drains_on_shutdown() {
     write_all(&mut stream, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(read_response(&mut stream).await, (200, "Sextant is Healthy.\n".to_string()));
 
-    let body = encode_write_request(&WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: vec![Label { name: "__name__".into(), value: "up".into() }],
-            samples: vec![Sample { value: 1.0, timestamp: NOW }],
-            exemplars: vec![],
-            histograms: vec![],
-        }],
-        metadata: vec![],
-    });
-    let head = format!("POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n\r\n", body.len());
-    write_all(&mut stream, head.as_bytes()).await;
-    write_all(&mut stream, &body).await;
-    assert_eq!(read_response(&mut stream).await.0, 204);
+    assert_eq!(post_write(&mut stream, vec![Label { name: "__name__".into(), value: "up".into() }], NOW).await.0, 204);
     assert_eq!(engine.head_series_count("default", Some("up")).await, 1);
 
     stop_tx.send(true).unwrap();
@@ -112,19 +112,8 @@ async fn write_from(address: std::net::SocketAddr, source: [u8; 4], t: i64) -> (
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(std::net::SocketAddr::from((source, 0))).unwrap();
     let mut stream = socket.connect(address).await.unwrap();
-    let body = encode_write_request(&WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: vec![Label { name: "__name__".into(), value: "up".into() }, Label { name: "source".into(), value: format!("{source:?}") }],
-            samples: vec![Sample { value: 1.0, timestamp: t }],
-            exemplars: vec![],
-            histograms: vec![],
-        }],
-        metadata: vec![],
-    });
-    let head = format!("POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n\r\n", body.len());
-    write_all(&mut stream, head.as_bytes()).await;
-    write_all(&mut stream, &body).await;
-    read_response(&mut stream).await
+    let labels = vec![Label { name: "__name__".into(), value: "up".into() }, Label { name: "source".into(), value: format!("{source:?}") }];
+    post_write(&mut stream, labels, t).await
 }
 
 #[cfg(not(madsim))]
