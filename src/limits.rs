@@ -23,11 +23,16 @@
 //! window below the threshold. At most `RUNAWAY_TRACKED_METRICS_MAX` metrics per tenant have
 //! a sketch at once; attempts for further metrics are counted in `untracked_attempts`.
 //!
-//! # In a cluster (later issue)
+//! # In a cluster
 //!
-//! Each shard enforces its share of a global limit: `share = ceil(limit / shards × 1.1)`, the
+//! Each shard enforces its share of a global limit: `share = ceil(limit × 1.1 / shards)`, the
 //! 10 % slack absorbing hash imbalance between shards (with 100,000 series over 16 shards the
-//! per-shard count's standard deviation is ~1 %, so 10 % is ten sigmas).
+//! per-shard count's standard deviation is ~1 %, so 10 % is ten sigmas). The tracker counts
+//! every series per shard as well as per tenant and metric; an admission names the series'
+//! shard and, in a cluster, the shard count ([`Placement`]), and is then judged against that
+//! shard's counts and shares only. The node admits a series where it is stored — on the
+//! shard's primary — so writes arriving at different nodes meet one count (node.rs, route.rs).
+//! Without a cluster (one node holds every shard) the whole limits apply to the node's counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -122,13 +127,92 @@ pub fn account_key_fingerprint(key: SeriesAccountKey) -> sextant_core::series::F
 pub enum Admission {
     Existing,
     New,
-    MetricLimit { metric: String, limit: u64 },
-    TenantLimit { limit: u64 },
+    /// `limit` is the limit in force; `share` is the shard's share of it, when judged by one.
+    MetricLimit { metric: String, limit: u64, share: Option<ShardShare> },
+    TenantLimit { limit: u64, share: Option<ShardShare> },
+}
+
+impl Admission {
+    /// For a refusal: its metrics `reason` (`series_per_metric_limit`, `series_per_tenant_limit`)
+    /// and the sentence the client reads.
+    pub fn refusal(&self, tenant: &str) -> Option<(&'static str, String)> {
+        let of_share = |share: &Option<ShardShare>| match share {
+            Some(ShardShare { shard, shards, share }) => format!(" (its share in shard {shard}: {share} of that limit over {shards} shards, 10 % slack included)"),
+            None => String::new(),
+        };
+        match self {
+            Admission::Existing | Admission::New => None,
+            Admission::MetricLimit { metric, limit, share } => Some((
+                LIMIT_KIND_METRIC,
+                format!("new series refused: metric {metric:?} has reached its limit of {limit} active series{} (existing series keep ingesting)", of_share(share)),
+            )),
+            Admission::TenantLimit { limit, share } => Some((LIMIT_KIND_TENANT, format!("new series refused: tenant {tenant:?} has reached its limit of {limit} active series{}", of_share(share)))),
+        }
+    }
+}
+
+/// The metrics `reason` of a sample refused by the per-metric series limit.
+pub const LIMIT_KIND_METRIC: &str = "series_per_metric_limit";
+/// The metrics `reason` of a sample refused by the per-tenant series limit.
+pub const LIMIT_KIND_TENANT: &str = "series_per_tenant_limit";
+/// Refused series one write keeps in detail.
+pub const LIMIT_REFUSALS_DETAILED_MAX: usize = 16;
+
+/// The series limits' refusals of one write (on the node that received it, or on a shard's
+/// primary for a forwarded batch, which sends them back).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitRefusals {
+    /// Refused samples by (reason kind, metric).
+    pub counted: BTreeMap<(&'static str, String), u64>,
+    /// The first [`LIMIT_REFUSALS_DETAILED_MAX`] refused series: (series as text, reason).
+    pub detailed: Vec<(String, String)>,
+}
+
+impl LimitRefusals {
+    /// Counts a refused series of `metric` with `samples` samples.
+    pub fn add(&mut self, kind: &'static str, metric: &str, samples: u64, detail: impl FnOnce() -> (String, String)) {
+        *self.counted.entry((kind, metric.to_string())).or_default() += samples;
+        if self.detailed.len() < LIMIT_REFUSALS_DETAILED_MAX {
+            self.detailed.push(detail());
+        }
+    }
+
+    pub fn merge(&mut self, other: LimitRefusals) {
+        for (key, n) in other.counted {
+            *self.counted.entry(key).or_default() += n;
+        }
+        let room = LIMIT_REFUSALS_DETAILED_MAX.saturating_sub(self.detailed.len());
+        self.detailed.extend(other.detailed.into_iter().take(room));
+    }
+
+    /// Refused samples in all.
+    pub fn samples(&self) -> u64 {
+        self.counted.values().sum()
+    }
+
+    /// The kind constant named `text` (as a forwarded reply carries it); an unknown kind (a
+    /// newer node) counts as the per-metric limit's, the more common one.
+    pub fn kind_of(text: &str) -> &'static str {
+        if text == LIMIT_KIND_TENANT {
+            LIMIT_KIND_TENANT
+        } else {
+            LIMIT_KIND_METRIC
+        }
+    }
+}
+
+/// The share of a cluster-wide limit that refused a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardShare {
+    pub shard: u32,
+    pub shards: u32,
+    pub share: u64,
 }
 
 #[derive(Debug)]
 struct ActiveSeries {
     metric: Arc<str>,
+    shard: u32,
     last_write_ms: i64,
 }
 
@@ -146,8 +230,42 @@ struct TenantSeries {
     /// Lookup and expiry only; never walked to build output.
     series: HashMap<SeriesAccountKey, ActiveSeries>,
     per_metric: BTreeMap<Arc<str>, u64>,
+    /// Series per shard, and per (metric, shard): what a cluster's shares are judged on.
+    per_shard: BTreeMap<u32, u64>,
+    per_metric_shard: BTreeMap<(Arc<str>, u32), u64>,
     runaway: BTreeMap<Arc<str>, RunawayState>,
     untracked_attempts: u64,
+}
+
+impl TenantSeries {
+    /// Counts a new series everywhere it is counted.
+    fn insert(&mut self, key: SeriesAccountKey, metric: &str, shard: u32, now_ms: i64) {
+        let metric: Arc<str> = match self.per_metric.get_key_value(metric) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(metric),
+        };
+        *self.per_metric.entry(metric.clone()).or_default() += 1;
+        *self.per_shard.entry(shard).or_default() += 1;
+        *self.per_metric_shard.entry((metric.clone(), shard)).or_default() += 1;
+        self.series.insert(key, ActiveSeries { metric, shard, last_write_ms: now_ms });
+    }
+
+    /// Uncounts a series everywhere it was counted.
+    fn remove(&mut self, key: SeriesAccountKey) {
+        let Some(active) = self.series.remove(&key) else { return };
+        decrement(&mut self.per_metric, &active.metric);
+        decrement(&mut self.per_shard, &active.shard);
+        decrement(&mut self.per_metric_shard, &(active.metric, active.shard));
+    }
+}
+
+fn decrement<K: Ord>(counts: &mut BTreeMap<K, u64>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// One runaway metric, for reports.
@@ -168,6 +286,32 @@ pub struct SeriesLimits {
     pub per_tenant_max: u64,
 }
 
+/// Where an admitted series is stored: its shard and, when the node is one of several in a
+/// cluster, the shard count its limits are shared over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub shard: u32,
+    /// `Some(shards)`: judge against this shard's share of each limit; `None`: against the
+    /// whole limits (no cluster).
+    pub shared_over: Option<u32>,
+}
+
+impl Placement {
+    /// A node without a cluster: every shard is here and the whole limits apply.
+    pub fn whole(shard: u32) -> Placement {
+        Placement { shard, shared_over: None }
+    }
+}
+
+/// One shard's share of a cluster-wide limit: `ceil(limit × 1.1 / shards)` (module docs). A
+/// limit of 0 stays 0 (every new series refused); with one shard the share is the limit plus
+/// the slack.
+pub fn limit_share(limit: u64, shards: u32) -> u64 {
+    let shards = u128::from(shards.max(1));
+    let share = (u128::from(limit) * 11).div_ceil(10 * shards);
+    u64::try_from(share).unwrap_or(u64::MAX)
+}
+
 /// Settings of the tracker.
 #[derive(Clone, Debug)]
 pub struct TrackerLimits {
@@ -185,11 +329,13 @@ pub struct SeriesTracker {
     window_start_ms: i64,
     /// Runaway flags raised and not yet logged, drained by the caller.
     newly_flagged: Vec<(String, String, u64)>,
+    /// Shard → the epoch at which its stored series were last counted (in a cluster).
+    seeded: BTreeMap<u32, u64>,
 }
 
 impl SeriesTracker {
     pub fn new(limits: TrackerLimits, now_ms: i64) -> Self {
-        SeriesTracker { limits, tenants: BTreeMap::new(), window_start_ms: now_ms, newly_flagged: Vec::new() }
+        SeriesTracker { limits, tenants: BTreeMap::new(), window_start_ms: now_ms, newly_flagged: Vec::new(), seeded: BTreeMap::new() }
     }
 
     /// True if the tenant is known or there is room for one more.
@@ -200,7 +346,7 @@ impl SeriesTracker {
     /// Admits a series (see the module documentation). `metric` is its `__name__`.
     /// A lowered limit refuses new series until the count falls below it; series already
     /// counted keep ingesting.
-    pub fn admit(&mut self, tenant: &str, key: SeriesAccountKey, metric: &str, now_ms: i64, series: SeriesLimits) -> Admission {
+    pub fn admit(&mut self, tenant: &str, key: SeriesAccountKey, metric: &str, placement: Placement, now_ms: i64, series: SeriesLimits) -> Admission {
         let limits = self.limits.clone();
         let state = self.tenants.entry(tenant.to_string()).or_default();
         if let Some(active) = state.series.get_mut(&key) {
@@ -240,19 +386,34 @@ impl SeriesTracker {
             self.newly_flagged.push((tenant.to_string(), metric.to_string(), estimate));
         }
         let state = self.tenants.get_mut(tenant).expect("inserted above");
-        let metric_count = state.per_metric.get(metric).copied().unwrap_or(0);
-        if metric_count >= series.per_metric_max {
-            return Admission::MetricLimit { metric: metric.to_string(), limit: series.per_metric_max };
+        let shard = placement.shard;
+        match placement.shared_over {
+            None => {
+                if state.per_metric.get(metric).copied().unwrap_or(0) >= series.per_metric_max {
+                    return Admission::MetricLimit { metric: metric.to_string(), limit: series.per_metric_max, share: None };
+                }
+                if state.series.len() as u64 >= series.per_tenant_max {
+                    return Admission::TenantLimit { limit: series.per_tenant_max, share: None };
+                }
+            }
+            Some(shards) => {
+                let share = |limit| ShardShare { shard, shards, share: limit_share(limit, shards) };
+                let metric_share = share(series.per_metric_max);
+                // A metric without a count has none in any shard (no key built for it).
+                let in_shard = match state.per_metric.get_key_value(metric) {
+                    Some((name, _)) => state.per_metric_shard.get(&(name.clone(), shard)).copied().unwrap_or(0),
+                    None => 0,
+                };
+                if in_shard >= metric_share.share {
+                    return Admission::MetricLimit { metric: metric.to_string(), limit: series.per_metric_max, share: Some(metric_share) };
+                }
+                let tenant_share = share(series.per_tenant_max);
+                if state.per_shard.get(&shard).copied().unwrap_or(0) >= tenant_share.share {
+                    return Admission::TenantLimit { limit: series.per_tenant_max, share: Some(tenant_share) };
+                }
+            }
         }
-        if state.series.len() as u64 >= series.per_tenant_max {
-            return Admission::TenantLimit { limit: series.per_tenant_max };
-        }
-        let metric: Arc<str> = match state.per_metric.get_key_value(metric) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(metric),
-        };
-        *state.per_metric.entry(metric.clone()).or_default() += 1;
-        state.series.insert(key, ActiveSeries { metric, last_write_ms: now_ms });
+        state.insert(key, metric, shard, now_ms);
         Admission::New
     }
 
@@ -260,7 +421,7 @@ impl SeriesTracker {
     /// at `now_ms`, whatever the limits: it is in the head whether or not it fits, and
     /// counting it is what stops each restart from admitting another full limit. Seeding a
     /// series twice counts it once. Does not feed the runaway sketches (not an attempt).
-    pub fn seed(&mut self, tenant: &str, key: SeriesAccountKey, metric: &str, now_ms: i64) {
+    pub fn seed(&mut self, tenant: &str, key: SeriesAccountKey, metric: &str, shard: u32, now_ms: i64) {
         let state = match self.tenants.get_mut(tenant) {
             Some(state) => state,
             None => self.tenants.entry(tenant.to_string()).or_default(),
@@ -269,29 +430,25 @@ impl SeriesTracker {
             active.last_write_ms = active.last_write_ms.max(now_ms);
             return;
         }
-        let metric: Arc<str> = match state.per_metric.get_key_value(metric) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(metric),
-        };
-        *state.per_metric.entry(metric.clone()).or_default() += 1;
-        state.series.insert(key, ActiveSeries { metric, last_write_ms: now_ms });
+        state.insert(key, metric, shard, now_ms);
     }
 
     /// Forgets a series admitted as new whose write failed as a whole.
     pub fn forget(&mut self, tenant: &str, key: SeriesAccountKey) {
         let Some(state) = self.tenants.get_mut(tenant) else { return };
-        if let Some(active) = state.series.remove(&key) {
-            Self::decrement(&mut state.per_metric, &active.metric);
-        }
+        state.remove(key);
     }
 
-    fn decrement(per_metric: &mut BTreeMap<Arc<str>, u64>, metric: &Arc<str>) {
-        if let Some(count) = per_metric.get_mut(metric) {
-            *count -= 1;
-            if *count == 0 {
-                per_metric.remove(metric);
-            }
-        }
+    /// The epoch at which this node last counted a shard's stored series
+    /// ([`SeriesTracker::mark_seeded`]); a primary seeds again when it holds a newer epoch.
+    pub fn seeded_epoch(&self, shard: u32) -> Option<u64> {
+        self.seeded.get(&shard).copied()
+    }
+
+    /// Records that the shard's stored series were counted at `epoch`.
+    pub fn mark_seeded(&mut self, shard: u32, epoch: u64) {
+        let entry = self.seeded.entry(shard).or_insert(epoch);
+        *entry = (*entry).max(epoch);
     }
 
     /// Drops idle series and rolls the runaway window. Called by the maintenance loop.
@@ -302,14 +459,10 @@ impl SeriesTracker {
             self.window_start_ms = now_ms;
         }
         for state in self.tenants.values_mut() {
-            let per_metric = &mut state.per_metric;
-            state.series.retain(|_, active| {
-                let keep = active.last_write_ms >= idle_before;
-                if !keep {
-                    Self::decrement(per_metric, &active.metric);
-                }
-                keep
-            });
+            let idle: Vec<SeriesAccountKey> = state.series.iter().filter(|(_, active)| active.last_write_ms < idle_before).map(|(key, _)| *key).collect();
+            for key in idle {
+                state.remove(key);
+            }
             if window_over {
                 state.runaway.retain(|_, runaway| {
                     let estimate = runaway.sketch.as_ref().map_or(0, |s| s.estimate());
@@ -385,6 +538,7 @@ mod tests {
     }
 
     const SERIES: SeriesLimits = SeriesLimits { per_metric_max: 3, per_tenant_max: 5 };
+    const WHOLE: Placement = Placement { shard: 0, shared_over: None };
 
     // Goal: the account key is the two documented hashes of the identity byte string, and its
     // high half is the core fingerprint the ingest path routes by (it hashes once for both).
@@ -404,22 +558,22 @@ mod tests {
     fn limits_refuse_only_new_series() {
         let mut tracker = SeriesTracker::new(limits(), 0);
         for key in 0..3u128 {
-            assert_eq!(tracker.admit("t", key, "a", 0, SERIES), Admission::New);
+            assert_eq!(tracker.admit("t", key, "a", WHOLE, 0, SERIES), Admission::New);
         }
-        assert_eq!(tracker.admit("t", 3, "a", 0, SERIES), Admission::MetricLimit { metric: "a".into(), limit: 3 });
-        assert_eq!(tracker.admit("t", 0, "a", 1, SERIES), Admission::Existing);
-        assert_eq!(tracker.admit("t", 10, "b", 1, SERIES), Admission::New);
-        assert_eq!(tracker.admit("t", 11, "b", 1, SERIES), Admission::New);
-        assert_eq!(tracker.admit("t", 12, "c", 1, SERIES), Admission::TenantLimit { limit: 5 });
+        assert_eq!(tracker.admit("t", 3, "a", WHOLE, 0, SERIES), Admission::MetricLimit { metric: "a".into(), limit: 3, share: None });
+        assert_eq!(tracker.admit("t", 0, "a", WHOLE, 1, SERIES), Admission::Existing);
+        assert_eq!(tracker.admit("t", 10, "b", WHOLE, 1, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 11, "b", WHOLE, 1, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 12, "c", WHOLE, 1, SERIES), Admission::TenantLimit { limit: 5, share: None });
         assert_eq!(tracker.active_series("t", None), 5);
         assert_eq!(tracker.active_series("t", Some("a")), 3);
         tracker.forget("t", 11);
-        assert_eq!(tracker.admit("t", 12, "c", 1, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 12, "c", WHOLE, 1, SERIES), Admission::New);
         // Series 1 and 2 idle past 10 s; 0 was written at 9 000.
-        assert_eq!(tracker.admit("t", 0, "a", 9_000, SERIES), Admission::Existing);
+        assert_eq!(tracker.admit("t", 0, "a", WHOLE, 9_000, SERIES), Admission::Existing);
         tracker.maintain(10_500);
         assert_eq!(tracker.active_series("t", Some("a")), 1);
-        assert_eq!(tracker.admit("t", 3, "a", 10_500, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 3, "a", WHOLE, 10_500, SERIES), Admission::New);
         assert!(tracker.tenant_allowed("t"));
         assert!(tracker.tenant_allowed("u"));
     }
@@ -431,14 +585,14 @@ mod tests {
     fn seeded_series_count_against_limits() {
         let mut tracker = SeriesTracker::new(limits(), 0);
         for key in 0..4u128 {
-            tracker.seed("t", key, "a", 0);
+            tracker.seed("t", key, "a", 0, 0);
         }
-        tracker.seed("t", 0, "a", 0);
+        tracker.seed("t", 0, "a", 0, 0);
         assert_eq!(tracker.active_series("t", Some("a")), 4, "over the limit of 3, as the head holds them");
-        assert_eq!(tracker.admit("t", 9, "a", 1, SERIES), Admission::MetricLimit { metric: "a".into(), limit: 3 });
-        assert_eq!(tracker.admit("t", 2, "a", 1, SERIES), Admission::Existing);
-        assert_eq!(tracker.admit("t", 10, "b", 1, SERIES), Admission::New);
-        assert_eq!(tracker.admit("t", 11, "b", 1, SERIES), Admission::TenantLimit { limit: 5 });
+        assert_eq!(tracker.admit("t", 9, "a", WHOLE, 1, SERIES), Admission::MetricLimit { metric: "a".into(), limit: 3, share: None });
+        assert_eq!(tracker.admit("t", 2, "a", WHOLE, 1, SERIES), Admission::Existing);
+        assert_eq!(tracker.admit("t", 10, "b", WHOLE, 1, SERIES), Admission::New);
+        assert_eq!(tracker.admit("t", 11, "b", WHOLE, 1, SERIES), Admission::TenantLimit { limit: 5, share: None });
         tracker.maintain(10_001);
         assert_eq!(tracker.active_series("t", Some("a")), 1, "only series 2 was written since");
     }
@@ -450,11 +604,11 @@ mod tests {
     fn runaway_flagged_once_and_cleared() {
         let mut tracker = SeriesTracker::new(limits(), 0);
         for _ in 0..10 {
-            tracker.admit("t", 100, "bomb", 0, SERIES);
+            tracker.admit("t", 100, "bomb", WHOLE, 0, SERIES);
         }
         assert!(tracker.runaway("t").is_empty());
         for key in 0..20u128 {
-            tracker.admit("t", key << 64, "bomb", 0, SERIES);
+            tracker.admit("t", key << 64, "bomb", WHOLE, 0, SERIES);
         }
         let flagged = tracker.take_newly_flagged();
         assert_eq!(flagged.len(), 1);
@@ -473,15 +627,61 @@ mod tests {
     fn limits_change_between_admissions() {
         let mut tracker = SeriesTracker::new(limits(), 0);
         let two = SeriesLimits { per_metric_max: 2, per_tenant_max: 100 };
-        assert_eq!(tracker.admit("t", 1, "a", 0, two), Admission::New);
-        assert_eq!(tracker.admit("t", 2, "a", 0, two), Admission::New);
-        assert_eq!(tracker.admit("t", 3, "a", 0, two), Admission::MetricLimit { metric: "a".into(), limit: 2 });
+        assert_eq!(tracker.admit("t", 1, "a", WHOLE, 0, two), Admission::New);
+        assert_eq!(tracker.admit("t", 2, "a", WHOLE, 0, two), Admission::New);
+        assert_eq!(tracker.admit("t", 3, "a", WHOLE, 0, two), Admission::MetricLimit { metric: "a".into(), limit: 2, share: None });
         let three = SeriesLimits { per_metric_max: 3, ..two };
-        assert_eq!(tracker.admit("t", 3, "a", 0, three), Admission::New);
+        assert_eq!(tracker.admit("t", 3, "a", WHOLE, 0, three), Admission::New);
         let one = SeriesLimits { per_metric_max: 1, ..two };
-        assert_eq!(tracker.admit("t", 4, "a", 0, one), Admission::MetricLimit { metric: "a".into(), limit: 1 });
-        assert_eq!(tracker.admit("t", 2, "a", 0, one), Admission::Existing);
+        assert_eq!(tracker.admit("t", 4, "a", WHOLE, 0, one), Admission::MetricLimit { metric: "a".into(), limit: 1, share: None });
+        assert_eq!(tracker.admit("t", 2, "a", WHOLE, 0, one), Admission::Existing);
         assert_eq!(tracker.active_series("t", Some("a")), 3);
+    }
+
+    // Goal: the share rule as documented, rounding up, for the limits people configure.
+    #[test]
+    fn limit_shares() {
+        for (limit, shards, share) in [(100_000u64, 16u32, 6_875u64), (1_000_000, 16, 68_750), (100, 3, 37), (10, 4, 3), (1, 16, 1), (0, 4, 0), (50, 1, 55), (u64::MAX, 1, u64::MAX)] {
+            assert_eq!(limit_share(limit, shards), share, "limit {limit} over {shards} shards");
+        }
+    }
+
+    // Goal: in a cluster each shard admits new series up to its share of each limit, counted
+    // per shard: a full shard refuses (naming its share) while other shards of the same
+    // metric still admit; forgetting and idling give the room back in that shard only.
+    #[test]
+    fn shards_admit_up_to_their_share() {
+        let mut tracker = SeriesTracker::new(limits(), 0);
+        let limits = SeriesLimits { per_metric_max: 4, per_tenant_max: 8 };
+        let on = |shard| Placement { shard, shared_over: Some(2) };
+        // Metric share: ceil(4 × 1.1 / 2) = 3 per shard; tenant share ceil(8.8 / 2) = 5.
+        for key in 0..3u128 {
+            assert_eq!(tracker.admit("t", key, "a", on(0), 0, limits), Admission::New);
+        }
+        let full = ShardShare { shard: 0, shards: 2, share: 3 };
+        assert_eq!(tracker.admit("t", 3, "a", on(0), 0, limits), Admission::MetricLimit { metric: "a".into(), limit: 4, share: Some(full) });
+        assert_eq!(tracker.admit("t", 0, "a", on(0), 0, limits), Admission::Existing);
+        assert_eq!(tracker.admit("t", 4, "a", on(1), 0, limits), Admission::New, "shard 1 has its own share");
+        assert_eq!(tracker.active_series("t", Some("a")), 4);
+        for key in 10..12u128 {
+            assert_eq!(tracker.admit("t", key, "b", on(0), 0, limits), Admission::New);
+        }
+        assert_eq!(tracker.admit("t", 12, "c", on(0), 0, limits), Admission::TenantLimit { limit: 8, share: Some(ShardShare { shard: 0, shards: 2, share: 5 }) });
+        tracker.forget("t", 10);
+        assert_eq!(tracker.admit("t", 12, "c", on(0), 0, limits), Admission::New);
+        // Seeded series count in their shard too (a promoted primary counts what it stores).
+        tracker.seed("t", 20, "a", 1, 0);
+        tracker.seed("t", 21, "a", 1, 0);
+        assert_eq!(tracker.admit("t", 22, "a", on(1), 0, limits), Admission::MetricLimit { metric: "a".into(), limit: 4, share: Some(ShardShare { shard: 1, shards: 2, share: 3 }) });
+        // Only series 0 is written again; the rest idle out of their shards' counts.
+        assert_eq!(tracker.admit("t", 0, "a", on(0), 9_000, limits), Admission::Existing);
+        tracker.maintain(10_500);
+        assert_eq!(tracker.active_series("t", None), 1);
+        assert_eq!(tracker.admit("t", 22, "a", on(1), 10_500, limits), Admission::New);
+        assert_eq!(tracker.admit("t", 23, "a", on(0), 10_500, limits), Admission::New);
+        tracker.mark_seeded(1, 7);
+        tracker.mark_seeded(1, 5);
+        assert_eq!((tracker.seeded_epoch(1), tracker.seeded_epoch(0)), (Some(7), None), "the newest epoch counted stays");
     }
 
     // Goal: a rate change keeps what accrued (capped by the new burst) and refills at the

@@ -369,10 +369,12 @@ impl Node {
             keys.clear();
         }
         let now_ms = self.clock.now_wall_ms();
+        let shard_count = self.router.table().shard_count().unwrap_or(engine.shard_ids().len() as u32);
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for key in &keys {
-                tracker.seed(&key.tenant, series_account_key(&key.tenant, &key.labels), key.labels.metric_name(), now_ms);
+                let account = series_account_key(&key.tenant, &key.labels);
+                tracker.seed(&key.tenant, account, key.labels.metric_name(), shard_for(crate::limits::account_key_fingerprint(account), shard_count), now_ms);
             }
             self.metrics.active_series_tracked.set(tracker.active_series_total() as i64);
         }
@@ -380,6 +382,99 @@ impl Node {
             tracing::info!(series = keys.len(), "active-series tracker seeded from the head");
         }
         self.set_engine(EngineSlot::Ready(engine));
+    }
+
+    /// In a cluster, counts the stored series of each shard this node holds as primary at an
+    /// epoch newer than the one it last counted them at (a promotion, a move, the first write
+    /// after a start), before any series of that shard is admitted against its share: a
+    /// promoted secondary holds series it never admitted, and without this it would admit
+    /// another full share of new series, or refuse existing series whose room a bomb took.
+    pub async fn seed_primary_shards(&self, engine: &Engine, table: &crate::route::RouteTable) {
+        let Some(shard_count) = table.limits_shared_over() else { return };
+        let due: BTreeMap<u32, u64> = {
+            let tracker = self.tracker.lock().expect("tracker lock");
+            table.my_primaries().into_iter().filter(|(shard, epoch)| tracker.seeded_epoch(*shard).is_none_or(|seen| seen < *epoch)).collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let keys = engine.head_series_keys().await;
+        let now_ms = self.clock.now_wall_ms();
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        let mut seeded = 0u64;
+        for key in &keys {
+            let account = series_account_key(&key.tenant, &key.labels);
+            let shard = shard_for(crate::limits::account_key_fingerprint(account), shard_count);
+            if due.contains_key(&shard) {
+                tracker.seed(&key.tenant, account, key.labels.metric_name(), shard, now_ms);
+                seeded += 1;
+            }
+        }
+        for (shard, epoch) in &due {
+            tracker.mark_seeded(*shard, *epoch);
+        }
+        self.metrics.active_series_tracked.set(tracker.active_series_total() as i64);
+        tracing::info!(shards = ?due, series = seeded, "active-series tracker counted the stored series of shards newly held as primary");
+    }
+
+    /// Admits a forwarded batch of `shard` (this node its primary) against the tenant's series
+    /// limits, as the shard's share of them in a cluster. Returns the series to store, the
+    /// keys of those newly counted (forgotten again if the store fails), and the refusals.
+    pub fn admit_as_primary(&self, table: &crate::route::RouteTable, tenant: &str, shard: u32, series: Vec<WriteSeries>) -> (Vec<WriteSeries>, Vec<SeriesAccountKey>, crate::limits::LimitRefusals) {
+        let tenant_limits = self.tenant_limits(tenant);
+        let series_limits = SeriesLimits { per_metric_max: tenant_limits.series_per_metric_max, per_tenant_max: tenant_limits.series_per_tenant_max };
+        let placement = table.placement(shard);
+        let now_ms = self.clock.now_wall_ms();
+        let mut refused = crate::limits::LimitRefusals::default();
+        let mut new_keys = Vec::new();
+        let mut admitted = Vec::with_capacity(series.len());
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        for s in series {
+            let key = series_account_key(tenant, &s.labels);
+            let admission = tracker.admit(tenant, key, s.labels.metric_name(), placement, now_ms, series_limits);
+            match admission.refusal(tenant) {
+                None => {
+                    if admission == Admission::New {
+                        new_keys.push(key);
+                    }
+                    admitted.push(s);
+                }
+                Some((kind, reason)) => {
+                    refused.add(kind, s.labels.metric_name(), s.samples.len() as u64, || (quote_pairs(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))), reason));
+                }
+            }
+        }
+        for (tenant, metric, estimate) in tracker.take_newly_flagged() {
+            tracing::warn!(%tenant, %metric, new_series_estimate = estimate, "runaway metric: many new series in one window (counted on this shard primary)");
+        }
+        (admitted, new_keys, refused)
+    }
+
+    /// Forgets series counted as new for a store that did not create them: `keys` of a failed
+    /// store, and the series the memory budget refused.
+    pub fn forget_series(&self, tenant: &str, keys: &[SeriesAccountKey], refused_memory: &[Labels]) {
+        if keys.is_empty() && refused_memory.is_empty() {
+            return;
+        }
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        for key in keys {
+            tracker.forget(tenant, *key);
+        }
+        for labels in refused_memory {
+            tracker.forget(tenant, series_account_key(tenant, labels));
+        }
+    }
+
+    /// Counts a write's series-limit refusals in the metrics and the client's answer.
+    fn count_limit_refusals(&self, tenant: &str, limit: &crate::limits::LimitRefusals, refusals: &mut Refusals) {
+        for ((kind, metric), n) in &limit.counted {
+            self.metrics.refused(kind, *n);
+            self.metrics.cardinality_refused(tenant, metric, *n);
+        }
+        for (series, reason) in &limit.detailed {
+            refusals.add(0, || format!("{series}: {reason}"));
+        }
+        refusals.samples += limit.samples();
     }
 
     /// Takes the engine out for shutdown; later writes answer 503.
@@ -551,8 +646,14 @@ impl Node {
         let shard_count = routes.shard_count().unwrap_or(engine.shard_ids().len() as u32);
         let mut per_shard: BTreeMap<u32, Vec<WriteSeries>> = BTreeMap::new();
         let mut new_keys: BTreeMap<u32, Vec<SeriesAccountKey>> = BTreeMap::new();
-        let now_ms = self.clock.now_wall_ms();
         let series_limits = SeriesLimits { per_metric_max: tenant_limits.series_per_metric_max, per_tenant_max: tenant_limits.series_per_tenant_max };
+        // Series are admitted against the limits where they are stored: here for the shards
+        // this node writes locally, on the primary for forwarded ones (route.rs). In a cluster
+        // each shard admits up to its share (limits.rs), after counting what it stores.
+        let shared_over = routes.limits_shared_over();
+        self.seed_primary_shards(&engine, &routes).await;
+        let mut limit_refusals = crate::limits::LimitRefusals::default();
+        let now_ms = self.clock.now_wall_ms();
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for mut series in request.timeseries {
@@ -582,22 +683,16 @@ impl Node {
                     continue;
                 }
                 let key = series_account_key(tenant, &labels);
-                let metric = labels.metric_name().to_string();
                 let shard = shard_for(crate::limits::account_key_fingerprint(key), shard_count);
-                match tracker.admit(tenant, key, &metric, now_ms, series_limits) {
-                    Admission::Existing => {}
-                    Admission::New => new_keys.entry(shard).or_default().push(key),
-                    Admission::MetricLimit { metric, limit } => {
-                        self.metrics.refused("series_per_metric_limit", n);
-                        self.metrics.cardinality_refused(tenant, &metric, n);
-                        refusals.add(n, || format!("{}: new series refused: metric {metric:?} has reached its limit of {limit} active series (existing series keep ingesting)", quoted()));
+                if routes.writes_locally(shard) {
+                    let metric = labels.metric_name();
+                    let admission = tracker.admit(tenant, key, metric, crate::limits::Placement { shard, shared_over }, now_ms, series_limits);
+                    if let Some((kind, reason)) = admission.refusal(tenant) {
+                        limit_refusals.add(kind, metric, n, || (quoted(), reason));
                         continue;
                     }
-                    Admission::TenantLimit { limit } => {
-                        self.metrics.refused("series_per_tenant_limit", n);
-                        self.metrics.cardinality_refused(tenant, &metric, n);
-                        refusals.add(n, || format!("{}: new series refused: tenant {tenant:?} has reached its limit of {limit} active series", quoted()));
-                        continue;
+                    if admission == Admission::New {
+                        new_keys.entry(shard).or_default().push(key);
                     }
                 }
                 let samples = series.samples.iter().map(|s| Sample::new(s.timestamp, s.value)).collect();
@@ -611,7 +706,8 @@ impl Node {
         // Append per shard, concurrently, in chunks the engine accepts; shards whose primary
         // is another node are judged here and forwarded there (route.rs).
         let chunk_samples_max = engine.config().write_samples_max.max(1);
-        let mut writes: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = (u32, Result<AppendReport, ShardWriteError>)> + Send + '_>>> = Vec::new();
+        type ShardWrite = Result<(AppendReport, crate::limits::LimitRefusals), ShardWriteError>;
+        let mut writes: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = (u32, ShardWrite)> + Send + '_>>> = Vec::new();
         let judged_at_ms = self.clock.now_wall_ms();
         for (shard, series) in per_shard {
             match routes.destination(shard) {
@@ -639,7 +735,7 @@ impl Node {
                                 (Ok(report), Some(epoch)) => self.lease_for_ack(shard, epoch).map(|_| report).map_err(ShardWriteError::Lease),
                                 (result, _) => result,
                             };
-                            (shard, result)
+                            (shard, result.map(|report| (report, Default::default())))
                         }));
                     }
                 }
@@ -649,9 +745,9 @@ impl Node {
                         let mut report = AppendReport::default();
                         let judged = crate::route::judge_for_forward(&engine.config().acceptance, judged_at_ms, series, &mut report);
                         let ctx = ForwardContext { tenant, authorization, judged_at_ms };
-                        let result = self.router.forward(self, &engine, &ctx, shard, (node, addr, epoch), judged).await.map(|forwarded| {
+                        let result = self.router.forward(self, &engine, &ctx, shard, (node, addr, epoch), judged).await.map(|(forwarded, limits)| {
                             report.add(forwarded);
-                            report
+                            (report, limits)
                         });
                         (shard, result)
                     }));
@@ -664,7 +760,10 @@ impl Node {
         let mut failed_shards = Vec::new();
         for (shard, result) in results {
             match result {
-                Ok(report) => total.add(report),
+                Ok((report, limits)) => {
+                    total.add(report);
+                    limit_refusals.merge(limits);
+                }
                 Err(error) => {
                     failed_shards.push(shard);
                     // 429 (backpressure) only when nothing worse happened: a 503 or 500 wins.
@@ -699,6 +798,7 @@ impl Node {
             refusals.add(0, || format!("{series} at {}: {}", refusal.t, refusal.reason));
         }
         refusals.samples += total.refused_permanent + total.refused_retryable;
+        self.count_limit_refusals(tenant, &limit_refusals, &mut refusals);
 
         let stored = total.accepted + total.duplicates;
         let mut outcome = if let Some(error) = first_error {

@@ -32,6 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{authorize, Role};
+use crate::limits::LimitRefusals;
 use crate::metrics::{DestinationErrorLabels, DestinationLabels};
 use crate::node::Node;
 use crate::shard::shard_for;
@@ -143,6 +144,11 @@ impl RouteTable {
         }
     }
 
+    /// True when `shard`'s writes are stored here ([`RouteTable::destination`] is `Local`).
+    pub fn writes_locally(&self, shard: u32) -> bool {
+        self.shards.get(&shard).and_then(|s| s.primary).is_none_or(|primary| primary == self.me)
+    }
+
     /// True when this node holds `shard` as primary at `epoch`.
     pub fn holds_primary(&self, shard: u32, epoch: u64) -> bool {
         self.shards.get(&shard).is_some_and(|s| s.primary == Some(self.me) && s.epoch == epoch)
@@ -156,6 +162,20 @@ impl RouteTable {
     /// The shard's epoch when this node is its primary (its writes then need a lease).
     pub fn primary_epoch(&self, shard: u32) -> Option<u64> {
         self.shards.get(&shard).filter(|s| s.primary == Some(self.me)).map(|s| s.epoch)
+    }
+
+    /// What the node's series limits are shared over: the shard count when the map places
+    /// shards on more than one node (each primary enforces its shards' shares, limits.rs),
+    /// `None` without a map or when one node holds everything (the whole limits apply).
+    pub fn limits_shared_over(&self) -> Option<u32> {
+        let mut holders = self.shards.values().flat_map(|s| s.primary.into_iter().chain(s.secondary));
+        let first = holders.next()?;
+        holders.any(|h| h != first).then_some(self.shards.len() as u32)
+    }
+
+    /// Where series of `shard` are admitted against the limits (see `limits_shared_over`).
+    pub fn placement(&self, shard: u32) -> crate::limits::Placement {
+        crate::limits::Placement { shard, shared_over: self.limits_shared_over() }
     }
 
     fn epoch_of(&self, shard: u32) -> Option<u64> {
@@ -283,6 +303,22 @@ fn batches(series: Vec<WriteSeries>, samples_max: usize) -> Vec<Vec<pb::Series>>
     out
 }
 
+fn reply_from_pb(mut reply: pb::WriteReply) -> (AppendReport, LimitRefusals) {
+    let mut limits = LimitRefusals::default();
+    for count in std::mem::take(&mut reply.limit_refused) {
+        *limits.counted.entry((LimitRefusals::kind_of(&count.kind), count.metric)).or_default() += count.samples;
+    }
+    limits.detailed = std::mem::take(&mut reply.limit_refusals).into_iter().take(crate::limits::LIMIT_REFUSALS_DETAILED_MAX).map(|r| (r.series, r.reason)).collect();
+    (report_from_pb(reply), limits)
+}
+
+fn reply_to_pb(report: AppendReport, limits: LimitRefusals) -> pb::WriteReply {
+    let mut reply = report_to_pb(report);
+    reply.limit_refused = limits.counted.into_iter().map(|((kind, metric), samples)| pb::LimitRefusalCount { kind: kind.to_string(), metric, samples }).collect();
+    reply.limit_refusals = limits.detailed.into_iter().map(|(series, reason)| pb::LimitRefusal { series, reason }).collect();
+    reply
+}
+
 fn report_from_pb(reply: pb::WriteReply) -> AppendReport {
     let refusals = reply
         .refusals
@@ -344,6 +380,8 @@ fn report_to_pb(report: AppendReport) -> pb::WriteReply {
         refusals,
         refused_by_kind: report.refused_by_kind.into_iter().map(|(kind, n)| (kind.to_string(), n)).collect(),
         series_refused_memory: report.series_refused_memory.iter().map(|labels| pb::Series { labels: labels.iter().map(|l| pb::Label { name: l.name.clone(), value: l.value.clone() }).collect(), samples: vec![] }).collect(),
+        limit_refused: Vec::new(),
+        limit_refusals: Vec::new(),
     }
 }
 
@@ -477,7 +515,7 @@ impl Router {
     }
 
     /// Sends one batch; `Err(Ok(reason))` is an epoch refusal, `Err(Err(e))` anything else.
-    async fn send(&self, node: &Node, dest: u64, addr: &str, request: pb::WriteRequest, authorization: Option<&str>) -> Result<AppendReport, Result<String, ShardWriteError>> {
+    async fn send(&self, node: &Node, dest: u64, addr: &str, request: pb::WriteRequest, authorization: Option<&str>) -> Result<(AppendReport, LimitRefusals), Result<String, ShardWriteError>> {
         let shard = request.shard;
         let samples: u64 = request.series.iter().map(|s| s.samples.len() as u64).sum();
         let bytes = request.encoded_len() as u64;
@@ -509,7 +547,7 @@ impl Router {
             Ok(reply) => {
                 node.metrics.forwarded_samples.get_or_create(&DestinationLabels { node: metric_node.clone() }).inc_by(samples);
                 node.metrics.forwarded_bytes.get_or_create(&DestinationLabels { node: metric_node.clone() }).inc_by(bytes);
-                Ok(report_from_pb(reply.into_inner()))
+                Ok(reply_from_pb(reply.into_inner()))
             }
             Err(status) => {
                 let reason = format!("{}: {}", status.code(), status.message());
@@ -542,16 +580,20 @@ impl Router {
     /// at `epoch`, in batches. On an epoch refusal the sender waits (bounded) for its own view
     /// to move and tries once more where the shard's primary now is — possibly this node —
     /// then gives up with [`ShardWriteError::Epoch`] (503).
-    pub async fn forward(&self, node: &Node, engine: &Engine, ctx: &ForwardContext<'_>, shard: u32, dest: (u64, String, u64), series: Vec<WriteSeries>) -> Result<AppendReport, ShardWriteError> {
+    pub async fn forward(&self, node: &Node, engine: &Engine, ctx: &ForwardContext<'_>, shard: u32, dest: (u64, String, u64), series: Vec<WriteSeries>) -> Result<(AppendReport, LimitRefusals), ShardWriteError> {
         let (mut dest_node, mut addr, mut epoch) = dest;
         let mut total = AppendReport::default();
+        let mut limits = LimitRefusals::default();
         let mut pending: Vec<Vec<pb::Series>> = batches(series, engine.config().write_samples_max);
         let mut retried = false;
         while !pending.is_empty() {
             let batch = pending.remove(0);
             let request = pb::WriteRequest { tenant: ctx.tenant.to_string(), shard, epoch, judged_at_ms: ctx.judged_at_ms, from_node: self.me, series: batch.clone() };
             match self.send(node, dest_node, &addr, request, ctx.authorization).await {
-                Ok(report) => total.add(report),
+                Ok((report, refused)) => {
+                    total.add(report);
+                    limits.merge(refused);
+                }
                 Err(Err(error)) => return Err(error),
                 Err(Ok(reason)) => {
                     let used = Destination::Remote { node: dest_node, addr: addr.clone(), epoch };
@@ -570,12 +612,15 @@ impl Router {
                             // This node became the primary: store the rest here, judged as
                             // they were.
                             node.replication().check_write(&fresh, shard, engine, node.lease())?;
+                            node.seed_primary_shards(engine, &fresh).await;
                             for batch in pending.drain(..) {
                                 let series = batch
                                     .into_iter()
                                     .map(|s| WriteSeries { labels: Labels::from_sorted(s.labels.into_iter().map(|l| Label::new(l.name, l.value)).collect()), samples: s.samples.into_iter().map(|x| Sample::new(x.t, x.v)).collect() })
                                     .collect();
-                                total.add(engine.import(shard, ctx.tenant, series).await?);
+                                let (report, refused) = import_admitted(node, engine, &fresh, ctx.tenant, shard, series).await?;
+                                total.add(report);
+                                limits.merge(refused);
                             }
                         }
                         Destination::Remote { node, addr: new_addr, epoch: new_epoch } => {
@@ -585,7 +630,24 @@ impl Router {
                 }
             }
         }
-        Ok(total)
+        Ok((total, limits))
+    }
+}
+
+/// Stores a batch of `shard` as its primary: admits its series against the tenant's limits
+/// (the shard's share in a cluster), imports what was admitted, and uncounts the series the
+/// store did not create (all new ones on an error; those the memory budget refused).
+async fn import_admitted(node: &Node, engine: &Engine, table: &RouteTable, tenant: &str, shard: u32, series: Vec<WriteSeries>) -> Result<(AppendReport, LimitRefusals), EngineError> {
+    let (admitted, new_keys, refused) = node.admit_as_primary(table, tenant, shard, series);
+    match engine.import(shard, tenant, admitted).await {
+        Ok(report) => {
+            node.forget_series(tenant, &[], &report.series_refused_memory);
+            Ok((report, refused))
+        }
+        Err(error) => {
+            node.forget_series(tenant, &new_keys, &[]);
+            Err(error)
+        }
     }
 }
 
@@ -734,7 +796,8 @@ impl Data for DataGrpcService {
             }
             series.push(WriteSeries { labels, samples: s.samples.into_iter().map(|x| Sample::new(x.t, x.v)).collect() });
         }
-        let report = engine.import(request.shard, &tenant, series).await.map_err(|error| {
+        self.node.seed_primary_shards(&engine, &table).await;
+        let (report, refused) = import_admitted(&self.node, &engine, &table, &tenant, request.shard, series).await.map_err(|error| {
             if error.is_retryable() || matches!(error, EngineError::Closed | EngineError::Wal(_)) {
                 Status::unavailable(format!("storage: {error}"))
             } else {
@@ -744,7 +807,7 @@ impl Data for DataGrpcService {
         self.node.lease_for_ack(request.shard, request.epoch).map_err(lease_status)?;
         self.node.metrics.forwarded_samples_applied.inc_by(report.accepted + report.duplicates);
         self.node.metrics.samples_stored.inc_by(report.accepted);
-        Ok(Response::new(report_to_pb(report)))
+        Ok(Response::new(reply_to_pb(report, refused)))
     }
 
     async fn select(&self, request: Request<pb::SelectRequest>) -> Result<Response<pb::SelectReply>, Status> {

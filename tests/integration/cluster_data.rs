@@ -27,6 +27,11 @@ use crate::wait::eventually;
 const SERIES: usize = 40;
 
 async fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Server> {
+    start_cluster_with(dirs, sextant::config::ServeArgs::default()).await
+}
+
+/// Three nodes started with `base` (data dir, node id and initial cluster filled in).
+async fn start_cluster_with(dirs: &[tempfile::TempDir], base: sextant::config::ServeArgs) -> Vec<Server> {
     let mut grpc = Vec::new();
     let mut http = Vec::new();
     for _ in 0..dirs.len() {
@@ -36,7 +41,7 @@ async fn start_cluster(dirs: &[tempfile::TempDir]) -> Vec<Server> {
     let initial_cluster = grpc.iter().enumerate().map(|(i, l)| format!("{}={}", i + 1, l.local_addr().unwrap())).collect::<Vec<_>>().join(",");
     let mut servers = Vec::new();
     for (i, (grpc, http)) in grpc.into_iter().zip(http).enumerate() {
-        let args = sextant::config::ServeArgs { data_dir: Some(dirs[i].path().to_path_buf()), node_id: Some(i as u64 + 1), initial_cluster: Some(initial_cluster.clone()), ..Default::default() };
+        let args = sextant::config::ServeArgs { data_dir: Some(dirs[i].path().to_path_buf()), node_id: Some(i as u64 + 1), initial_cluster: Some(initial_cluster.clone()), ..base.clone() };
         let mut config = ServeConfig::resolve(&args, None).unwrap();
         config.maintain_interval_ms = 3_600_000;
         servers.push(Server::start_with_listeners(config, http, grpc).await.expect("server starts"));
@@ -211,6 +216,73 @@ async fn writes_route_to_primaries_and_queries_fan_out() {
         let (_, primary, _) = primary_of(&map_state, *i);
         assert_eq!(engine_samples(&servers[primary as usize - 1], *i).await, 6, "series i{i:02}: both writes stored on its primary");
     }
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}
+
+/// Per-metric series limit of the limits test: its share per shard is ceil(32 × 1.1 / 16) = 3.
+const METRIC_LIMIT: u64 = 32;
+const SHARE: usize = 3;
+
+// Goal: a cluster enforces one series limit, not one per receiving node: each shard's primary
+// admits new series up to its share of the limit, whichever node the writes arrive at; the
+// refusal names the limit and the share; admitted series keep ingesting through any node and
+// other metrics are untouched.
+// Method: 200 new series of one metric written a third through each node; the series each
+// node's engine stores are compared with the exact set the share rule admits (first
+// arrivals per shard, computed from the shards of the series); then the same series again
+// through other nodes, and a series of another metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_limits_are_shared_over_shards_not_multiplied_by_nodes() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let base = sextant::config::ServeArgs { series_per_metric_max: Some(METRIC_LIMIT), ..Default::default() };
+    let servers = start_cluster_with(&dirs, base).await;
+    let now = servers[0].node().clock().now_wall_ms() / 1000 * 1000;
+    let times = [now - 2000, now - 1000];
+    let all: Vec<usize> = (100..300).collect();
+    let thirds: Vec<Vec<usize>> = all.chunks(all.len().div_ceil(3)).map(|c| c.to_vec()).collect();
+
+    // Each request is answered before the next is sent, so the admitted set is exactly the
+    // first SHARE series of each shard in this order.
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    let mut per_shard: BTreeMap<u32, usize> = BTreeMap::new();
+    for i in &all {
+        let shard = shard_for(fingerprint("default", &labels_of(*i)), 16);
+        let admitted = per_shard.entry(shard).or_default();
+        if *admitted < SHARE {
+            *admitted += 1;
+            want.insert(format!("i{i:02}"));
+        }
+    }
+    assert_eq!(want.len(), 16 * SHARE, "200 series fill every shard's share: {per_shard:?}");
+    for (n, third) in thirds.iter().enumerate() {
+        let (status, body) = remote_write(servers[n].node(), &request(third, &times)).await;
+        assert_eq!(status, 400, "node {}: new series over the shares are refused for good: {body}", n + 1);
+        assert!(body.contains("has reached its limit of 32 active series (its share in shard"), "node {}: the refusal names limit and share: {body}", n + 1);
+        let refused = third.iter().filter(|i| !want.contains(&format!("i{i:02}"))).count() * times.len();
+        assert!(body.starts_with(&format!("{refused} of {} samples refused", third.len() * times.len())), "node {}: {body}", n + 1);
+    }
+    let mut stored: BTreeSet<String> = BTreeSet::new();
+    for server in &servers {
+        stored.extend(stored_instances(server).await);
+    }
+    assert_eq!(stored, want, "the cluster stores exactly each shard's share, not a limit per receiving node");
+    let metrics = servers[0].node().metrics.encode();
+    assert!(metrics.lines().any(|l| l.starts_with("sextant_remote_write_samples_refused_total{reason=\"series_per_metric_limit\"}")), "refusals counted on the receiving node:\n{metrics}");
+
+    // Admitted series keep ingesting through any node (rotated by one), and so does another
+    // metric of the same tenant.
+    let later = [now, now + 1000];
+    for (n, third) in thirds.iter().enumerate() {
+        let admitted: Vec<usize> = third.iter().copied().filter(|i| want.contains(&format!("i{i:02}"))).collect();
+        let (status, body) = remote_write(servers[(n + 1) % 3].node(), &request(&admitted, &later)).await;
+        assert_eq!(status, 204, "admitted series through node {}: {body}", (n + 1) % 3 + 1);
+    }
+    let mut other = request(&[0], &later);
+    other.timeseries[0].labels[0].value = "other_metric".into();
+    let (status, body) = remote_write(servers[2].node(), &other).await;
+    assert_eq!(status, 204, "another metric is not limited by m's: {body}");
     for server in servers {
         server.shutdown().await.unwrap();
     }
