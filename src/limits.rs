@@ -509,6 +509,18 @@ impl SeriesTracker {
         }
     }
 
+    /// Active series of a tenant counted in one shard, and of one metric there.
+    pub fn active_series_in_shard(&self, tenant: &str, metric: Option<&str>, shard: u32) -> u64 {
+        let Some(state) = self.tenants.get(tenant) else { return 0 };
+        match metric {
+            Some(metric) => match state.per_metric.get_key_value(metric) {
+                Some((name, _)) => state.per_metric_shard.get(&(name.clone(), shard)).copied().unwrap_or(0),
+                None => 0,
+            },
+            None => state.per_shard.get(&shard).copied().unwrap_or(0),
+        }
+    }
+
     /// Active series per (tenant, metric), ordered by tenant then metric; one tenant when
     /// `tenant` is given. For the admin API's cardinality report.
     pub fn active_series_per_metric(&self, tenant: Option<&str>) -> Vec<(String, String, u64)> {
@@ -663,6 +675,7 @@ mod tests {
         assert_eq!(tracker.admit("t", 0, "a", on(0), 0, limits), Admission::Existing);
         assert_eq!(tracker.admit("t", 4, "a", on(1), 0, limits), Admission::New, "shard 1 has its own share");
         assert_eq!(tracker.active_series("t", Some("a")), 4);
+        assert_eq!((tracker.active_series_in_shard("t", Some("a"), 0), tracker.active_series_in_shard("t", Some("a"), 1), tracker.active_series_in_shard("t", None, 1)), (3, 1, 1));
         for key in 10..12u128 {
             assert_eq!(tracker.admit("t", key, "b", on(0), 0, limits), Admission::New);
         }

@@ -34,7 +34,7 @@ use sextant_storage::wal::WalError;
 
 use crate::auth::Tokens;
 use crate::config::ServeConfig;
-use crate::limits::{series_account_key, Admission, SeriesAccountKey, SeriesLimits, SeriesTracker, TokenBucket, TrackerLimits};
+use crate::limits::{series_account_key, SeriesLimits, SeriesTracker, TokenBucket, TrackerLimits};
 use crate::metrics::Metrics;
 use crate::query_scheduler::{QueryScheduler, SchedulerLimits};
 use crate::remote_write::{MetricMetadata, MetricType, WriteRequest};
@@ -360,11 +360,13 @@ impl Node {
     }
 
     /// Makes a freshly opened engine Ready, first counting every series its head holds (WAL
-    /// replay included) in the active-series tracker: without this the tracker starts empty
-    /// and each restart would admit another full limit of new series. Seeding happens before
+    /// replay included) and every block series with a sample within the tracker's idle window
+    /// in the active-series tracker: without this the tracker starts empty (or forgets the
+    /// series already cut into blocks) and each restart would admit another limit of new
+    /// series. Seeding happens before
     /// the slot turns Ready, so no write is admitted against a half-seeded tracker.
     pub async fn set_engine_ready(&self, engine: Engine) {
-        let mut keys = engine.head_series_keys().await;
+        let mut keys = engine.recent_series_keys(self.clock.now_wall_ms().saturating_sub(self.config.limits.series_idle_ms_max)).await;
         if sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::SeriesLimitBypassedOnRestart) {
             keys.clear();
         }
@@ -379,7 +381,7 @@ impl Node {
             self.metrics.active_series_tracked.set(tracker.active_series_total() as i64);
         }
         if !keys.is_empty() {
-            tracing::info!(series = keys.len(), "active-series tracker seeded from the head");
+            tracing::info!(series = keys.len(), "active-series tracker seeded from the head and recent blocks");
         }
         self.set_engine(EngineSlot::Ready(engine));
     }
@@ -398,8 +400,8 @@ impl Node {
         if due.is_empty() {
             return;
         }
-        let keys = engine.head_series_keys().await;
         let now_ms = self.clock.now_wall_ms();
+        let keys = engine.recent_series_keys(now_ms.saturating_sub(self.config.limits.series_idle_ms_max)).await;
         let mut tracker = self.tracker.lock().expect("tracker lock");
         let mut seeded = 0u64;
         for key in &keys {
@@ -418,27 +420,24 @@ impl Node {
     }
 
     /// Admits a forwarded batch of `shard` (this node its primary) against the tenant's series
-    /// limits, as the shard's share of them in a cluster. Returns the series to store, the
-    /// keys of those newly counted (forgotten again if the store fails), and the refusals.
-    pub fn admit_as_primary(&self, table: &crate::route::RouteTable, tenant: &str, shard: u32, series: Vec<WriteSeries>) -> (Vec<WriteSeries>, Vec<SeriesAccountKey>, crate::limits::LimitRefusals) {
+    /// limits, as the shard's share of them in a cluster. Returns the series to store and the
+    /// refusals.
+    pub fn admit_as_primary(&self, table: &crate::route::RouteTable, tenant: &str, shard: u32, series: Vec<WriteSeries>) -> (Vec<WriteSeries>, crate::limits::LimitRefusals) {
         let tenant_limits = self.tenant_limits(tenant);
         let series_limits = SeriesLimits { per_metric_max: tenant_limits.series_per_metric_max, per_tenant_max: tenant_limits.series_per_tenant_max };
         let placement = table.placement(shard);
         let now_ms = self.clock.now_wall_ms();
         let mut refused = crate::limits::LimitRefusals::default();
-        let mut new_keys = Vec::new();
         let mut admitted = Vec::with_capacity(series.len());
+        if sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::SeriesLimitPerReceivingNode) {
+            return (series, refused);
+        }
         let mut tracker = self.tracker.lock().expect("tracker lock");
         for s in series {
             let key = series_account_key(tenant, &s.labels);
             let admission = tracker.admit(tenant, key, s.labels.metric_name(), placement, now_ms, series_limits);
             match admission.refusal(tenant) {
-                None => {
-                    if admission == Admission::New {
-                        new_keys.push(key);
-                    }
-                    admitted.push(s);
-                }
+                None => admitted.push(s),
                 Some((kind, reason)) => {
                     refused.add(kind, s.labels.metric_name(), s.samples.len() as u64, || (quote_pairs(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))), reason));
                 }
@@ -447,19 +446,15 @@ impl Node {
         for (tenant, metric, estimate) in tracker.take_newly_flagged() {
             tracing::warn!(%tenant, %metric, new_series_estimate = estimate, "runaway metric: many new series in one window (counted on this shard primary)");
         }
-        (admitted, new_keys, refused)
+        (admitted, refused)
     }
 
-    /// Forgets series counted as new for a store that did not create them: `keys` of a failed
-    /// store, and the series the memory budget refused.
-    pub fn forget_series(&self, tenant: &str, keys: &[SeriesAccountKey], refused_memory: &[Labels]) {
-        if keys.is_empty() && refused_memory.is_empty() {
+    /// Forgets series counted as new that the memory budget refused to create.
+    pub fn forget_series(&self, tenant: &str, refused_memory: &[Labels]) {
+        if refused_memory.is_empty() {
             return;
         }
         let mut tracker = self.tracker.lock().expect("tracker lock");
-        for key in keys {
-            tracker.forget(tenant, *key);
-        }
         for labels in refused_memory {
             tracker.forget(tenant, series_account_key(tenant, labels));
         }
@@ -582,6 +577,11 @@ impl Node {
         self.tracker.lock().expect("tracker lock").active_series(tenant, metric)
     }
 
+    /// Active series of a tenant (and of one metric) this node counts in `shard`.
+    pub fn active_series_in_shard(&self, tenant: &str, metric: Option<&str>, shard: u32) -> u64 {
+        self.tracker.lock().expect("tracker lock").active_series_in_shard(tenant, metric, shard)
+    }
+
     /// Active series per (tenant, metric) counted by this node, by tenant then metric.
     pub fn active_series_per_metric(&self, tenant: Option<&str>) -> Vec<(String, String, u64)> {
         self.tracker.lock().expect("tracker lock").active_series_per_metric(tenant)
@@ -645,12 +645,12 @@ impl Node {
         let routes = self.router.table();
         let shard_count = routes.shard_count().unwrap_or(engine.shard_ids().len() as u32);
         let mut per_shard: BTreeMap<u32, Vec<WriteSeries>> = BTreeMap::new();
-        let mut new_keys: BTreeMap<u32, Vec<SeriesAccountKey>> = BTreeMap::new();
         let series_limits = SeriesLimits { per_metric_max: tenant_limits.series_per_metric_max, per_tenant_max: tenant_limits.series_per_tenant_max };
         // Series are admitted against the limits where they are stored: here for the shards
         // this node writes locally, on the primary for forwarded ones (route.rs). In a cluster
         // each shard admits up to its share (limits.rs), after counting what it stores.
-        let shared_over = routes.limits_shared_over();
+        let per_receiving_node = sextant_core::determinism::planted::is_planted(sextant_core::determinism::planted::Bug::SeriesLimitPerReceivingNode);
+        let shared_over = if per_receiving_node { None } else { routes.limits_shared_over() };
         self.seed_primary_shards(&engine, &routes).await;
         let mut limit_refusals = crate::limits::LimitRefusals::default();
         let now_ms = self.clock.now_wall_ms();
@@ -684,15 +684,12 @@ impl Node {
                 }
                 let key = series_account_key(tenant, &labels);
                 let shard = shard_for(crate::limits::account_key_fingerprint(key), shard_count);
-                if routes.writes_locally(shard) {
+                if routes.writes_locally(shard) || per_receiving_node {
                     let metric = labels.metric_name();
                     let admission = tracker.admit(tenant, key, metric, crate::limits::Placement { shard, shared_over }, now_ms, series_limits);
                     if let Some((kind, reason)) = admission.refusal(tenant) {
                         limit_refusals.add(kind, metric, n, || (quoted(), reason));
                         continue;
-                    }
-                    if admission == Admission::New {
-                        new_keys.entry(shard).or_default().push(key);
                     }
                 }
                 let samples = series.samples.iter().map(|s| Sample::new(s.timestamp, s.value)).collect();
@@ -773,19 +770,15 @@ impl Node {
                 }
             }
         }
-        // Series that do not exist after all are not active: those of failed shard writes, and
-        // those the memory budget refused to create (else a memory-bound node would refuse
-        // new series for the tenant's limit, counting phantoms, until they idle out).
-        if !failed_shards.is_empty() || !total.series_refused_memory.is_empty() {
-            let mut tracker = self.tracker.lock().expect("tracker lock");
-            for shard in &failed_shards {
-                for key in new_keys.get(shard).into_iter().flatten() {
-                    tracker.forget(tenant, *key);
-                }
-            }
-            for labels in &total.series_refused_memory {
-                tracker.forget(tenant, series_account_key(tenant, labels));
-            }
+        // Series the memory budget refused to create do not exist: they are not active (else a
+        // memory-bound node would refuse new series for the tenant's limit, counting phantoms,
+        // until they idle out). The new series of a failed shard write stay counted: a failure
+        // does not say nothing was stored (the lease can lapse after the append, an fsync can
+        // fail after the head took the samples), and a stored series left uncounted would be
+        // counted again at the next restart or promotion — over the limit (the simulator found
+        // it). The sender retries the same series, which then find themselves counted.
+        if !total.series_refused_memory.is_empty() {
+            self.forget_series(tenant, &total.series_refused_memory);
         }
         self.metrics.samples_stored.inc_by(total.accepted);
         self.metrics.samples_duplicate.inc_by(total.duplicates);

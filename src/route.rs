@@ -636,19 +636,13 @@ impl Router {
 
 /// Stores a batch of `shard` as its primary: admits its series against the tenant's limits
 /// (the shard's share in a cluster), imports what was admitted, and uncounts the series the
-/// store did not create (all new ones on an error; those the memory budget refused).
+/// memory budget refused to create (a failed import keeps its new series counted, as
+/// `Node::ingest_as` explains).
 async fn import_admitted(node: &Node, engine: &Engine, table: &RouteTable, tenant: &str, shard: u32, series: Vec<WriteSeries>) -> Result<(AppendReport, LimitRefusals), EngineError> {
-    let (admitted, new_keys, refused) = node.admit_as_primary(table, tenant, shard, series);
-    match engine.import(shard, tenant, admitted).await {
-        Ok(report) => {
-            node.forget_series(tenant, &[], &report.series_refused_memory);
-            Ok((report, refused))
-        }
-        Err(error) => {
-            node.forget_series(tenant, &new_keys, &[]);
-            Err(error)
-        }
-    }
+    let (admitted, refused) = node.admit_as_primary(table, tenant, shard, series);
+    let report = engine.import(shard, tenant, admitted).await?;
+    node.forget_series(tenant, &report.series_refused_memory);
+    Ok((report, refused))
 }
 
 // ---------------------------------------------------------------------------------------------

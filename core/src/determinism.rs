@@ -251,6 +251,10 @@ pub mod planted {
         /// The node does not seed its active-series tracker from the head when the engine
         /// opens, so every restart admits another full limit of new series (oracle 9).
         SeriesLimitBypassedOnRestart,
+        /// In a cluster, each node admits the series of every write it receives against the
+        /// whole limits, and shards' primaries admit forwarded series unchecked: the limits
+        /// count per receiving node, and a bomb spread over N nodes stores N limits (oracle 9).
+        SeriesLimitPerReceivingNode,
         /// A write's new series are logged in the iteration order of a map keyed by their
         /// heap addresses instead of the request's order: the same seed writes other WAL bytes
         /// in another process (oracle 13, determinism).

@@ -110,6 +110,8 @@ pub enum PlantedBug {
     PartialWarningDropped,
     /// `Bug::SeriesLimitBypassedOnRestart` (ingest scenarios).
     SeriesLimitBypassedOnRestart,
+    /// `Bug::SeriesLimitPerReceivingNode` (replicated scenario).
+    SeriesLimitPerReceivingNode,
     /// `Bug::NondeterministicIteration` (any scenario; caught by running a seed twice).
     NondeterministicIteration,
     /// `Bug::SkewUnreported` (ingest scenarios).
@@ -117,7 +119,7 @@ pub enum PlantedBug {
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::AckBeforeFsync,
         PlantedBug::RaftLogUnsynced,
         PlantedBug::StaleAdminRead,
@@ -127,6 +129,7 @@ impl PlantedBug {
         PlantedBug::ReplicaValueBitFlipped,
         PlantedBug::PartialWarningDropped,
         PlantedBug::SeriesLimitBypassedOnRestart,
+        PlantedBug::SeriesLimitPerReceivingNode,
         PlantedBug::NondeterministicIteration,
         PlantedBug::SkewUnreported,
     ];
@@ -143,6 +146,7 @@ impl PlantedBug {
             PlantedBug::ReplicaValueBitFlipped => Some(Bug::ReplicaValueBitFlipped),
             PlantedBug::PartialWarningDropped => Some(Bug::PartialWarningDropped),
             PlantedBug::SeriesLimitBypassedOnRestart => Some(Bug::SeriesLimitBypassedOnRestart),
+            PlantedBug::SeriesLimitPerReceivingNode => Some(Bug::SeriesLimitPerReceivingNode),
             PlantedBug::NondeterministicIteration => Some(Bug::NondeterministicIteration),
             PlantedBug::SkewUnreported => Some(Bug::SkewUnreported),
         }
@@ -159,6 +163,7 @@ impl PlantedBug {
             PlantedBug::ReplicaValueBitFlipped => "replica-value-bit-flipped",
             PlantedBug::PartialWarningDropped => "partial-warning-dropped",
             PlantedBug::SeriesLimitBypassedOnRestart => "series-limit-bypassed-on-restart",
+            PlantedBug::SeriesLimitPerReceivingNode => "series-limit-per-receiving-node",
             PlantedBug::NondeterministicIteration => "nondeterministic-iteration",
             PlantedBug::SkewUnreported => "skew-unreported",
         }
@@ -234,7 +239,7 @@ pub struct SimConfig {
     pub clock_skew_ms_max: i64,
     /// Largest clock drift drawn per node, in parts per million (±).
     pub clock_drift_ppm_max: i64,
-    /// Whether a cardinality-bomb writer runs.
+    /// Whether a cardinality-bomb writer runs (to node 0; in `replicated`, to each node in turn).
     pub bomb: bool,
     /// Period of the reader that checks acked ⊆ answer ⊆ attempted during the run.
     pub read_interval_ms: u64,
@@ -273,7 +278,9 @@ impl SimConfig {
             future_skew_ms_max: 10 * 60 * 1000,
             clock_skew_ms_max: if skewed { 3_600_000 } else { 2_000 },
             clock_drift_ppm_max: if skewed { 500 } else { 50 },
-            bomb: matches!(scenario, Scenario::Bomb | Scenario::Mixed),
+            // Replicated: the bomb sends to each node in turn, so the cluster must hold one
+            // limit whichever node receives the series (oracle 9).
+            bomb: matches!(scenario, Scenario::Bomb | Scenario::Mixed | Scenario::Replicated),
             read_interval_ms: 5_000,
             planted_bug: None,
         }

@@ -41,10 +41,11 @@ mod real {
         #[arg(long = "strict")]
         strict_gaps: bool,
         /// Plant a bug on purpose to test the oracles: ack-before-fsync,
-        /// block-dir-fsync-skipped, series-limit-bypassed-on-restart (ingest scenarios);
-        /// raft-log-unsynced, stale-admin-read (metadata); ack-after-lease-lapsed,
-        /// replication-acked-before-apply, replica-value-bit-flipped, partial-warning-dropped
-        /// (replicated).
+        /// block-dir-fsync-skipped, series-limit-bypassed-on-restart, skew-unreported (ingest
+        /// scenarios); raft-log-unsynced, stale-admin-read (metadata); ack-after-lease-lapsed,
+        /// replication-acked-before-apply, replica-value-bit-flipped, partial-warning-dropped,
+        /// series-limit-per-receiving-node (replicated); nondeterministic-iteration (any; caught
+        /// by running the seed twice).
         #[arg(long)]
         plant: Option<sextant_sim::config::PlantedBug>,
         /// Sextant nodes (default 2; at most 200).

@@ -326,10 +326,14 @@ async fn writer_loop(shared: Arc<Shared>, writer: usize, node: usize, addr: std:
     }
 }
 
-/// The cardinality bomb: a new series per sample, 20 per request, one request per interval.
-async fn bomb_loop(shared: Arc<Shared>, node: usize, addr: std::net::SocketAddr) {
+/// The cardinality bomb: a new series per sample, 20 per request, one request per interval,
+/// to each of `targets` in turn.
+async fn bomb_loop(shared: Arc<Shared>, targets: Vec<(usize, std::net::SocketAddr)>) {
     let mut session = 0u64;
+    let mut turn = 0usize;
     while !shared.stop.load(Ordering::SeqCst) {
+        let (node, addr) = targets[turn % targets.len()];
+        turn += 1;
         let (request, samples) = bomb_request(99, session, BOMB_SERIES_PER_REQUEST, true_wall_ms());
         session += BOMB_SERIES_PER_REQUEST;
         send_batch(&shared, addr, "bomb", None, node, &request, &samples, 0).await;
@@ -717,9 +721,86 @@ async fn check_liveness(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
     }
 }
 
+/// Oracle 9 in a cluster: the bomb, sent to every node in turn, meets one limit. Each shard's
+/// primary admits new series up to its share (`limit_share`), counting what it stores when it
+/// takes the shard over; so for every shard, the distinct bomb series stored anywhere in the
+/// cluster, and those its current primary counts, are at most one share per epoch the shard
+/// had (each epoch has one primary, oracle 8; a promoted primary can exceed one share only by
+/// what the old primary admitted and merge-back brings over). Memory within budget on every
+/// node, and normal writers acked in the quiet phase, as on one node.
+async fn check_limits_cluster(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
+    let config = &shared.config;
+    let share = sextant::limits::limit_share(config.series_per_metric_max, config.shards);
+    let mut stored: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    let mut epochs: BTreeMap<u32, u64> = BTreeMap::new();
+    for sim_node in &cluster.nodes {
+        let Some(node) = sim_node.node() else { continue };
+        let Ok(engine) = node.engine() else { continue };
+        let table = node.router().table();
+        for (shard, route) in &table.shards {
+            let epoch = epochs.entry(*shard).or_default();
+            *epoch = (*epoch).max(route.epoch);
+        }
+        // Blocks and head: cuts move the bomb's series out of the head within the run.
+        let bomb = [sextant_core::matcher::Matcher::new(sextant_core::matcher::MatchOp::Equal, "__name__", BOMB_METRIC).expect("valid matcher")];
+        let Ok(series) = engine.select(TENANT, &bomb, i64::MIN, i64::MAX).await else {
+            shared.violate(Violation { oracle: "9-limits", evidence: format!("node-{}: selecting the bomb's series failed", sim_node.index) });
+            continue;
+        };
+        for found in series {
+            let shard = sextant::shard::shard_for(sextant_core::series::fingerprint(TENANT, &found.labels), config.shards);
+            stored.entry(shard).or_default().insert(found.labels.to_string());
+        }
+        for (shard, epoch) in table.my_primaries() {
+            let tracked = node.active_series_in_shard(TENANT, Some(BOMB_METRIC), shard);
+            if tracked > share * epoch.max(1) {
+                shared.violate(Violation {
+                    oracle: "9-limits",
+                    evidence: format!(
+                        "node-{} as shard {shard}'s primary at epoch {epoch} counts {tracked} active {BOMB_METRIC} series, over the shard's share {share} of series_per_metric_max {} times its epochs",
+                        sim_node.index, config.series_per_metric_max
+                    ),
+                });
+            }
+        }
+        let status = engine.status().await;
+        if status.memory_bytes > status.memory_bytes_max {
+            shared.violate(Violation {
+                oracle: "9-limits",
+                evidence: format!("node-{}: engine memory {} bytes over its budget {} (the engine's own accounting)", sim_node.index, status.memory_bytes, status.memory_bytes_max),
+            });
+        }
+    }
+    let total: usize = stored.values().map(BTreeSet::len).sum();
+    shared.event(format!("limits: {total} bomb series stored in the cluster, per shard {:?}, share {share}, epochs {epochs:?}", stored.iter().map(|(s, k)| (*s, k.len())).collect::<BTreeMap<_, _>>()));
+    for (shard, series) in &stored {
+        let epoch = epochs.get(shard).copied().unwrap_or(1).max(1);
+        if series.len() as u64 > share * epoch {
+            shared.violate(Violation {
+                oracle: "9-limits",
+                evidence: format!(
+                    "shard {shard}: {} distinct {BOMB_METRIC} series stored in the cluster, over its share {share} of series_per_metric_max {} times its {epoch} epochs (the bomb wrote to every node in turn)",
+                    series.len(),
+                    config.series_per_metric_max
+                ),
+            });
+        }
+    }
+    let quiet_acks: u64 = shared.quiet_acks.lock().expect("quiet").values().sum();
+    if quiet_acks == 0 {
+        shared.violate(Violation {
+            oracle: "9-limits",
+            evidence: "no normal writer request was acked during the quiet phase while the bomb ran (other metrics must keep ingesting)".into(),
+        });
+    }
+}
+
 /// Oracle 9: the bomb stays within the limits while other metrics keep ingesting.
 async fn check_limits(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
     let config = &shared.config;
+    if config.scenario == Scenario::Replicated {
+        return check_limits_cluster(shared, cluster).await;
+    }
     let Some(node) = cluster.nodes[0].node() else {
         shared.violate(Violation {
             oracle: "9-limits",
@@ -969,7 +1050,11 @@ async fn simulate(options: RunOptions, config: SimConfig, schedule: Schedule) ->
         tasks.push(cluster.writers[writer].spawn(writer_loop(shared.clone(), writer, node, cluster.nodes[node].addr)));
     }
     if config.bomb {
-        tasks.push(cluster.bomb.spawn(bomb_loop(shared.clone(), 0, cluster.nodes[0].addr)));
+        let targets = match config.scenario {
+            Scenario::Replicated => cluster.nodes.iter().map(|n| (n.index, n.addr)).collect(),
+            _ => vec![(0, cluster.nodes[0].addr)],
+        };
+        tasks.push(cluster.bomb.spawn(bomb_loop(shared.clone(), targets)));
     }
     let lives = cluster.nodes.iter().map(|n| (n.live.clone(), n.addr)).collect();
     tasks.push(cluster.reader.spawn(reader_loop(shared.clone(), lives)));

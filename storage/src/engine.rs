@@ -1206,6 +1206,30 @@ impl Engine {
         keys
     }
 
+    /// Every series the head holds, and every block series with a sample at or after
+    /// `min_t` (by chunk metadata; tombstones not applied), each once, ordered by tenant then
+    /// labels. The node seeds its active-series tracker from this: a series cut from the head
+    /// into a block is still active until it has been idle for the tracker's window, and a
+    /// restart must not forget it (or the restarted node admits another limit of new series).
+    pub async fn recent_series_keys(&self, min_t: TimestampMs) -> Vec<Arc<SeriesKey>> {
+        let mut keys: BTreeSet<Arc<SeriesKey>> = BTreeSet::new();
+        for shard in self.inner.shards.values() {
+            let shard = shard.read().await;
+            keys.extend(shard.head.series_keys().map(|(_, key)| key.clone()));
+            for block in shard.blocks.iter().filter(|b| b.meta().max_t >= min_t) {
+                for r in block.all_series() {
+                    if block.series_max_t(r) >= min_t {
+                        let key = SeriesKey::new(block.series_tenant(r), block.series_labels(r).clone());
+                        if !keys.contains(&key) {
+                            keys.insert(Arc::new(key));
+                        }
+                    }
+                }
+            }
+        }
+        keys.into_iter().collect()
+    }
+
     /// The cardinality report for one tenant (head series).
     pub async fn cardinality(&self, tenant: &str) -> CardinalityReport {
         let mut per_metric: BTreeMap<String, u64> = BTreeMap::new();

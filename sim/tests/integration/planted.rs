@@ -86,6 +86,13 @@ fn series_limit_bypassed_on_restart_is_caught() {
     caught_at(PlantedBug::SeriesLimitBypassedOnRestart, Seeds::IngestMix, &["9-limits"], &[]);
 }
 
+// A cardinality limit counted per receiving node instead of per shard: the bomb, sent to each
+// node in turn, stores a limit per node.
+#[test]
+fn series_limit_per_receiving_node_is_caught() {
+    caught_at(PlantedBug::SeriesLimitPerReceivingNode, Seeds::Replicated, &["9-limits"], &[]);
+}
+
 // Split brain on data: a primary acknowledges after its lease lapsed. A stale primary's
 // acknowledgements that do not overlap the new primary's show as acked samples missing from
 // reads or wrong answers first.

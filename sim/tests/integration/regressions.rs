@@ -44,6 +44,20 @@ fn limits_reset_on_restart() {
     check_fixed("limits-reset-on-restart.json");
 }
 
+// Fixed: a restarted node counts the series cut into blocks within the tracker's idle window,
+// not only the head's (the bomb's one-sample series had been cut; the primary admitted another
+// share after a restart).
+#[test]
+fn limits_forget_blocks_on_restart() {
+    check_fixed("limits-forget-blocks-on-restart.json");
+}
+
+// Fixed: a failed shard write keeps its new series counted (they may be stored).
+#[test]
+fn limits_uncounted_after_failed_write() {
+    check_fixed("limits-uncounted-after-failed-write.json");
+}
+
 // Fixed: a node whose clock is behind most of its recent clients past the bound reports
 // itself not ready, naming its clock (clockcheck.rs).
 #[test]

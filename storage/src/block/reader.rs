@@ -203,6 +203,11 @@ impl Block {
         &self.series(r).tenant
     }
 
+    /// The newest sample time of `r` by its chunk metadata (tombstones not applied).
+    pub fn series_max_t(&self, r: BlockSeriesRef) -> i64 {
+        self.series(r).chunks.iter().map(|c| c.max_t).max().unwrap_or(i64::MIN)
+    }
+
     /// Every series of the block, in (tenant, labels) order.
     pub fn all_series(&self) -> impl Iterator<Item = BlockSeriesRef> + '_ {
         (0..self.index.series.len() as u32).map(BlockSeriesRef)
