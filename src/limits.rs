@@ -25,9 +25,11 @@
 //!
 //! # In a cluster
 //!
-//! Each shard enforces its share of a global limit: `share = ceil(limit × 1.1 / shards)`, the
-//! 10 % slack absorbing hash imbalance between shards (with 100,000 series over 16 shards the
-//! per-shard count's standard deviation is ~1 %, so 10 % is ten sigmas). The tracker counts
+//! Each shard enforces its share of a global limit ([`limit_share`]): `m = limit / shards`
+//! plus `max(10 % of m, 4 × √m)`, rounded up — the slack absorbing hash imbalance between
+//! shards. Series spread over shards binomially, so a shard's count has a standard deviation
+//! of at most `√m`: with 100,000 series over 16 shards that is ~1 % of the share and 10 % is
+//! ten sigmas; for small limits four sigmas dominate (limit 100 over 16 shards: 17 per shard). The tracker counts
 //! every series per shard as well as per tenant and metric; an admission names the series'
 //! shard and, in a cluster, the shard count ([`Placement`]), and is then judged against that
 //! shard's counts and shares only. The node admits a series where it is stored — on the
@@ -137,7 +139,7 @@ impl Admission {
     /// and the sentence the client reads.
     pub fn refusal(&self, tenant: &str) -> Option<(&'static str, String)> {
         let of_share = |share: &Option<ShardShare>| match share {
-            Some(ShardShare { shard, shards, share }) => format!(" (its share in shard {shard}: {share} of that limit over {shards} shards, 10 % slack included)"),
+            Some(ShardShare { shard, shards, share }) => format!(" (its share in shard {shard}: {share} of that limit over {shards} shards, slack for hash imbalance included)"),
             None => String::new(),
         };
         match self {
@@ -303,13 +305,24 @@ impl Placement {
     }
 }
 
-/// One shard's share of a cluster-wide limit: `ceil(limit × 1.1 / shards)` (module docs). A
-/// limit of 0 stays 0 (every new series refused); with one shard the share is the limit plus
-/// the slack.
+/// One shard's share of a cluster-wide limit: the shard's expected count `m = limit / shards`
+/// plus a slack for hash imbalance of 10 % of `m` or four standard deviations of the binomial
+/// spread (`4 × √m`), whichever is larger, rounded up (module docs). So a metric at its whole
+/// limit fills no shard's share early unless its spread is a 4-sigma outlier, for small limits
+/// as for large; the shares together exceed the limit by the slack. A limit of 0 stays 0.
 pub fn limit_share(limit: u64, shards: u32) -> u64 {
-    let shards = u128::from(shards.max(1));
-    let share = (u128::from(limit) * 11).div_ceil(10 * shards);
-    u64::try_from(share).unwrap_or(u64::MAX)
+    if limit == 0 {
+        return 0;
+    }
+    let mean = limit as f64 / f64::from(shards.max(1));
+    let slack = (mean * 0.1).max(4.0 * mean.sqrt());
+    // IEEE sqrt is correctly rounded: every platform computes the same share.
+    let share = (mean + slack).ceil();
+    if share >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        share as u64
+    }
 }
 
 /// Settings of the tracker.
@@ -653,7 +666,9 @@ mod tests {
     // Goal: the share rule as documented, rounding up, for the limits people configure.
     #[test]
     fn limit_shares() {
-        for (limit, shards, share) in [(100_000u64, 16u32, 6_875u64), (1_000_000, 16, 68_750), (100, 3, 37), (10, 4, 3), (1, 16, 1), (0, 4, 0), (50, 1, 55), (u64::MAX, 1, u64::MAX)] {
+        // 100,000 / 16 = 6,250: 10 % (625) beats 4 × √6250 (316.2). 100 / 16 = 6.25: 4 × 2.5
+        // = 10 → 16.25 → 17. 100 / 3: 33.3 + 23.09 → 57. 4 / 2 = 2: 2 + 5.66 → 8.
+        for (limit, shards, share) in [(100_000u64, 16u32, 6_875u64), (1_000_000, 16, 68_750), (100, 16, 17), (100, 3, 57), (4, 2, 8), (1, 16, 2), (0, 4, 0), (u64::MAX, 1, u64::MAX)] {
             assert_eq!(limit_share(limit, shards), share, "limit {limit} over {shards} shards");
         }
     }
@@ -664,28 +679,28 @@ mod tests {
     #[test]
     fn shards_admit_up_to_their_share() {
         let mut tracker = SeriesTracker::new(limits(), 0);
-        let limits = SeriesLimits { per_metric_max: 4, per_tenant_max: 8 };
-        let on = |shard| Placement { shard, shared_over: Some(2) };
-        // Metric share: ceil(4 × 1.1 / 2) = 3 per shard; tenant share ceil(8.8 / 2) = 5.
-        for key in 0..3u128 {
+        let limits = SeriesLimits { per_metric_max: 1, per_tenant_max: 5 };
+        let on = |shard| Placement { shard, shared_over: Some(5) };
+        // Metric share: 0.2 + 4 × √0.2 = 1.99 → 2 per shard; tenant share: 1 + 4 → 5.
+        let (metric_share, tenant_share) = (ShardShare { shard: 0, shards: 5, share: 2 }, ShardShare { shard: 0, shards: 5, share: 5 });
+        assert_eq!((limit_share(1, 5), limit_share(5, 5)), (2, 5));
+        for key in 0..2u128 {
             assert_eq!(tracker.admit("t", key, "a", on(0), 0, limits), Admission::New);
         }
-        let full = ShardShare { shard: 0, shards: 2, share: 3 };
-        assert_eq!(tracker.admit("t", 3, "a", on(0), 0, limits), Admission::MetricLimit { metric: "a".into(), limit: 4, share: Some(full) });
+        assert_eq!(tracker.admit("t", 3, "a", on(0), 0, limits), Admission::MetricLimit { metric: "a".into(), limit: 1, share: Some(metric_share) });
         assert_eq!(tracker.admit("t", 0, "a", on(0), 0, limits), Admission::Existing);
         assert_eq!(tracker.admit("t", 4, "a", on(1), 0, limits), Admission::New, "shard 1 has its own share");
-        assert_eq!(tracker.active_series("t", Some("a")), 4);
-        assert_eq!((tracker.active_series_in_shard("t", Some("a"), 0), tracker.active_series_in_shard("t", Some("a"), 1), tracker.active_series_in_shard("t", None, 1)), (3, 1, 1));
-        for key in 10..12u128 {
-            assert_eq!(tracker.admit("t", key, "b", on(0), 0, limits), Admission::New);
+        assert_eq!(tracker.active_series("t", Some("a")), 3, "over the whole limit of 1: shares add up to more");
+        assert_eq!((tracker.active_series_in_shard("t", Some("a"), 0), tracker.active_series_in_shard("t", Some("a"), 1), tracker.active_series_in_shard("t", None, 1)), (2, 1, 1));
+        for (key, metric) in [(10u128, "b"), (11, "b"), (12, "c")] {
+            assert_eq!(tracker.admit("t", key, metric, on(0), 0, limits), Admission::New);
         }
-        assert_eq!(tracker.admit("t", 12, "c", on(0), 0, limits), Admission::TenantLimit { limit: 8, share: Some(ShardShare { shard: 0, shards: 2, share: 5 }) });
+        assert_eq!(tracker.admit("t", 13, "d", on(0), 0, limits), Admission::TenantLimit { limit: 5, share: Some(tenant_share) });
         tracker.forget("t", 10);
-        assert_eq!(tracker.admit("t", 12, "c", on(0), 0, limits), Admission::New);
+        assert_eq!(tracker.admit("t", 13, "d", on(0), 0, limits), Admission::New);
         // Seeded series count in their shard too (a promoted primary counts what it stores).
         tracker.seed("t", 20, "a", 1, 0);
-        tracker.seed("t", 21, "a", 1, 0);
-        assert_eq!(tracker.admit("t", 22, "a", on(1), 0, limits), Admission::MetricLimit { metric: "a".into(), limit: 4, share: Some(ShardShare { shard: 1, shards: 2, share: 3 }) });
+        assert_eq!(tracker.admit("t", 22, "a", on(1), 0, limits), Admission::MetricLimit { metric: "a".into(), limit: 1, share: Some(ShardShare { shard: 1, ..metric_share }) });
         // Only series 0 is written again; the rest idle out of their shards' counts.
         assert_eq!(tracker.admit("t", 0, "a", on(0), 9_000, limits), Admission::Existing);
         tracker.maintain(10_500);

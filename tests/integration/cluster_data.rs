@@ -221,9 +221,10 @@ async fn writes_route_to_primaries_and_queries_fan_out() {
     }
 }
 
-/// Per-metric series limit of the limits test: its share per shard is ceil(32 × 1.1 / 16) = 3.
-const METRIC_LIMIT: u64 = 32;
-const SHARE: usize = 3;
+/// Per-metric series limit of the limits test: its share per shard is 1 + 4 × √1 = 5
+/// (`limits::limit_share`).
+const METRIC_LIMIT: u64 = 16;
+const SHARE: usize = 5;
 
 // Goal: a cluster enforces one series limit, not one per receiving node: each shard's primary
 // admits new series up to its share of the limit, whichever node the writes arrive at; the
@@ -255,11 +256,12 @@ async fn series_limits_are_shared_over_shards_not_multiplied_by_nodes() {
             want.insert(format!("i{i:02}"));
         }
     }
+    assert_eq!(sextant::limits::limit_share(METRIC_LIMIT, 16), SHARE as u64);
     assert_eq!(want.len(), 16 * SHARE, "200 series fill every shard's share: {per_shard:?}");
     for (n, third) in thirds.iter().enumerate() {
         let (status, body) = remote_write(servers[n].node(), &request(third, &times)).await;
         assert_eq!(status, 400, "node {}: new series over the shares are refused for good: {body}", n + 1);
-        assert!(body.contains("has reached its limit of 32 active series (its share in shard"), "node {}: the refusal names limit and share: {body}", n + 1);
+        assert!(body.contains("has reached its limit of 16 active series (its share in shard"), "node {}: the refusal names limit and share: {body}", n + 1);
         let refused = third.iter().filter(|i| !want.contains(&format!("i{i:02}"))).count() * times.len();
         assert!(body.starts_with(&format!("{refused} of {} samples refused", third.len() * times.len())), "node {}: {body}", n + 1);
     }
