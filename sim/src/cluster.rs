@@ -176,6 +176,8 @@ async fn run_node(serve: ServeConfig, engine_config: EngineConfig, fs: SimFs, cl
 pub struct AckLog {
     pub spans: BTreeMap<(u32, u64, u64), (u64, u64)>,
     pub acks: u64,
+    /// (shard, epoch) → when a node first applied a shard map with that epoch (simulated ns).
+    pub epochs_applied: BTreeMap<(u32, u64), u64>,
 }
 
 impl AckLog {
@@ -199,6 +201,21 @@ impl AckLog {
                         out.push(format!(
                             "shard {shard}: node {} acknowledged at epoch {} from {:.3} s to {:.3} s while node {} acknowledged at epoch {} from {:.3} s to {:.3} s",
                             a.3, a.2, a.0 as f64 / 1e9, a.1 as f64 / 1e9, b.3, b.2, b.0 as f64 / 1e9, b.1 as f64 / 1e9
+                        ));
+                    }
+                }
+            }
+            // A deposed primary: acknowledging at an epoch after a newer epoch of the shard was
+            // applied anywhere. The leader promotes only after the old primary's lease has run
+            // out by its own clock (with the drift margin), so a correct primary has stopped by
+            // then — whether or not its successor has acknowledged anything yet.
+            for &(_, last, epoch, node) in &spans {
+                if let Some((&(_, newer), &applied)) = self.epochs_applied.range((shard, epoch + 1)..=(shard, u64::MAX)).next() {
+                    if last > applied {
+                        out.push(format!(
+                            "shard {shard}: node {node} acknowledged at epoch {epoch} until {:.3} s, after epoch {newer} was applied at {:.3} s",
+                            last as f64 / 1e9,
+                            applied as f64 / 1e9
                         ));
                     }
                 }
@@ -259,15 +276,28 @@ async fn run_cluster_node(config: SimConfig, mut serve: ServeConfig, fs: SimFs, 
             engine.wal.segment_bytes = tuning.wal.segment_bytes;
             engine.block_span_ms = tuning.block_span_ms;
         })),
-        ack_observer: Some(ack_observer(acks, serve.cluster.node_id)),
+        ack_observer: Some(ack_observer(acks.clone(), serve.cluster.node_id)),
     };
     match Running::start(serve, env).await {
         Ok(running) => {
             *live.lock().expect("live lock") = Some(running.node().clone());
             *raft.lock().expect("raft lock") = Some(running.raft().clone());
-            // The machine's kill drops this future and everything it spawned.
-            std::future::pending::<()>().await;
-            drop(running);
+            // Until the machine's kill drops this future (and everything it spawned): note when
+            // each shard epoch is first applied here, for oracle 8.
+            let mut tables = running.node().router().subscribe();
+            loop {
+                {
+                    let table = tables.borrow_and_update().clone();
+                    let now_ns = madsim::time::TimeHandle::current().elapsed().as_nanos() as u64;
+                    let mut log = acks.lock().expect("ack log");
+                    for (shard, route) in &table.shards {
+                        log.epochs_applied.entry((*shard, route.epoch)).or_insert(now_ns);
+                    }
+                }
+                if tables.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
         }
         Err(error) => tracing::error!(%error, "the node failed to start"),
     }
