@@ -171,6 +171,9 @@ pub struct Node {
     clock: Arc<dyn Clock>,
     slot: Mutex<EngineSlot>,
     tracker: Mutex<SeriesTracker>,
+    /// One shard seeding at a time ([`Node::seed_primary_shards`]): after a promotion every
+    /// concurrent write would otherwise walk the stored series at once.
+    seeding: tokio::sync::Mutex<()>,
     buckets: Mutex<BTreeMap<String, TokenBucket>>,
     metadata: Mutex<BTreeMap<String, BTreeMap<String, StoredMetadata>>>,
     tokens: Option<Tokens>,
@@ -220,6 +223,7 @@ impl Node {
         let query_scheduler = QueryScheduler::new(scheduler_limits, clock.clone(), metrics.query_queue_depth.clone(), metrics.queries_running.clone());
         Arc::new(Node {
             tracker: Mutex::new(SeriesTracker::new(tracker_limits, now_ms)),
+            seeding: tokio::sync::Mutex::new(()),
             slot: Mutex::new(EngineSlot::Opening),
             buckets: Mutex::new(BTreeMap::new()),
             metadata: Mutex::new(BTreeMap::new()),
@@ -393,10 +397,17 @@ impl Node {
     /// another full share of new series, or refuse existing series whose room a bomb took.
     pub async fn seed_primary_shards(&self, engine: &Engine, table: &crate::route::RouteTable) {
         let Some(shard_count) = table.limits_shared_over() else { return };
-        let due: BTreeMap<u32, u64> = {
+        let due = || -> BTreeMap<u32, u64> {
             let tracker = self.tracker.lock().expect("tracker lock");
             table.my_primaries().into_iter().filter(|(shard, epoch)| tracker.seeded_epoch(*shard).is_none_or(|seen| seen < *epoch)).collect()
         };
+        if due().is_empty() {
+            return;
+        }
+        // Writes that find the same shards due wait here for the first one's walk, then find
+        // nothing left to do.
+        let _seeding = self.seeding.lock().await;
+        let due = due();
         if due.is_empty() {
             return;
         }
