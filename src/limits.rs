@@ -135,20 +135,29 @@ pub enum Admission {
 }
 
 impl Admission {
-    /// For a refusal: its metrics `reason` (`series_per_metric_limit`, `series_per_tenant_limit`)
-    /// and the sentence the client reads.
-    pub fn refusal(&self, tenant: &str) -> Option<(&'static str, String)> {
+    /// For a refusal, its metrics `reason`: `series_per_metric_limit` or
+    /// `series_per_tenant_limit`.
+    pub fn refusal_kind(&self) -> Option<&'static str> {
+        match self {
+            Admission::Existing | Admission::New => None,
+            Admission::MetricLimit { .. } => Some(LIMIT_KIND_METRIC),
+            Admission::TenantLimit { .. } => Some(LIMIT_KIND_TENANT),
+        }
+    }
+
+    /// For a refusal, the sentence the client reads (built only for the few shown: a bomb's
+    /// request can refuse thousands of series).
+    pub fn refusal_reason(&self, tenant: &str) -> String {
         let of_share = |share: &Option<ShardShare>| match share {
             Some(ShardShare { shard, shards, share }) => format!(" (its share in shard {shard}: {share} of that limit over {shards} shards, slack for hash imbalance included)"),
             None => String::new(),
         };
         match self {
-            Admission::Existing | Admission::New => None,
-            Admission::MetricLimit { metric, limit, share } => Some((
-                LIMIT_KIND_METRIC,
-                format!("new series refused: metric {metric:?} has reached its limit of {limit} active series{} (existing series keep ingesting)", of_share(share)),
-            )),
-            Admission::TenantLimit { limit, share } => Some((LIMIT_KIND_TENANT, format!("new series refused: tenant {tenant:?} has reached its limit of {limit} active series{}", of_share(share)))),
+            Admission::Existing | Admission::New => String::new(),
+            Admission::MetricLimit { metric, limit, share } => {
+                format!("new series refused: metric {metric:?} has reached its limit of {limit} active series{} (existing series keep ingesting)", of_share(share))
+            }
+            Admission::TenantLimit { limit, share } => format!("new series refused: tenant {tenant:?} has reached its limit of {limit} active series{}", of_share(share)),
         }
     }
 }

@@ -447,10 +447,10 @@ impl Node {
         for s in series {
             let key = series_account_key(tenant, &s.labels);
             let admission = tracker.admit(tenant, key, s.labels.metric_name(), placement, now_ms, series_limits);
-            match admission.refusal(tenant) {
+            match admission.refusal_kind() {
                 None => admitted.push(s),
-                Some((kind, reason)) => {
-                    refused.add(kind, s.labels.metric_name(), s.samples.len() as u64, || (quote_pairs(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))), reason));
+                Some(kind) => {
+                    refused.add(kind, s.labels.metric_name(), s.samples.len() as u64, || (quote_pairs(s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()))), admission.refusal_reason(tenant)));
                 }
             }
         }
@@ -698,8 +698,8 @@ impl Node {
                 if routes.writes_locally(shard) || per_receiving_node {
                     let metric = labels.metric_name();
                     let admission = tracker.admit(tenant, key, metric, crate::limits::Placement { shard, shared_over }, now_ms, series_limits);
-                    if let Some((kind, reason)) = admission.refusal(tenant) {
-                        limit_refusals.add(kind, metric, n, || (quoted(), reason));
+                    if let Some(kind) = admission.refusal_kind() {
+                        limit_refusals.add(kind, metric, n, || (quoted(), admission.refusal_reason(tenant)));
                         continue;
                     }
                 }
